@@ -1,0 +1,11 @@
+/** Jest runs the TypeScript sources directly through ts-jest (type checking is done once by `tsc --noEmit` in `npm test`). */
+module.exports = {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test'],
+  testMatch: ['**/*.test.ts'],
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { isolatedModules: true, diagnostics: false }],
+  },
+  setupFiles: ['<rootDir>/test/helpers/env.ts'],
+  testTimeout: 20000,
+};
