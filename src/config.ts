@@ -1,0 +1,385 @@
+/**
+ * Configuration: the only module that reads `process.env`, `.env` and `config/`.
+ *
+ * The environment (with `.env` loaded by dotenv underneath it: real variables win) is validated
+ * once, every problem reported together, and the result is a deep-frozen typed object whose
+ * `toString`, `toJSON` and `util.inspect` never show a secret.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import util from 'node:util';
+import dotenv from 'dotenv';
+import { z } from 'zod';
+
+export const MASK = '***';
+
+export type MemoryBackend = 'embedded' | 'platform' | 'pgvector' | 'qdrant';
+export type InjectionPlacement = 'before_last_user' | 'first_system';
+export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1';
+export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
+  'health',
+  'search',
+  'list',
+  'remember',
+  'forget',
+  'v1',
+];
+
+export interface Config {
+  readonly version: string;
+  readonly server: { readonly host: string; readonly port: number; readonly trustProxy: boolean };
+  readonly debug: boolean;
+  readonly authToken: string | undefined;
+  readonly openaiApiKey: string | undefined;
+  readonly upstream: { readonly baseUrl: string; readonly timeoutMs: number };
+  readonly maxBodyBytes: number;
+  readonly dataDir: string;
+  readonly redisUrl: string | undefined;
+  readonly keysFile: string;
+  readonly rateLimits: {
+    readonly windowMs: number;
+    readonly perMinute: Readonly<Record<RateLimitedEndpoint, number>>;
+  };
+  readonly memory: {
+    readonly backend: MemoryBackend;
+    readonly provider: string;
+    readonly model: string;
+    readonly llmBaseUrl: string;
+    readonly embedderBaseUrl: string;
+    readonly embeddingModel: string;
+    readonly embeddingDims: number;
+    readonly searchTimeoutMs: number;
+    readonly topK: number;
+    readonly scoreThreshold: number;
+    readonly injection: { readonly placement: InjectionPlacement; readonly maxChars: number };
+    readonly mem0ApiKey: string | undefined;
+    readonly mem0Host: string | undefined;
+    readonly databaseUrl: string | undefined;
+    readonly qdrantUrl: string | undefined;
+    readonly qdrantApiKey: string | undefined;
+    readonly telemetry: boolean;
+  };
+  /** Every secret value in this configuration, for the logger's redaction. */
+  readonly secrets: readonly string[];
+  /** The configuration with every secret replaced by `***`: safe to log. */
+  safeDump(): Record<string, unknown>;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Names of variables whose values are secrets in their own right. */
+const SECRET_VARIABLES = ['OPENAI_API_KEY', 'AUTH_TOKEN', 'MEM0_API_KEY', 'QDRANT_API_KEY'] as const;
+/** Names of variables that are URLs and may carry credentials. */
+const URL_VARIABLES_WITH_CREDENTIALS = ['REDIS_URL', 'DATABASE_URL', 'QDRANT_URL'] as const;
+
+// ---------------------------------------------------------------- schema helpers
+
+/** Empty strings count as unset, as in most shells' `FOO=` lines. */
+const blankToUndefined = (v: unknown): unknown => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+
+const optionalString = z.preprocess(blankToUndefined, z.string().optional());
+
+const intVar = (min: number, max: number) =>
+  z.preprocess(
+    blankToUndefined,
+    z
+      .string()
+      .regex(/^\d+$/, 'must be a whole number')
+      .transform(Number)
+      .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+      .optional(),
+  );
+
+const numberVar = (min: number, max: number) =>
+  z.preprocess(
+    blankToUndefined,
+    z
+      .string()
+      .regex(/^\d+(\.\d+)?$/, 'must be a number')
+      .transform(Number)
+      .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+      .optional(),
+  );
+
+const boolVar = z.preprocess(
+  blankToUndefined,
+  z
+    .string()
+    .transform((s) => s.toLowerCase())
+    .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no']))
+    .transform((s) => s === 'true' || s === '1' || s === 'yes')
+    .optional(),
+);
+
+const urlVar = (protocols: readonly string[]) =>
+  z.preprocess(
+    blankToUndefined,
+    z
+      .string()
+      .refine((s) => {
+        try {
+          return protocols.includes(new URL(s).protocol);
+        } catch {
+          return false;
+        }
+      }, `must be a URL (${protocols.join(' or ')})`)
+      .optional(),
+  );
+
+const envSchema = z.object({
+  OPENAI_API_KEY: optionalString,
+  MEM0_PROVIDER: optionalString,
+  MODEL_NAME: optionalString,
+  AUTH_TOKEN: optionalString.refine((s) => s === undefined || s.length >= 8, 'must be at least 8 characters'),
+  SERVER_HOST: optionalString,
+  SERVER_PORT: intVar(0, 65535),
+  DEBUG: boolVar,
+  TRUST_PROXY: boolVar,
+  UPSTREAM_BASE_URL: urlVar(['http:', 'https:']),
+  UPSTREAM_TIMEOUT_MS: intVar(1, 24 * 3600 * 1000),
+  MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
+  DATA_DIR: optionalString,
+  REDIS_URL: urlVar(['redis:', 'rediss:']),
+  KEYS_FILE: optionalString,
+  MEMORY_BACKEND: z.preprocess(blankToUndefined, z.enum(['embedded', 'platform', 'pgvector', 'qdrant']).optional()),
+  MEM0_LLM_BASE_URL: urlVar(['http:', 'https:']),
+  MEM0_EMBEDDER_BASE_URL: urlVar(['http:', 'https:']),
+  EMBEDDING_MODEL: optionalString,
+  EMBEDDING_DIMS: intVar(1, 65536),
+  MEMORY_SEARCH_TIMEOUT_MS: intVar(1, 600000),
+  MEMORY_TOP_K: intVar(0, 100),
+  MEMORY_SCORE_THRESHOLD: numberVar(0, 1),
+  MEMORY_INJECTION_PLACEMENT: z.preprocess(blankToUndefined, z.enum(['before_last_user', 'first_system']).optional()),
+  MEMORY_INJECTION_MAX_CHARS: intVar(100, 1000000),
+  MEM0_API_KEY: optionalString,
+  MEM0_HOST: urlVar(['http:', 'https:']),
+  MEM0_TELEMETRY: boolVar,
+  DATABASE_URL: urlVar(['postgres:', 'postgresql:']),
+  QDRANT_URL: urlVar(['http:', 'https:']),
+  QDRANT_API_KEY: optionalString,
+  RATE_LIMIT_HEALTH: intVar(1, 1e9),
+  RATE_LIMIT_SEARCH: intVar(1, 1e9),
+  RATE_LIMIT_LIST: intVar(1, 1e9),
+  RATE_LIMIT_REMEMBER: intVar(1, 1e9),
+  RATE_LIMIT_FORGET: intVar(1, 1e9),
+  RATE_LIMIT_V1: intVar(1, 1e9),
+});
+
+const rateLimitSchema = z.object({
+  windowMs: z.number().int().positive(),
+  perMinute: z.object({
+    health: z.number().int().positive(),
+    search: z.number().int().positive(),
+    list: z.number().int().positive(),
+    remember: z.number().int().positive(),
+    forget: z.number().int().positive(),
+    v1: z.number().int().positive(),
+  }),
+});
+
+const defaultsSchema = z.object({
+  rateLimits: rateLimitSchema,
+  memory: z.object({
+    topK: z.number().int().min(0),
+    scoreThreshold: z.number().min(0).max(1),
+    searchTimeoutMs: z.number().int().positive(),
+    injection: z.object({
+      placement: z.enum(['before_last_user', 'first_system']),
+      maxChars: z.number().int().positive(),
+    }),
+  }),
+});
+
+type Defaults = z.infer<typeof defaultsSchema>;
+
+// ---------------------------------------------------------------- masking
+
+/** Replaces the password (and a user that looks like a token) of a URL with `***`. */
+export function maskUrl(raw: string): string {
+  try {
+    const u = new URL(raw);
+    if (u.password) u.password = MASK;
+    else if (u.username) u.username = MASK;
+    return u.toString();
+  } catch {
+    return MASK;
+  }
+}
+
+/** Secret values carried inside a URL (user and password parts). */
+function urlSecrets(raw: string | undefined): string[] {
+  if (!raw) return [];
+  try {
+    const u = new URL(raw);
+    return [u.password, decodeURIComponent(u.password), u.password ? '' : u.username]
+      .filter((s) => s.length >= 4);
+  } catch {
+    return [raw];
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+  }
+  return value;
+}
+
+function readDefaults(configDir: string, problems: string[]): Defaults | undefined {
+  const file = path.join(configDir, 'defaults.json');
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    problems.push(`${file}: cannot be read as JSON (${(err as Error).message})`);
+    return undefined;
+  }
+  const parsed = defaultsSchema.safeParse(raw);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.push(`${file}: ${issue.path.join('.')} ${issue.message}`);
+    return undefined;
+  }
+  return parsed.data;
+}
+
+function readVersion(): string {
+  try {
+    const pkg: unknown = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8'));
+    if (pkg && typeof pkg === 'object' && 'version' in pkg && typeof pkg.version === 'string') return pkg.version;
+  } catch {
+    // fall through: a missing package.json only loses the version string
+  }
+  return '0.0.0';
+}
+
+export interface LoadConfigOptions {
+  /** Variables to read; defaults to `process.env` merged over `.env`. */
+  env?: Record<string, string | undefined>;
+  /** Where `.env` is looked for when `env` is not given (default: the working directory). */
+  dotenvPath?: string;
+  /** Folder with `defaults.json` (default: the project's `config/`). */
+  configDir?: string;
+}
+
+/**
+ * Reads and validates the configuration once.
+ * @throws ConfigError naming every bad variable at once.
+ */
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  let env = options.env;
+  if (!env) {
+    // dotenv never overrides a variable that is already set: the real environment wins.
+    const fromFile: Record<string, string> = {};
+    dotenv.config({ path: options.dotenvPath ?? path.resolve('.env'), processEnv: fromFile, quiet: true });
+    env = { ...fromFile, ...process.env };
+  }
+
+  const problems: string[] = [];
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const name = issue.path.join('.');
+      // Never echo the offending value: it may be a secret.
+      problems.push(`${name}: ${issue.message}`);
+    }
+  }
+  const defaults = readDefaults(options.configDir ?? path.join(__dirname, '..', 'config'), problems);
+  if (!parsed.success || !defaults) throw new ConfigError(problems);
+  const e = parsed.data;
+
+  if (e.AUTH_TOKEN && !e.OPENAI_API_KEY) {
+    problems.push(
+      'AUTH_TOKEN is set but OPENAI_API_KEY is not: callers authenticate with AUTH_TOKEN, so the proxy needs its own upstream key',
+    );
+  }
+  if (e.MEMORY_BACKEND === 'pgvector' && !e.DATABASE_URL) problems.push('DATABASE_URL: required when MEMORY_BACKEND=pgvector');
+  if (e.MEMORY_BACKEND === 'qdrant' && !e.QDRANT_URL) problems.push('QDRANT_URL: required when MEMORY_BACKEND=qdrant');
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const upstreamBaseUrl = (e.UPSTREAM_BASE_URL ?? 'https://api.openai.com/v1').replace(/\/+$/, '');
+  const perMinute = {
+    health: e.RATE_LIMIT_HEALTH ?? defaults.rateLimits.perMinute.health,
+    search: e.RATE_LIMIT_SEARCH ?? defaults.rateLimits.perMinute.search,
+    list: e.RATE_LIMIT_LIST ?? defaults.rateLimits.perMinute.list,
+    remember: e.RATE_LIMIT_REMEMBER ?? defaults.rateLimits.perMinute.remember,
+    forget: e.RATE_LIMIT_FORGET ?? defaults.rateLimits.perMinute.forget,
+    v1: e.RATE_LIMIT_V1 ?? defaults.rateLimits.perMinute.v1,
+  };
+
+  const secrets = [
+    ...SECRET_VARIABLES.map((name) => e[name]).filter((s): s is string => typeof s === 'string' && s.length > 0),
+    ...URL_VARIABLES_WITH_CREDENTIALS.flatMap((name) => urlSecrets(e[name])),
+  ];
+
+  const data = {
+    version: readVersion(),
+    server: { host: e.SERVER_HOST ?? 'localhost', port: e.SERVER_PORT ?? 8000, trustProxy: e.TRUST_PROXY ?? false },
+    debug: e.DEBUG ?? false,
+    authToken: e.AUTH_TOKEN,
+    openaiApiKey: e.OPENAI_API_KEY,
+    upstream: { baseUrl: upstreamBaseUrl, timeoutMs: e.UPSTREAM_TIMEOUT_MS ?? 600000 },
+    maxBodyBytes: e.MAX_BODY_BYTES ?? 20971520,
+    dataDir: path.resolve(e.DATA_DIR ?? './data'),
+    redisUrl: e.REDIS_URL,
+    keysFile: path.resolve(e.KEYS_FILE ?? path.join(__dirname, '..', 'config', 'keys.json')),
+    rateLimits: { windowMs: defaults.rateLimits.windowMs, perMinute },
+    memory: {
+      backend: e.MEMORY_BACKEND ?? 'embedded',
+      provider: e.MEM0_PROVIDER ?? 'openai',
+      model: e.MODEL_NAME ?? 'gpt-4o-mini',
+      llmBaseUrl: (e.MEM0_LLM_BASE_URL ?? upstreamBaseUrl).replace(/\/+$/, ''),
+      embedderBaseUrl: (e.MEM0_EMBEDDER_BASE_URL ?? upstreamBaseUrl).replace(/\/+$/, ''),
+      embeddingModel: e.EMBEDDING_MODEL ?? 'text-embedding-3-small',
+      embeddingDims: e.EMBEDDING_DIMS ?? 1536,
+      searchTimeoutMs: e.MEMORY_SEARCH_TIMEOUT_MS ?? defaults.memory.searchTimeoutMs,
+      topK: e.MEMORY_TOP_K ?? defaults.memory.topK,
+      scoreThreshold: e.MEMORY_SCORE_THRESHOLD ?? defaults.memory.scoreThreshold,
+      injection: {
+        placement: e.MEMORY_INJECTION_PLACEMENT ?? defaults.memory.injection.placement,
+        maxChars: e.MEMORY_INJECTION_MAX_CHARS ?? defaults.memory.injection.maxChars,
+      },
+      mem0ApiKey: e.MEM0_API_KEY,
+      mem0Host: e.MEM0_HOST,
+      databaseUrl: e.DATABASE_URL,
+      qdrantUrl: e.QDRANT_URL,
+      qdrantApiKey: e.QDRANT_API_KEY,
+      telemetry: e.MEM0_TELEMETRY ?? false,
+    },
+  };
+
+  const safeDump = (): Record<string, unknown> => {
+    const mask = (s: string | undefined): string | undefined => (s === undefined ? undefined : MASK);
+    const maskU = (s: string | undefined): string | undefined => (s === undefined ? undefined : maskUrl(s));
+    return {
+      ...data,
+      authToken: mask(data.authToken),
+      openaiApiKey: mask(data.openaiApiKey),
+      redisUrl: maskU(data.redisUrl),
+      memory: {
+        ...data.memory,
+        mem0ApiKey: mask(data.memory.mem0ApiKey),
+        databaseUrl: maskU(data.memory.databaseUrl),
+        qdrantUrl: maskU(data.memory.qdrantUrl),
+        qdrantApiKey: mask(data.memory.qdrantApiKey),
+      },
+    };
+  };
+
+  const config: Config = { ...data, secrets: Object.freeze(secrets), safeDump };
+  Object.defineProperties(config, {
+    safeDump: { enumerable: false },
+    // `secrets` is for the logger only: kept out of enumeration so spreading or iterating the
+    // config never carries it along.
+    secrets: { enumerable: false },
+    toJSON: { value: safeDump, enumerable: false },
+    toString: { value: () => JSON.stringify(safeDump()), enumerable: false },
+    [util.inspect.custom]: { value: () => safeDump(), enumerable: false },
+  });
+  return deepFreeze(config);
+}

@@ -1,0 +1,71 @@
+/**
+ * Authentication: who is calling.
+ *
+ * With `AUTH_TOKEN` set every endpoint requires `Authorization: Bearer <token>`; the comparison
+ * hashes both sides and compares the digests in constant time, so neither the token's content nor
+ * its length leaks through timing. Without it the proxy is in development mode: callers are
+ * anonymous and keyed by their socket address (never by `X-Forwarded-For` unless `TRUST_PROXY`).
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Request, RequestHandler } from 'express';
+import { ipKeyGenerator } from 'express-rate-limit';
+import { UnauthorizedError } from '../errors';
+import type { Logger } from '../logger';
+import type { Caller } from './context';
+
+export interface Authenticator {
+  /** Whether callers must present a credential. */
+  readonly required: boolean;
+  /** The caller a bearer credential stands for, or undefined when it stands for nobody. */
+  identify(credential: string): Caller | undefined;
+}
+
+const sha256 = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
+
+/** The single shared `AUTH_TOKEN`, an admin caller with id `token`. */
+export function tokenAuthenticator(token: string | undefined): Authenticator {
+  if (token === undefined) return { required: false, identify: () => undefined };
+  const expected = sha256(token);
+  const caller: Caller = Object.freeze({ id: 'token', kind: 'token', userId: undefined, admin: true, limits: {} });
+  return {
+    required: true,
+    identify: (credential) => (timingSafeEqual(sha256(credential), expected) ? caller : undefined),
+  };
+}
+
+/** The client address used to key anonymous callers (IPv6 grouped by /56, as express-rate-limit advises). */
+export function clientAddress(req: Request, trustProxy: boolean): string {
+  const ip = (trustProxy ? req.ip : req.socket.remoteAddress) ?? 'unknown';
+  return ipKeyGenerator(ip);
+}
+
+function bearer(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1];
+}
+
+export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean): RequestHandler {
+  return (req, _res, next) => {
+    if (!auth.required) {
+      req.caller = { id: `ip:${clientAddress(req, trustProxy)}`, kind: 'anonymous', userId: undefined, admin: true, limits: {} };
+      next();
+      return;
+    }
+    const header = req.headers.authorization;
+    if (!header) {
+      logger.warn('No authorization header provided', { request_id: req.id, path: req.path });
+      next(new UnauthorizedError('No authorization header provided'));
+      return;
+    }
+    const credential = bearer(header);
+    const caller = credential === undefined ? undefined : auth.identify(credential);
+    if (!caller) {
+      logger.warn('Invalid authorization token provided', { request_id: req.id, path: req.path });
+      next(new UnauthorizedError('Invalid authorization token provided'));
+      return;
+    }
+    req.caller = caller;
+    next();
+  };
+}

@@ -1,0 +1,57 @@
+/**
+ * Whose memories a request may touch (contract §2).
+ *
+ * A caller bound to a user acts only for that user: naming anyone else is 403. Unbound callers
+ * (the `AUTH_TOKEN`, admin keys, development mode) act for whoever they name.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import { BadRequestError, ForbiddenError } from '../errors';
+import type { MemoryScope } from '../memory/types';
+import type { Caller } from './context';
+
+export const DEFAULT_CHAT_USER = 'default';
+const MAX_ID_LENGTH = 256;
+
+function header(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  const v = Array.isArray(value) ? value[0] : value;
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function checkId(name: string, value: string | undefined): string | undefined {
+  if (value !== undefined && value.length > MAX_ID_LENGTH) throw new BadRequestError(`${name} is too long`, `${name} must be at most ${MAX_ID_LENGTH} characters`);
+  return value;
+}
+
+function bound(caller: Caller, requested: string | undefined): string | undefined {
+  if (caller.userId === undefined || caller.admin) return requested;
+  if (requested !== undefined && requested !== caller.userId) {
+    throw new ForbiddenError('This caller may only access its own memories', 'user_id does not match the caller');
+  }
+  return caller.userId;
+}
+
+/** The admin API's user: the bound one, else the body's `user_id` (required). */
+export function adminScope(caller: Caller, body: { user_id?: string | undefined; agent_id?: string | undefined; run_id?: string | undefined }): MemoryScope {
+  const userId = bound(caller, checkId('user_id', body.user_id)) ?? caller.userId;
+  if (userId === undefined) throw new BadRequestError('user_id is required', { user_id: 'Required' });
+  return { userId, agentId: checkId('agent_id', body.agent_id), runId: checkId('run_id', body.run_id) };
+}
+
+/**
+ * The chat path's user: the bound one; else `X-Mem0-User-Id`; else the body's `user`; else
+ * `default`. A bound caller naming another user by header or body is refused.
+ */
+export function chatScope(caller: Caller, headers: IncomingHttpHeaders, bodyUser: string | undefined): MemoryScope {
+  const fromHeader = checkId('X-Mem0-User-Id', header(headers, 'x-mem0-user-id'));
+  const fromBody = checkId('user', bodyUser?.trim() === '' ? undefined : bodyUser);
+  if (caller.userId !== undefined && !caller.admin) {
+    for (const requested of [fromHeader, fromBody]) bound(caller, requested);
+  }
+  const userId = (caller.admin ? undefined : caller.userId) ?? fromHeader ?? fromBody ?? caller.userId ?? DEFAULT_CHAT_USER;
+  return {
+    userId,
+    agentId: checkId('X-Mem0-Agent-Id', header(headers, 'x-mem0-agent-id')),
+    runId: checkId('X-Mem0-Run-Id', header(headers, 'x-mem0-run-id')),
+  };
+}

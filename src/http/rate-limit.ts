@@ -1,0 +1,59 @@
+/**
+ * Rate limits: one express-rate-limit middleware per endpoint, built once at start, counting per
+ * caller id (never per `X-Forwarded-For`). Limits are requests per minute from `config/`, the
+ * `RATE_LIMIT_*` variables, or the caller's own overrides. The store is pluggable: in-process by
+ * default, shared (Redis) where the composition root passes one.
+ */
+import type { RequestHandler } from 'express';
+import { rateLimit, type Store } from 'express-rate-limit';
+import type { Config, RateLimitedEndpoint } from '../config';
+import { RateLimitError } from '../errors';
+import type { Logger } from '../logger';
+
+/** Makes the counter store for one endpoint; undefined means express-rate-limit's in-memory store. */
+export type RateLimitStoreFactory = (endpoint: RateLimitedEndpoint) => Store | undefined;
+
+export interface RateLimitOptions {
+  config: Config;
+  logger: Logger;
+  storeFactory?: RateLimitStoreFactory | undefined;
+  /** Called when a caller is refused, for metrics. */
+  onLimited?: ((endpoint: RateLimitedEndpoint) => void) | undefined;
+}
+
+export type RateLimiters = Readonly<Record<RateLimitedEndpoint, RequestHandler>>;
+
+export function createRateLimiters(options: RateLimitOptions): RateLimiters {
+  const { config, logger } = options;
+  const build = (endpoint: RateLimitedEndpoint): RequestHandler => {
+    const configured = config.rateLimits.perMinute[endpoint];
+    const perMinuteFor = (caller: Express.Request['caller']): number => caller?.limits[endpoint] ?? configured;
+    const store = options.storeFactory?.(endpoint);
+    return rateLimit({
+      windowMs: config.rateLimits.windowMs,
+      limit: (req) => perMinuteFor(req.caller),
+      // The contract's headers: X-RateLimit-Limit/Remaining/Reset, the reset in Unix seconds.
+      legacyHeaders: true,
+      standardHeaders: false,
+      keyGenerator: (req) => req.caller?.id ?? 'unknown',
+      ...(store ? { store } : {}),
+      handler: (req, _res, next) => {
+        const info = (req as { rateLimit?: { resetTime?: Date } }).rateLimit;
+        const retryAfter = info?.resetTime ? Math.max(1, Math.ceil((info.resetTime.getTime() - Date.now()) / 1000)) : 60;
+        options.onLimited?.(endpoint);
+        logger.warn('Rate limit exceeded', { request_id: req.id, caller: req.caller?.id, endpoint });
+        next(new RateLimitError(perMinuteFor(req.caller), retryAfter));
+      },
+      // Keys are caller ids, not addresses, so the IP-based sanity checks do not apply.
+      validate: { trustProxy: false, xForwardedForHeader: false, keyGeneratorIpFallback: false },
+    });
+  };
+  return {
+    health: build('health'),
+    search: build('search'),
+    list: build('list'),
+    remember: build('remember'),
+    forget: build('forget'),
+    v1: build('v1'),
+  };
+}

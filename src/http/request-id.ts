@@ -1,0 +1,18 @@
+/**
+ * `X-Request-ID`: echoed when the caller sent a sane one, generated otherwise, and set on the
+ * response before anything else can answer.
+ */
+import { randomUUID } from 'node:crypto';
+import type { RequestHandler } from 'express';
+
+const SANE_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+export function requestId(): RequestHandler {
+  return (req, res, next) => {
+    const sent = req.headers['x-request-id'];
+    const id = typeof sent === 'string' && SANE_ID.test(sent) ? sent : randomUUID();
+    req.id = id;
+    res.setHeader('X-Request-ID', id);
+    next();
+  };
+}

@@ -1,0 +1,28 @@
+/**
+ * `POST /v1/chat/completions`: the body is read (within the size limit) and must be JSON; it is
+ * then forwarded as the caller sent it.
+ */
+import type { RequestHandler } from 'express';
+import { BadRequestError } from '../errors';
+import type { Upstream } from '../proxy/upstream';
+
+/** Parses a chat body; anything but a JSON object is the caller's mistake (400). */
+export function parseChatBody(raw: unknown): Record<string, unknown> {
+  if (!Buffer.isBuffer(raw) || raw.length === 0) throw new BadRequestError('Request body must be a JSON object');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new BadRequestError('Request body is not valid JSON');
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new BadRequestError('Request body must be a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+export function chatRoute(upstream: Upstream): RequestHandler {
+  return (req, res, next) => {
+    const raw: unknown = req.body;
+    parseChatBody(raw);
+    upstream.forward(req, res, next, { body: raw as Buffer });
+  };
+}

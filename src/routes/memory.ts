@@ -1,0 +1,95 @@
+/**
+ * The memory admin API (contract §4): `/search`, `/list`, `/remember`, `/forget`.
+ * Thin handlers: validate the body, resolve whose memories these are, call the memory service.
+ */
+import type { Request, RequestHandler } from 'express';
+import { z } from 'zod';
+import { BadRequestError } from '../errors';
+import { adminScope } from '../http/identity';
+import type { MemoryService } from '../memory/types';
+
+export const MAX_LIMIT = 1000;
+const MAX_QUERY_CHARS = 8000;
+const MAX_CONTENT_CHARS = 100_000;
+const MAX_MESSAGES = 200;
+
+const id = z.string().trim().min(1).max(256);
+const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
+const metadata = z.record(z.string(), z.unknown()).refine((m) => JSON.stringify(m).length <= 16_000, 'metadata is too large');
+
+const searchBody = z.object({ ...scopeFields, query: z.string().trim().min(1).max(MAX_QUERY_CHARS), limit: z.number().int().min(1).max(MAX_LIMIT).optional() }).strict();
+const listBody = z
+  .object({ ...scopeFields, limit: z.number().int().min(1).max(MAX_LIMIT).optional(), offset: z.number().int().min(0).max(1_000_000).optional() })
+  .strict();
+const message = z.object({ role: z.enum(['user', 'assistant', 'system']), content: z.string().min(1).max(MAX_CONTENT_CHARS) }).strict();
+const rememberBody = z
+  .object({
+    ...scopeFields,
+    messages: z.array(message).min(1).max(MAX_MESSAGES).optional(),
+    content: z.string().trim().min(1).max(MAX_CONTENT_CHARS).optional(),
+    metadata: metadata.optional(),
+    infer: z.boolean().optional(),
+  })
+  .strict()
+  .refine((b) => (b.messages === undefined) !== (b.content === undefined), { message: 'Give exactly one of messages or content', path: ['messages'] });
+const forgetBody = z.object({ ...scopeFields, memory_id: id.optional() }).strict();
+
+/** Parses the body with `schema`, or throws the contract's 400 with field-level details. */
+function parse<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, req: Request): T {
+  const body: unknown = req.body;
+  if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new BadRequestError('Request body must be a JSON object', 'Request body must be a JSON object');
+  }
+  const result = schema.safeParse(body);
+  if (!result.success) {
+    const details = result.error.issues.map((i) => ({ field: i.path.join('.') || '(body)', message: i.message }));
+    throw new BadRequestError('Invalid request', details);
+  }
+  return result.data;
+}
+
+export interface MemoryRoutes {
+  search: RequestHandler;
+  list: RequestHandler;
+  remember: RequestHandler;
+  forget: RequestHandler;
+}
+
+export function memoryRoutes(memory: MemoryService, defaults: { searchLimit: number; listLimit: number }): MemoryRoutes {
+  const caller = (req: Request): NonNullable<Request['caller']> => {
+    if (!req.caller) throw new Error('authenticate must run before the memory routes');
+    return req.caller;
+  };
+  return {
+    search: async (req, res) => {
+      const body = parse(searchBody, req);
+      const scope = adminScope(caller(req), body);
+      const memories = await memory.search(scope, body.query, { limit: body.limit ?? defaults.searchLimit });
+      res.json({ memories, count: memories.length });
+    },
+    list: async (req, res) => {
+      const body = parse(listBody, req);
+      const scope = adminScope(caller(req), body);
+      const memories = await memory.list(scope, { limit: body.limit ?? defaults.listLimit, offset: body.offset ?? 0 });
+      res.json({ memories, count: memories.length });
+    },
+    remember: async (req, res) => {
+      const body = parse(rememberBody, req);
+      const scope = adminScope(caller(req), body);
+      const messages = body.messages ?? [{ role: 'user' as const, content: body.content ?? '' }];
+      const memories = await memory.add(scope, { messages, metadata: body.metadata, infer: body.infer });
+      res.json({ memories, count: memories.length });
+    },
+    forget: async (req, res) => {
+      const body = parse(forgetBody, req);
+      const scope = adminScope(caller(req), body);
+      if (body.memory_id !== undefined) {
+        await memory.delete(scope, body.memory_id);
+        res.json({ success: true, message: `Memory ${body.memory_id} deleted` });
+        return;
+      }
+      await memory.deleteAll(scope);
+      res.json({ success: true, message: `All memories of user ${scope.userId} deleted` });
+    },
+  };
+}
