@@ -9,7 +9,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import { Transform, type TransformCallback, type Readable } from 'node:stream';
+import { PassThrough, Transform, type TransformCallback, type Readable } from 'node:stream';
 import type { NextFunction, Request, Response } from 'express';
 import httpProxy from 'http-proxy';
 import { BadGatewayError, GatewayTimeoutError, PayloadTooLargeError, sendError } from '../errors';
@@ -61,7 +61,7 @@ class BodyLimit extends Transform {
 
 function bodyStream(body: Buffer): Readable {
   // A one-shot readable over the buffer; http-proxy pipes it into the upstream request.
-  const t = new Transform();
+  const t = new PassThrough();
   t.end(body);
   return t;
 }
@@ -124,6 +124,8 @@ export class Upstream {
       return;
     }
 
+    // Read before prepareHeaders drops Transfer-Encoding as hop-by-hop.
+    const unknownLength = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] !== undefined;
     this.prepareHeaders(req, opts.body);
     const started = process.hrtime.bigint();
     let timedOut = false;
@@ -173,7 +175,7 @@ export class Upstream {
     let source: Readable | undefined;
     if (opts.body) {
       source = bodyStream(opts.body);
-    } else if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] !== undefined) {
+    } else if (unknownLength) {
       // A chunked body of unknown size: count it on the way through.
       const limit = new BodyLimit(this.options.maxBodyBytes);
       limit.on('error', (err) => fail(err));

@@ -1,0 +1,1496 @@
+/**
+ * EmbeddedVectorStore: a mem0ai `VectorStore` provider that keeps rows durably in one SQLite file
+ * and answers similarity searches from an in-memory index partitioned by scope.
+ *
+ * Why it exists: mem0ai's built-in `memory` store reads, JSON-parses and converts every row of the
+ * table on each search and filters by user in JavaScript, so search time grows with the total
+ * number of memories of all users (~2 s at 10k x 1536). Here a search only touches the vectors of
+ * the scope it is filtered by (user_id, else agent_id, else run_id), which are kept normalized in
+ * contiguous Float32 blocks and scored with a WebAssembly SIMD dot-product kernel (plain JS when
+ * WebAssembly is unavailable).
+ *
+ * Layout:
+ * - SQLite (better-sqlite3, WAL): table `evs_vectors` keyed by (collection, id), with the scope
+ *   columns user_id / agent_id / run_id indexed, the raw vector as a Float32 BLOB and the payload
+ *   as JSON. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
+ *   one connection per process. Every write is committed before its promise resolves.
+ * - Memory: per (collection, scope) "partitions" loaded lazily on the first search of that scope,
+ *   kept coherent with this process's writes, dropped when another connection commits (detected
+ *   with `PRAGMA data_version`), and evicted least-recently-used past a byte budget.
+ *
+ * Behaviour follows the built-in store where mem0ai depends on it: cosine similarity scores
+ * (higher is better), `list` returns `[rows in insertion order, total count]`, filters support
+ * plain equality, `"*"`, arrays (one of), operator objects (eq, ne, gt, gte, lt, lte, in, nin,
+ * contains, icontains) and AND / OR / NOT (also spelled $and / $or / $not), camelCase
+ * userId/agentId/runId payload keys are normalized to snake_case, and `keywordSearch` scores with
+ * the same BM25 formula so mem0's hybrid ranking sees the same score scale.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/** Minimal logger shape (a winston logger fits). */
+export interface EmbeddedStoreLogger {
+  warn(message: string, meta?: object): void;
+}
+
+export type SearchKernel = 'auto' | 'wasm' | 'js';
+
+/**
+ * Configuration, in the shape of mem0ai's `VectorStoreConfig` (extra keys mem0 passes along,
+ * such as `client`, are ignored). `dbPath` is required; `dimension` is required unless the
+ * collection already exists in the file.
+ */
+export interface EmbeddedVectorStoreConfig {
+  /** Collection (logical table) name; mem0 passes its `collectionName` (default "memories"). */
+  collectionName?: string;
+  /** Vector dimension; inserts, updates and searches with another length throw. */
+  dimension?: number;
+  /** SQLite file path (its directory is created). ":memory:" gives a private in-memory DB. */
+  dbPath?: string;
+  /**
+   * SQLite `synchronous` in WAL mode: FULL (default) fsyncs each commit, so it also survives power
+   * loss; NORMAL survives process crashes only. Openers of one file share a connection: FULL wins.
+   */
+  synchronous?: 'FULL' | 'NORMAL';
+  /**
+   * Soft budget for the in-memory index of this file, in bytes (default 1 GiB; the largest asked
+   * for by the openers of the file applies). The partition being searched is never evicted.
+   */
+  maxCacheBytes?: number;
+  /** Dot-product kernel: "auto" (WASM SIMD when available), or force one (tests, bench). */
+  kernel?: SearchKernel;
+  logger?: EmbeddedStoreLogger;
+  [key: string]: unknown;
+}
+
+type Payload = Record<string, unknown>;
+type Filters = Record<string, unknown>;
+
+// ---------------------------------------------------------------------------------------------
+// Filters (same semantics as mem0ai's MemoryVectorStore, with the fixes noted inline)
+// ---------------------------------------------------------------------------------------------
+
+const LOGICAL_KEYS = new Map<string, 'AND' | 'OR' | 'NOT'>([
+  ['AND', 'AND'],
+  ['OR', 'OR'],
+  ['NOT', 'NOT'],
+  ['$and', 'AND'],
+  ['$or', 'OR'],
+  ['$not', 'NOT'],
+]);
+const OPERATORS = new Set(['eq', 'ne', 'gt', 'gte', 'lt', 'lte', 'in', 'nin', 'contains', 'icontains']);
+const SCOPE_FIELDS = ['user_id', 'agent_id', 'run_id'] as const;
+type ScopeField = (typeof SCOPE_FIELDS)[number];
+const CAMEL_SCOPE: ReadonlyArray<readonly [string, ScopeField]> = [
+  ['userId', 'user_id'],
+  ['agentId', 'agent_id'],
+  ['runId', 'run_id'],
+];
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function deepEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Array.isArray(a)) {
+    return Array.isArray(b) && a.length === b.length && a.every((v, i) => deepEqual(v, b[i]));
+  }
+  if (isPlainObject(a) && isPlainObject(b)) {
+    const ka = Object.keys(a);
+    if (ka.length !== Object.keys(b).length) return false;
+    return ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && deepEqual(a[k], b[k]));
+  }
+  return false;
+}
+
+/** Ordering only between values of the same primitive type: the built-in's JS coercion ("10" > 9) is not kept. */
+function compare(a: unknown, b: unknown): number | null {
+  if (typeof a === 'number' && typeof b === 'number') return a - b;
+  if (typeof a === 'string' && typeof b === 'string') return a < b ? -1 : a > b ? 1 : 0;
+  return null;
+}
+
+function applyOperator(op: string, value: unknown, arg: unknown): boolean {
+  switch (op) {
+    case 'eq':
+      return value === arg;
+    case 'ne':
+      return value !== arg;
+    case 'gt': {
+      const c = compare(value, arg);
+      return c !== null && c > 0;
+    }
+    case 'gte': {
+      const c = compare(value, arg);
+      return c !== null && c >= 0;
+    }
+    case 'lt': {
+      const c = compare(value, arg);
+      return c !== null && c < 0;
+    }
+    case 'lte': {
+      const c = compare(value, arg);
+      return c !== null && c <= 0;
+    }
+    case 'in':
+      return Array.isArray(arg) && arg.includes(value);
+    case 'nin':
+      // Same as the built-in: a malformed (non-array) `nin` excludes nothing.
+      return !Array.isArray(arg) || !arg.includes(value);
+    case 'contains':
+      if (typeof value === 'string') return typeof arg === 'string' && value.includes(arg);
+      // Extension: arrays in payloads (e.g. linkedMemoryIds) can be tested for membership.
+      return Array.isArray(value) && value.includes(arg);
+    case 'icontains':
+      return typeof value === 'string' && typeof arg === 'string' && value.toLowerCase().includes(arg.toLowerCase());
+    default:
+      throw new Error(`Unsupported filter operator: ${op}`);
+  }
+}
+
+function matchField(value: unknown, condition: unknown): boolean {
+  if (condition === '*') return true; // wildcard: any value, even a missing field (as the built-in)
+  // Plain values compare with ===. An `undefined` condition therefore only matches rows without
+  // the field (built-in behaviour), so a caller's missing user id never widens a search to all users.
+  if (typeof condition !== 'object' || condition === null) return value === condition;
+  if (Array.isArray(condition)) return condition.includes(value);
+  const keys = Object.keys(condition);
+  const known = keys.filter((k) => OPERATORS.has(k));
+  if (known.length === 0) return deepEqual(value, condition); // a literal object value
+  if (known.length !== keys.length) {
+    throw new Error(`Unsupported filter operator(s): ${keys.filter((k) => !OPERATORS.has(k)).join(', ')}`);
+  }
+  // All operators must hold (the built-in only checks the first one, so ranges {gte, lte} were half-applied).
+  for (const op of keys) {
+    if (!applyOperator(op, value, (condition as Record<string, unknown>)[op])) return false;
+  }
+  return true;
+}
+
+function asFilterList(kind: string, value: unknown): Filters[] {
+  if (!Array.isArray(value)) {
+    throw new Error(`${kind} filter value must be a list of filter objects, got ${typeof value}`);
+  }
+  return value.map((sub) => {
+    if (!isPlainObject(sub)) throw new Error(`${kind} filter entries must be objects`);
+    return sub;
+  });
+}
+
+/** True when `payload` satisfies every condition of `filters` (an empty or missing filter matches all). */
+export function matchesFilters(payload: Payload, filters: Filters | undefined): boolean {
+  if (!filters) return true;
+  for (const key of Object.keys(filters)) {
+    const condition = filters[key];
+    const logical = LOGICAL_KEYS.get(key);
+    if (logical === 'AND') {
+      if (!asFilterList(logical, condition).every((sub) => matchesFilters(payload, sub))) return false;
+    } else if (logical === 'OR') {
+      if (!asFilterList(logical, condition).some((sub) => matchesFilters(payload, sub))) return false;
+    } else if (logical === 'NOT') {
+      if (asFilterList(logical, condition).some((sub) => matchesFilters(payload, sub))) return false;
+    } else if (!matchField(payload[key], condition)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+interface Scope {
+  field: ScopeField;
+  value: string;
+  key: string;
+}
+
+function scopeKey(field: ScopeField, value: string): string {
+  return `${field}\u0000${value}`;
+}
+
+/**
+ * The partition a filtered query can be answered from: a top-level equality on a scope field.
+ * Top-level conditions are ANDed, so every matching row lies in that partition. user_id is
+ * preferred because user partitions are the ones reused across requests.
+ */
+function pickScope(filters: Filters | undefined): Scope | null {
+  if (!filters) return null;
+  for (const field of SCOPE_FIELDS) {
+    const value = filters[field];
+    if (typeof value === 'string' && value !== '*') return { field, value, key: scopeKey(field, value) };
+  }
+  return null;
+}
+
+/** Whether a filter constrains anything beyond the given scope field (then rows must be checked). */
+function hasResidualFilter(filters: Filters | undefined, scopeField: ScopeField): boolean {
+  if (!filters) return false;
+  return Object.keys(filters).some((k) => k !== scopeField);
+}
+
+function normalizePayload(payload: Payload): Payload {
+  const out: Payload = { ...payload };
+  for (const [camel, snake] of CAMEL_SCOPE) {
+    if (camel in out && !(snake in out)) {
+      out[snake] = out[camel];
+      delete out[camel];
+    }
+  }
+  return out;
+}
+
+function scopeColumns(payload: Payload): [string | null, string | null, string | null] {
+  const col = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+  return [col(payload.user_id), col(payload.agent_id), col(payload.run_id)];
+}
+
+function scopeKeysOf(cols: readonly (string | null)[]): string[] {
+  const keys: string[] = [];
+  SCOPE_FIELDS.forEach((field, i) => {
+    const v = cols[i];
+    if (typeof v === 'string') keys.push(scopeKey(field, v));
+  });
+  return keys;
+}
+
+function parsePayload(json: string): Payload {
+  const parsed: unknown = JSON.parse(json);
+  return isPlainObject(parsed) ? parsed : {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// BM25 keyword scoring (same formula and tokenizer as the built-in, whose raw scores mem0
+// squashes with a fixed sigmoid: another scale would change the hybrid ranking)
+// ---------------------------------------------------------------------------------------------
+
+const BM25_K1 = 1.5;
+const BM25_B = 0.75;
+
+interface TermStats {
+  tf: Map<string, number>;
+  length: number;
+}
+
+function tokenize(text: string): string[] {
+  return text.toLowerCase().split(/\s+/).filter(Boolean);
+}
+
+function termStatsOf(payload: Payload): TermStats {
+  const source = typeof payload.textLemmatized === 'string' && payload.textLemmatized
+    ? payload.textLemmatized
+    : typeof payload.data === 'string'
+      ? payload.data
+      : '';
+  const tokens = tokenize(source);
+  const tf = new Map<string, number>();
+  for (const t of tokens) tf.set(t, (tf.get(t) ?? 0) + 1);
+  return { tf, length: tokens.length };
+}
+
+interface KeywordCandidate<T> {
+  item: T;
+  stats: TermStats;
+}
+
+function bm25Rank<T>(query: string, candidates: KeywordCandidate<T>[], topK: number): Array<{ item: T; score: number }> {
+  const queryTokens = tokenize(query);
+  if (candidates.length === 0 || queryTokens.length === 0 || topK <= 0) return [];
+  const n = candidates.length;
+  let totalLength = 0;
+  for (const c of candidates) totalLength += c.stats.length;
+  const avgLength = totalLength / n;
+  const idf = new Map<string, number>();
+  for (const term of queryTokens) {
+    if (idf.has(term)) continue;
+    let df = 0;
+    for (const c of candidates) if (c.stats.tf.has(term)) df++;
+    idf.set(term, Math.log((n - df + 0.5) / (df + 0.5) + 1));
+  }
+  const scored: Array<{ item: T; score: number }> = [];
+  for (const c of candidates) {
+    let score = 0;
+    // Duplicated query terms count once per occurrence, as in the built-in.
+    for (const term of queryTokens) {
+      const tf = c.stats.tf.get(term);
+      if (!tf) continue;
+      const norm = avgLength > 0 ? c.stats.length / avgLength : 0;
+      score += ((idf.get(term) ?? 0) * tf * (BM25_K1 + 1)) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * norm));
+    }
+    if (score > 0) scored.push({ item: c.item, score });
+  }
+  scored.sort((a, b) => b.score - a.score);
+  return scored.slice(0, topK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k selection: a binary min-heap holding the best k (score, item) pairs
+// ---------------------------------------------------------------------------------------------
+
+class TopK<T> {
+  private readonly scores: number[] = [];
+  private readonly items: T[] = [];
+
+  constructor(private readonly k: number) {}
+
+  /** Scores at or below this cannot enter the heap. */
+  get floor(): number {
+    return this.scores.length < this.k ? -Infinity : this.scores[0]!;
+  }
+
+  push(score: number, item: T): void {
+    const s = this.scores;
+    const it = this.items;
+    if (s.length < this.k) {
+      s.push(score);
+      it.push(item);
+      let i = s.length - 1;
+      while (i > 0) {
+        const parent = (i - 1) >> 1;
+        if (s[parent]! <= s[i]!) break;
+        this.swap(i, parent);
+        i = parent;
+      }
+      return;
+    }
+    if (score <= s[0]!) return;
+    s[0] = score;
+    it[0] = item;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < s.length && s[l]! < s[m]!) m = l;
+      if (r < s.length && s[r]! < s[m]!) m = r;
+      if (m === i) break;
+      this.swap(i, m);
+      i = m;
+    }
+  }
+
+  /** Best first. */
+  sorted(): Array<{ score: number; item: T }> {
+    return this.scores.map((score, i) => ({ score, item: this.items[i]! })).sort((a, b) => b.score - a.score);
+  }
+
+  private swap(a: number, b: number): void {
+    const s = this.scores;
+    const it = this.items;
+    const ts = s[a]!;
+    s[a] = s[b]!;
+    s[b] = ts;
+    const ti = it[a]!;
+    it[a] = it[b]!;
+    it[b] = ti;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot-product kernels
+// ---------------------------------------------------------------------------------------------
+
+/*
+ * The WASM kernel is assembled here from opcodes rather than shipped as a binary or built with a
+ * toolchain, so the source stays reviewable. It exports its memory ("mem") and
+ *   scores(q, v, rows, strideBytes, out)
+ * which, for `rows` consecutive rows of `strideBytes` bytes starting at byte offset v, stores
+ * dot(q, row) as f32 at out, out+4, ... . strideBytes must be a positive multiple of 32: each loop
+ * step consumes 8 floats into two f32x4 accumulators (two of them to hide add latency).
+ */
+function uleb(n: number): number[] {
+  const out: number[] = [];
+  let v = n >>> 0;
+  do {
+    let byte = v & 0x7f;
+    v >>>= 7;
+    if (v !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (v !== 0);
+  return out;
+}
+
+function sleb(n: number): number[] {
+  const out: number[] = [];
+  let v = n | 0;
+  for (;;) {
+    const byte = v & 0x7f;
+    v >>= 7;
+    if ((v === 0 && (byte & 0x40) === 0) || (v === -1 && (byte & 0x40) !== 0)) {
+      out.push(byte);
+      return out;
+    }
+    out.push(byte | 0x80);
+  }
+}
+
+function buildDotKernelWasm(): Uint8Array {
+  const I32 = 0x7f;
+  const V128 = 0x7b;
+  const section = (id: number, bytes: number[]): number[] => [id, ...uleb(bytes.length), ...bytes];
+  const name = (s: string): number[] => [...uleb(s.length), ...Array.from(Buffer.from(s, 'utf8'))];
+  const get = (i: number): number[] => [0x20, i];
+  const set = (i: number): number[] => [0x21, i];
+  const tee = (i: number): number[] => [0x22, i];
+  const i32Const = (n: number): number[] => [0x41, ...sleb(n)];
+  const simd = (op: number, ...imm: number[]): number[] => [0xfd, ...uleb(op), ...imm];
+  const v128Load = (offset: number): number[] => simd(0x00, 4, ...uleb(offset)); // align 2^4
+  const v128Zero = simd(0x0c, ...new Array<number>(16).fill(0));
+  const F32X4_ADD = 0xe4;
+  const F32X4_MUL = 0xe6;
+  const F32X4_EXTRACT_LANE = 0x1f;
+  const I32_ADD = 0x6a;
+  const I32_SHL = 0x74;
+  const I32_LT_U = 0x49;
+  const I32_EQZ = 0x45;
+  const F32_ADD = 0x92;
+  const F32_STORE = 0x38;
+  const BLOCK = 0x02;
+  const LOOP = 0x03;
+  const BR_IF = 0x0d;
+  const END = 0x0b;
+  const VOID = 0x40;
+  // params 0..4, then locals
+  const Q = 0, V = 1, ROWS = 2, STRIDE = 3, OUT = 4, ROW_END = 5, OUT_END = 6, QP = 7, ACC0 = 8, ACC1 = 9;
+  const body = [
+    ...get(OUT), ...get(ROWS), ...i32Const(2), I32_SHL, I32_ADD, ...set(OUT_END),
+    BLOCK, VOID,
+    ...get(ROWS), I32_EQZ, BR_IF, 0,
+    LOOP, VOID, // one row per iteration
+    ...v128Zero, ...set(ACC0),
+    ...v128Zero, ...set(ACC1),
+    ...get(Q), ...set(QP),
+    ...get(V), ...get(STRIDE), I32_ADD, ...set(ROW_END),
+    LOOP, VOID, // 8 floats per iteration
+    ...get(ACC0), ...get(QP), ...v128Load(0), ...get(V), ...v128Load(0), ...simd(F32X4_MUL), ...simd(F32X4_ADD), ...set(ACC0),
+    ...get(ACC1), ...get(QP), ...v128Load(16), ...get(V), ...v128Load(16), ...simd(F32X4_MUL), ...simd(F32X4_ADD), ...set(ACC1),
+    ...get(QP), ...i32Const(32), I32_ADD, ...set(QP),
+    ...get(V), ...i32Const(32), I32_ADD, ...tee(V),
+    ...get(ROW_END), I32_LT_U, BR_IF, 0,
+    END,
+    ...get(OUT),
+    ...get(ACC0), ...get(ACC1), ...simd(F32X4_ADD), ...tee(ACC0), ...simd(F32X4_EXTRACT_LANE, 0),
+    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 1), F32_ADD,
+    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 2), F32_ADD,
+    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 3), F32_ADD,
+    F32_STORE, 2, 0,
+    ...get(OUT), ...i32Const(4), I32_ADD, ...tee(OUT),
+    ...get(OUT_END), I32_LT_U, BR_IF, 0,
+    END,
+    END,
+    END,
+  ];
+  const func = [2, 3, I32, 2, V128, ...body]; // locals: 3 x i32, 2 x v128
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, [1, 0x60, 5, I32, I32, I32, I32, I32, 0]), // type: (i32 x5) -> ()
+    ...section(3, [1, 0]), // one function of type 0
+    ...section(5, [1, 0x01, 1, ...uleb(65536)]), // memory: min 1 page, max 4 GiB
+    ...section(7, [2, ...name('scores'), 0x00, 0, ...name('mem'), 0x02, 0]),
+    ...section(10, [1, ...uleb(func.length), ...func]),
+  ]);
+}
+
+interface WasmMemoryLike {
+  readonly buffer: ArrayBuffer;
+  grow(deltaPages: number): number;
+}
+interface WasmKernel {
+  scores(q: number, v: number, rows: number, strideBytes: number, out: number): void;
+  mem: WasmMemoryLike;
+}
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: unknown };
+}
+
+// @types/node does not declare WebAssembly, so reach it through globalThis with a narrow shape.
+const wasmApi = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+let kernelModule: object | null | undefined;
+
+function kernelModuleOrNull(): object | null {
+  if (kernelModule === undefined) {
+    kernelModule = null;
+    try {
+      const bytes = buildDotKernelWasm();
+      if (wasmApi && wasmApi.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
+    } catch {
+      kernelModule = null; // no WebAssembly or no SIMD (e.g. --jitless): the JS kernel is used
+    }
+  }
+  return kernelModule;
+}
+
+/** A new kernel instance with its own memory (one per arena). */
+function instantiateKernel(): WasmKernel | null {
+  const mod = kernelModuleOrNull();
+  if (!mod || !wasmApi) return null;
+  const exports = new wasmApi.Instance(mod, {}).exports as Partial<WasmKernel>;
+  if (typeof exports.scores !== 'function' || !exports.mem) return null;
+  return { scores: exports.scores, mem: exports.mem };
+}
+
+/** Which kernel "auto" resolves to in this process. */
+export function embeddedVectorStoreKernel(): 'wasm' | 'js' {
+  return kernelModuleOrNull() ? 'wasm' : 'js';
+}
+
+/** Scores `rows` rows of `stride` floats at float offset `v` against the query at float offset `q`. */
+function jsScores(f32: Float32Array, q: number, v: number, rows: number, stride: number, out: Float32Array): void {
+  for (let r = 0; r < rows; r++) {
+    let s0 = 0;
+    let s1 = 0;
+    let off = v + r * stride;
+    // stride is a multiple of 8; two partial sums keep the dependency chains short.
+    for (let i = q, end = q + stride; i < end; i += 8, off += 8) {
+      s0 += f32[i]! * f32[off]! + f32[i + 1]! * f32[off + 1]! + f32[i + 2]! * f32[off + 2]! + f32[i + 3]! * f32[off + 3]!;
+      s1 += f32[i + 4]! * f32[off + 4]! + f32[i + 5]! * f32[off + 5]! + f32[i + 6]! * f32[off + 6]! + f32[i + 7]! * f32[off + 7]!;
+    }
+    out[r] = s0 + s1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector arena: fixed-size blocks of normalized, zero-padded rows in one growable buffer
+// ---------------------------------------------------------------------------------------------
+
+const WASM_PAGE = 65536;
+const TARGET_BLOCK_BYTES = 65536;
+
+class ArenaFullError extends Error {}
+
+/**
+ * One arena per (padded dimension, kernel) per process, shared by all stores: a partition owns a
+ * list of blocks, so growing, shrinking and evicting partitions never moves other partitions'
+ * vectors, and a block holds enough rows (~64 KiB) that the per-call overhead of the kernel is
+ * negligible. Memory is reused through a free list; a WASM memory never shrinks.
+ */
+class VectorArena {
+  readonly stride: number; // floats per row (dimension rounded up to a multiple of 8)
+  readonly strideBytes: number;
+  readonly blockRows: number;
+  readonly blockBytes: number;
+  private readonly headerBytes: number; // query row + score scratch
+  private readonly scoresByteOffset: number;
+  private readonly wasm: WasmKernel | null;
+  private jsBuffer: ArrayBuffer | null;
+  private view: Float32Array;
+  private scoresView: Float32Array;
+  private capacityBlocks = 0;
+  private nextBlock = 0;
+  private readonly freeBlocks: number[] = [];
+
+  constructor(paddedDimension: number, wasm: WasmKernel | null) {
+    this.stride = Math.ceil(paddedDimension / 8) * 8;
+    this.strideBytes = this.stride * 4;
+    this.blockRows = Math.max(1, Math.floor(TARGET_BLOCK_BYTES / this.strideBytes));
+    this.blockBytes = this.blockRows * this.strideBytes;
+    this.scoresByteOffset = this.strideBytes;
+    this.headerBytes = this.strideBytes + Math.ceil((this.blockRows * 4) / 32) * 32;
+    this.wasm = wasm;
+    if (wasm) {
+      this.jsBuffer = null;
+      const needPages = Math.ceil(this.headerBytes / WASM_PAGE) - wasm.mem.buffer.byteLength / WASM_PAGE;
+      if (needPages > 0) wasm.mem.grow(needPages);
+      this.view = new Float32Array(wasm.mem.buffer);
+    } else {
+      this.jsBuffer = new ArrayBuffer(this.headerBytes);
+      this.view = new Float32Array(this.jsBuffer);
+    }
+    this.scoresView = new Float32Array(this.view.buffer, this.scoresByteOffset, this.blockRows);
+  }
+
+  get kernel(): 'wasm' | 'js' {
+    return this.wasm ? 'wasm' : 'js';
+  }
+
+  /** The current Float32 view (a grown WASM memory detaches the old ArrayBuffer). */
+  f32(): Float32Array {
+    if (this.wasm && this.view.buffer !== this.wasm.mem.buffer) {
+      this.view = new Float32Array(this.wasm.mem.buffer);
+      this.scoresView = new Float32Array(this.view.buffer, this.scoresByteOffset, this.blockRows);
+    }
+    return this.view;
+  }
+
+  allocBlock(): number {
+    const reused = this.freeBlocks.pop();
+    if (reused !== undefined) return reused;
+    if (this.nextBlock >= this.capacityBlocks) this.grow(Math.max(16, Math.ceil(this.capacityBlocks * 0.5)));
+    return this.nextBlock++;
+  }
+
+  freeBlock(block: number): void {
+    this.freeBlocks.push(block);
+  }
+
+  /** Float offset of a row slot. */
+  rowOffset(block: number, slot: number): number {
+    return (this.headerBytes + block * this.blockBytes + slot * this.strideBytes) / 4;
+  }
+
+  writeRow(block: number, slot: number, normalized: Float32Array): void {
+    const f32 = this.f32();
+    const off = this.rowOffset(block, slot);
+    f32.set(normalized, off);
+    // Padding lanes must be zero so they add nothing to dot products.
+    if (this.stride > normalized.length) f32.fill(0, off + normalized.length, off + this.stride);
+  }
+
+  copyRow(fromBlock: number, fromSlot: number, toBlock: number, toSlot: number): void {
+    const f32 = this.f32();
+    const from = this.rowOffset(fromBlock, fromSlot);
+    f32.copyWithin(this.rowOffset(toBlock, toSlot), from, from + this.stride);
+  }
+
+  /** Writes the (normalized) query into the query row. */
+  setQuery(normalized: Float32Array): void {
+    const f32 = this.f32();
+    f32.set(normalized, 0);
+    if (this.stride > normalized.length) f32.fill(0, normalized.length, this.stride);
+  }
+
+  /** Scores the first `rows` rows of a block against the query; the returned view is overwritten by the next call. */
+  scoreBlock(block: number, rows: number): Float32Array {
+    const vOffset = this.headerBytes + block * this.blockBytes;
+    if (this.wasm) {
+      this.wasm.scores(0, vOffset, rows, this.strideBytes, this.scoresByteOffset);
+    } else {
+      jsScores(this.view, 0, vOffset / 4, rows, this.stride, this.scoresView);
+    }
+    return this.scoresView;
+  }
+
+  private grow(extraBlocks: number): void {
+    const newCapacity = this.capacityBlocks + extraBlocks;
+    const needBytes = this.headerBytes + newCapacity * this.blockBytes;
+    try {
+      if (this.wasm) {
+        const havePages = this.wasm.mem.buffer.byteLength / WASM_PAGE;
+        const needPages = Math.ceil(needBytes / WASM_PAGE);
+        if (needPages > havePages) this.wasm.mem.grow(needPages - havePages);
+        this.f32();
+      } else {
+        const next = new ArrayBuffer(needBytes);
+        new Uint8Array(next).set(new Uint8Array(this.jsBuffer!));
+        this.jsBuffer = next;
+        this.view = new Float32Array(next);
+        this.scoresView = new Float32Array(next, this.scoresByteOffset, this.blockRows);
+      }
+    } catch (err) {
+      throw new ArenaFullError(`in-memory vector index cannot grow to ${needBytes} bytes: ${String(err)}`);
+    }
+    this.capacityBlocks = newCapacity;
+  }
+}
+
+const arenas = new Map<string, VectorArena>();
+
+function arenaFor(dimension: number, kernel: SearchKernel): VectorArena {
+  const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
+  if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
+  const stride = Math.ceil(dimension / 8) * 8;
+  const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
+  let arena = arenas.get(key);
+  if (!arena) {
+    arena = new VectorArena(stride, useWasm ? instantiateKernel() : null);
+    arenas.set(key, arena);
+  }
+  return arena;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partitions: the rows of one (collection, scope) held in the arena
+// ---------------------------------------------------------------------------------------------
+
+/** Fixed per-partition overhead counted against the cache budget, so many tiny partitions also get evicted. */
+const PARTITION_OVERHEAD_BYTES = 4096;
+
+class Partition {
+  readonly ids: string[] = [];
+  readonly json: string[] = [];
+  private readonly parsed: (Payload | undefined)[] = [];
+  private readonly terms: (TermStats | undefined)[] = [];
+  private readonly blocks: number[] = [];
+  private readonly rowOf = new Map<string, number>();
+  private payloadChars = 0;
+
+  constructor(readonly key: string, readonly arena: VectorArena) {}
+
+  get count(): number {
+    return this.ids.length;
+  }
+
+  bytes(): number {
+    return PARTITION_OVERHEAD_BYTES + this.blocks.length * this.arena.blockBytes + this.payloadChars * 2;
+  }
+
+  has(id: string): boolean {
+    return this.rowOf.has(id);
+  }
+
+  payload(row: number): Payload {
+    let p = this.parsed[row];
+    if (!p) {
+      p = parsePayload(this.json[row]!);
+      this.parsed[row] = p;
+    }
+    return p;
+  }
+
+  termStats(row: number): TermStats {
+    let t = this.terms[row];
+    if (!t) {
+      t = termStatsOf(this.payload(row));
+      this.terms[row] = t;
+    }
+    return t;
+  }
+
+  upsert(id: string, normalized: Float32Array, json: string): void {
+    let row = this.rowOf.get(id);
+    if (row === undefined) {
+      row = this.ids.length;
+      if (row % this.arena.blockRows === 0) this.blocks.push(this.arena.allocBlock());
+      this.ids.push(id);
+      this.json.push(json);
+      this.parsed.push(undefined);
+      this.terms.push(undefined);
+      this.rowOf.set(id, row);
+    } else {
+      this.payloadChars -= this.json[row]!.length;
+      this.json[row] = json;
+      this.parsed[row] = undefined;
+      this.terms[row] = undefined;
+    }
+    this.payloadChars += json.length;
+    const blockRows = this.arena.blockRows;
+    this.arena.writeRow(this.blocks[Math.floor(row / blockRows)]!, row % blockRows, normalized);
+  }
+
+  /** Removes a row by moving the last row into its place, keeping rows dense. */
+  remove(id: string): void {
+    const row = this.rowOf.get(id);
+    if (row === undefined) return;
+    const last = this.ids.length - 1;
+    const blockRows = this.arena.blockRows;
+    this.payloadChars -= this.json[row]!.length;
+    if (row !== last) {
+      this.arena.copyRow(
+        this.blocks[Math.floor(last / blockRows)]!, last % blockRows,
+        this.blocks[Math.floor(row / blockRows)]!, row % blockRows,
+      );
+      const movedId = this.ids[last]!;
+      this.ids[row] = movedId;
+      this.json[row] = this.json[last]!;
+      this.parsed[row] = this.parsed[last];
+      this.terms[row] = this.terms[last];
+      this.rowOf.set(movedId, row);
+    }
+    this.ids.pop();
+    this.json.pop();
+    this.parsed.pop();
+    this.terms.pop();
+    this.rowOf.delete(id);
+    if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
+  }
+
+  release(): void {
+    for (const b of this.blocks) this.arena.freeBlock(b);
+    this.blocks.length = 0;
+    this.ids.length = 0;
+    this.json.length = 0;
+    this.parsed.length = 0;
+    this.terms.length = 0;
+    this.rowOf.clear();
+    this.payloadChars = 0;
+  }
+
+  /** Visits rows whose score may enter `top`, best-first selection done by the caller's heap. */
+  search(query: Float32Array, top: TopK<number>, accept: ((row: number) => boolean) | null): void {
+    const n = this.ids.length;
+    if (n === 0) return;
+    this.arena.setQuery(query);
+    const blockRows = this.arena.blockRows;
+    for (let b = 0; b < this.blocks.length; b++) {
+      const first = b * blockRows;
+      const rows = Math.min(blockRows, n - first);
+      const scores = this.arena.scoreBlock(this.blocks[b]!, rows);
+      for (let s = 0; s < rows; s++) {
+        const score = scores[s]!;
+        // The cheap score test first: the (possibly costly) filter only runs for rows that could enter the top k.
+        if (score <= top.floor) continue;
+        if (accept && !accept(first + s)) continue;
+        top.push(score, first + s);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared per-file state: one connection, prepared statements, loaded partitions, LRU budget
+// ---------------------------------------------------------------------------------------------
+
+interface RowForLoad {
+  id: string;
+  vector: Buffer;
+  payload: string;
+}
+interface RowForList {
+  id: string;
+  payload: string;
+}
+interface ScopeRow {
+  user_id: string | null;
+  agent_id: string | null;
+  run_id: string | null;
+}
+
+const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
+
+class CollectionState {
+  readonly partitions = new Map<string, Partition>();
+  constructor(readonly name: string) {}
+}
+
+class SharedDb {
+  refs = 0;
+  maxCacheBytes = 0;
+  synchronous: 'FULL' | 'NORMAL' = 'FULL';
+  readonly collections = new Map<string, CollectionState>();
+  /** Loaded partitions, least recently used first. */
+  private readonly lru = new Map<Partition, CollectionState>();
+  private dataVersion: number;
+  private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>();
+
+  constructor(readonly key: string, readonly db: Database.Database) {
+    this.dataVersion = this.readDataVersion();
+  }
+
+  stmt(sql: string): Database.Statement<unknown[], unknown> {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  collection(name: string): CollectionState {
+    let c = this.collections.get(name);
+    if (!c) {
+      c = new CollectionState(name);
+      this.collections.set(name, c);
+    }
+    return c;
+  }
+
+  /**
+   * Drops every loaded partition if another connection (another process, or another handle to the
+   * same file) committed since we last looked: our in-place updates only cover our own writes.
+   */
+  syncWithOtherWriters(): void {
+    const v = this.readDataVersion();
+    if (v !== this.dataVersion) {
+      this.dataVersion = v;
+      this.dropAllPartitions();
+    }
+  }
+
+  touch(partition: Partition, owner: CollectionState): void {
+    this.lru.delete(partition);
+    this.lru.set(partition, owner);
+  }
+
+  /** Evicts least-recently-used partitions (never `keep`) until the budget holds. */
+  enforceBudget(keep: Partition): void {
+    let total = 0;
+    for (const p of this.lru.keys()) total += p.bytes();
+    for (const [p, owner] of this.lru) {
+      if (total <= this.maxCacheBytes) break;
+      if (p === keep) continue;
+      total -= p.bytes();
+      this.evict(p, owner);
+    }
+  }
+
+  evict(partition: Partition, owner: CollectionState): void {
+    this.lru.delete(partition);
+    if (owner.partitions.get(partition.key) === partition) owner.partitions.delete(partition.key);
+    partition.release();
+  }
+
+  dropPartitions(owner: CollectionState): void {
+    for (const p of [...owner.partitions.values()]) this.evict(p, owner);
+  }
+
+  dropAllPartitions(): void {
+    for (const c of this.collections.values()) this.dropPartitions(c);
+  }
+
+  cachedBytes(): number {
+    let total = 0;
+    for (const p of this.lru.keys()) total += p.bytes();
+    return total;
+  }
+
+  private readDataVersion(): number {
+    return Number(this.db.pragma('data_version', { simple: true }));
+  }
+}
+
+const openFiles = new Map<string, SharedDb>();
+let privateDbCounter = 0;
+
+function fileKey(dbPath: string): string {
+  const abs = path.resolve(dbPath);
+  try {
+    // Resolve symlinked directories so two spellings of one file share one connection and index.
+    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch {
+    return abs;
+  }
+}
+
+function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
+  const inMemory = dbPath === ':memory:';
+  const key = inMemory ? `:memory:#${++privateDbCounter}` : fileKey(dbPath);
+  const existing = openFiles.get(key);
+  if (existing) {
+    // One connection serves all openers of the file: the strictest durability asked for wins.
+    if (synchronous === 'FULL' && existing.synchronous !== 'FULL') {
+      existing.db.pragma('synchronous = FULL');
+      existing.synchronous = 'FULL';
+    }
+    return existing;
+  }
+  if (!inMemory) fs.mkdirSync(path.dirname(path.resolve(dbPath)), { recursive: true });
+  const db = new Database(inMemory ? ':memory:' : dbPath);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${synchronous}`);
+    db.pragma('busy_timeout = 5000');
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS evs_collections (
+        name TEXT PRIMARY KEY,
+        dimension INTEGER NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS evs_vectors (
+        collection TEXT NOT NULL,
+        id TEXT NOT NULL,
+        user_id TEXT,
+        agent_id TEXT,
+        run_id TEXT,
+        vector BLOB NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (collection, id)
+      );
+      -- agent_id / run_id are often absent: partial indexes skip those rows (an equality lookup
+      -- implies NOT NULL, so SQLite still uses them).
+      CREATE INDEX IF NOT EXISTS evs_vectors_user ON evs_vectors (collection, user_id);
+      CREATE INDEX IF NOT EXISTS evs_vectors_agent ON evs_vectors (collection, agent_id) WHERE agent_id IS NOT NULL;
+      CREATE INDEX IF NOT EXISTS evs_vectors_run ON evs_vectors (collection, run_id) WHERE run_id IS NOT NULL;
+      CREATE TABLE IF NOT EXISTS evs_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      );
+    `);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+  const shared = new SharedDb(key, db);
+  shared.synchronous = synchronous;
+  openFiles.set(key, shared);
+  return shared;
+}
+
+function releaseShared(shared: SharedDb): void {
+  shared.refs--;
+  if (shared.refs > 0) return;
+  shared.dropAllPartitions();
+  openFiles.delete(shared.key);
+  if (shared.db.open) shared.db.close();
+}
+
+/** Closes every open store file of this process (graceful shutdown, tests). Stores become unusable. */
+export function closeAllEmbeddedVectorStores(): void {
+  for (const shared of [...openFiles.values()]) {
+    shared.refs = 1;
+    releaseShared(shared);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector helpers
+// ---------------------------------------------------------------------------------------------
+
+function toFloat32(vector: readonly number[], dimension: number, what: string): Float32Array {
+  if (!Array.isArray(vector) && !ArrayBuffer.isView(vector)) {
+    throw new Error(`${what}: vector must be an array of numbers`);
+  }
+  if (vector.length !== dimension) {
+    throw new Error(`${what}: vector dimension mismatch, expected ${dimension}, got ${vector.length}`);
+  }
+  const out = new Float32Array(dimension);
+  for (let i = 0; i < dimension; i++) {
+    const v = vector[i];
+    if (typeof v !== 'number' || !Number.isFinite(v)) {
+      throw new Error(`${what}: vector contains a non-finite value at index ${i}`);
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+/** Unit-length copy (a zero vector stays zero, so it scores 0 rather than NaN). */
+function normalized(v: Float32Array): Float32Array {
+  let sum = 0;
+  for (let i = 0; i < v.length; i++) sum += v[i]! * v[i]!;
+  const out = new Float32Array(v.length);
+  if (sum === 0) return out;
+  const inv = 1 / Math.sqrt(sum);
+  for (let i = 0; i < v.length; i++) out[i] = v[i]! * inv;
+  return out;
+}
+
+function blobOf(v: Float32Array): Buffer {
+  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+function vectorFromBlob(blob: Buffer, dimension: number, id: string): Float32Array {
+  if (blob.byteLength !== dimension * 4) {
+    throw new Error(`stored vector ${id} has ${blob.byteLength / 4} dimensions, expected ${dimension}`);
+  }
+  // Blobs may start at any byte offset of Node's buffer pool; Float32Array needs 4-byte alignment.
+  if (blob.byteOffset % 4 === 0) return new Float32Array(blob.buffer, blob.byteOffset, dimension);
+  return new Float32Array(new Uint8Array(blob).buffer);
+}
+
+function clampScore(s: number): number {
+  return s > 1 ? 1 : s < -1 ? -1 : s;
+}
+
+function normalizeTopK(topK: number | undefined | null, fallback: number): number {
+  if (topK === undefined || topK === null) return fallback;
+  if (typeof topK !== 'number' || Number.isNaN(topK)) throw new Error('topK must be a number');
+  return Math.max(0, Math.floor(topK));
+}
+
+function asFilters(filters: unknown): Filters | undefined {
+  if (filters === undefined || filters === null) return undefined;
+  if (!isPlainObject(filters)) throw new Error('filters must be an object');
+  return filters;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------------
+
+export class EmbeddedVectorStore implements VectorStore {
+  readonly collectionName: string;
+  readonly dimension: number;
+  readonly dbPath: string;
+  private readonly shared: SharedDb;
+  private readonly state: CollectionState;
+  private readonly arena: VectorArena;
+  private readonly logger: EmbeddedStoreLogger | undefined;
+  private closed = false;
+
+  constructor(config: EmbeddedVectorStoreConfig) {
+    if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
+    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', logger } = config;
+    if (typeof collectionName !== 'string' || collectionName === '') {
+      throw new Error('EmbeddedVectorStore: collectionName must be a non-empty string');
+    }
+    if (typeof dbPath !== 'string' || dbPath === '') {
+      throw new Error('EmbeddedVectorStore: dbPath (the SQLite file path) is required');
+    }
+    if (dimension !== undefined && (!Number.isInteger(dimension) || dimension <= 0)) {
+      throw new Error(`EmbeddedVectorStore: dimension must be a positive integer, got ${String(dimension)}`);
+    }
+    if (synchronous !== 'FULL' && synchronous !== 'NORMAL') {
+      throw new Error('EmbeddedVectorStore: synchronous must be "FULL" or "NORMAL"');
+    }
+    if (kernel !== 'auto' && kernel !== 'wasm' && kernel !== 'js') {
+      throw new Error('EmbeddedVectorStore: kernel must be "auto", "wasm" or "js"');
+    }
+    if (maxCacheBytes !== undefined && (typeof maxCacheBytes !== 'number' || !(maxCacheBytes >= 0))) {
+      throw new Error('EmbeddedVectorStore: maxCacheBytes must be a non-negative number');
+    }
+    this.collectionName = collectionName;
+    this.dbPath = dbPath;
+    this.logger = logger && typeof logger.warn === 'function' ? logger : undefined;
+
+    const shared = openShared(dbPath, synchronous);
+    try {
+      const stored = shared.stmt('SELECT dimension FROM evs_collections WHERE name = ?').get(collectionName) as
+        | { dimension: number }
+        | undefined;
+      if (stored && dimension !== undefined && stored.dimension !== dimension) {
+        throw new Error(
+          `EmbeddedVectorStore: collection "${collectionName}" in ${dbPath} holds ${stored.dimension}-dimensional vectors, ` +
+            `but dimension ${dimension} was configured (changed embedding model? use another collection or file)`,
+        );
+      }
+      const dim = dimension ?? stored?.dimension;
+      if (dim === undefined) {
+        throw new Error(`EmbeddedVectorStore: dimension is required for the new collection "${collectionName}"`);
+      }
+      this.dimension = dim;
+      this.arena = arenaFor(dim, kernel);
+    } catch (err) {
+      if (shared.refs === 0) releaseShared(shared);
+      throw err;
+    }
+    shared.refs++;
+    shared.maxCacheBytes = Math.max(shared.maxCacheBytes, maxCacheBytes ?? DEFAULT_CACHE_BYTES);
+    this.shared = shared;
+    this.state = shared.collection(collectionName);
+    this.registerCollection();
+  }
+
+  /** Which dot-product kernel this store's searches use. */
+  get kernel(): 'wasm' | 'js' {
+    return this.arena.kernel;
+  }
+
+  async initialize(): Promise<void> {
+    this.assertOpen();
+    this.registerCollection();
+  }
+
+  async insert(vectors: number[][], ids: string[], payloads: Record<string, unknown>[]): Promise<void> {
+    this.assertOpen();
+    if (!Array.isArray(vectors) || !Array.isArray(ids) || !Array.isArray(payloads)) {
+      throw new Error('insert: vectors, ids and payloads must be arrays');
+    }
+    if (vectors.length !== ids.length || payloads.length !== ids.length) {
+      throw new Error(`insert: got ${vectors.length} vectors, ${ids.length} ids and ${payloads.length} payloads`);
+    }
+    // Validate and encode everything before writing, so a bad row fails the whole batch.
+    const rows = ids.map((id, i) => {
+      if (typeof id !== 'string' || id === '') throw new Error('insert: ids must be non-empty strings');
+      const vector = toFloat32(vectors[i]!, this.dimension, 'insert');
+      const rawPayload = payloads[i];
+      const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
+      const json = JSON.stringify(payload);
+      return { id, vector, json, cols: scopeColumns(parsePayload(json)) };
+    });
+    const trackOld = this.state.partitions.size > 0;
+    const oldScopes = new Map<string, ScopeRow | undefined>();
+    const write = this.shared.db.transaction(() => {
+      this.registerCollection();
+      const upsert = this.shared.stmt(
+        'INSERT OR REPLACE INTO evs_vectors (collection, id, user_id, agent_id, run_id, vector, payload) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      );
+      for (const r of rows) {
+        // The scope before this batch (an id repeated within the batch must not see its own first write).
+        if (trackOld && !oldScopes.has(r.id)) oldScopes.set(r.id, this.readScope(r.id));
+        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), r.json);
+      }
+    });
+    write();
+    if (trackOld) {
+      const finalRows = new Map(rows.map((r) => [r.id, r])); // last write of an id wins, as in SQLite
+      for (const r of finalRows.values()) this.applyToPartitions(r.id, oldScopes.get(r.id), r.cols, r.vector, r.json);
+    }
+  }
+
+  async search(query: number[], topK?: number, filters?: Record<string, unknown>): Promise<VectorStoreResult[]> {
+    this.assertOpen();
+    const q = toFloat32(query, this.dimension, 'search');
+    const k = normalizeTopK(topK, 10);
+    const f = asFilters(filters);
+    if (k === 0) return [];
+    const scope = pickScope(f);
+    if (scope) {
+      let partition: Partition | null = null;
+      try {
+        partition = this.partitionFor(scope);
+      } catch (err) {
+        if (!(err instanceof ArenaFullError)) throw err;
+        this.logger?.warn('embedded vector store: index full, searching from disk', { error: err.message });
+      }
+      if (partition) {
+        const top = new TopK<number>(k);
+        const p = partition;
+        const accept = hasResidualFilter(f, scope.field) ? (row: number) => matchesFilters(p.payload(row), f) : null;
+        p.search(normalized(q), top, accept);
+        return top.sorted().map(({ score, item }) => ({
+          id: p.ids[item]!,
+          payload: parsePayload(p.json[item]!), // a copy: mem0 mutates returned payloads before update()
+          score: clampScore(score),
+        }));
+      }
+    }
+    return this.scanSearch(q, k, f);
+  }
+
+  async keywordSearch(query: string, topK?: number, filters?: Record<string, unknown>): Promise<VectorStoreResult[] | null> {
+    this.assertOpen();
+    if (typeof query !== 'string') return [];
+    const k = normalizeTopK(topK, 10);
+    const f = asFilters(filters);
+    if (k === 0 || tokenize(query).length === 0) return [];
+    const scope = pickScope(f);
+    let partition: Partition | null = null;
+    if (scope) {
+      try {
+        partition = this.partitionFor(scope);
+      } catch (err) {
+        if (!(err instanceof ArenaFullError)) throw err;
+      }
+    }
+    if (partition) {
+      const p = partition;
+      const residual = scope !== null && hasResidualFilter(f, scope.field);
+      const candidates: KeywordCandidate<number>[] = [];
+      for (let row = 0; row < p.count; row++) {
+        if (residual && !matchesFilters(p.payload(row), f)) continue;
+        candidates.push({ item: row, stats: p.termStats(row) });
+      }
+      return bm25Rank(query, candidates, k).map(({ item, score }) => ({
+        id: p.ids[item]!,
+        payload: parsePayload(p.json[item]!),
+        score,
+      }));
+    }
+    const candidates: KeywordCandidate<{ id: string; json: string }>[] = [];
+    for (const row of this.iterateRows(f, false) as IterableIterator<RowForList>) {
+      const payload = parsePayload(row.payload);
+      if (!matchesFilters(payload, f)) continue;
+      candidates.push({ item: { id: row.id, json: row.payload }, stats: termStatsOf(payload) });
+    }
+    return bm25Rank(query, candidates, k).map(({ item, score }) => ({ id: item.id, payload: parsePayload(item.json), score }));
+  }
+
+  async get(vectorId: string): Promise<VectorStoreResult | null> {
+    this.assertOpen();
+    const row = this.shared.stmt('SELECT id, payload FROM evs_vectors WHERE collection = ? AND id = ?').get(this.collectionName, vectorId) as
+      | RowForList
+      | undefined;
+    return row ? { id: row.id, payload: parsePayload(row.payload) } : null;
+  }
+
+  async update(vectorId: string, vector: number[], payload: Record<string, unknown>): Promise<void> {
+    this.assertOpen();
+    const v = toFloat32(vector, this.dimension, 'update');
+    const json = JSON.stringify(normalizePayload(isPlainObject(payload) ? payload : {}));
+    const cols = scopeColumns(parsePayload(json));
+    let old: ScopeRow | undefined;
+    const write = this.shared.db.transaction(() => {
+      old = this.readScope(vectorId);
+      if (!old) return;
+      this.shared
+        .stmt('UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, payload = ? WHERE collection = ? AND id = ?')
+        .run(cols[0], cols[1], cols[2], blobOf(v), json, this.collectionName, vectorId);
+    });
+    write();
+    if (!old) {
+      // The built-in store silently ignores updates of missing ids; mem0 checks existence first.
+      this.logger?.warn('embedded vector store: update of a missing id ignored', { collection: this.collectionName, id: vectorId });
+      return;
+    }
+    this.applyToPartitions(vectorId, old, cols, v, json);
+  }
+
+  async delete(vectorId: string): Promise<void> {
+    this.assertOpen();
+    let old: ScopeRow | undefined;
+    const write = this.shared.db.transaction(() => {
+      old = this.readScope(vectorId);
+      if (old) this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ? AND id = ?').run(this.collectionName, vectorId);
+    });
+    write();
+    if (old) this.applyToPartitions(vectorId, old, null, null, null);
+  }
+
+  /** Deletes every row of this collection (other collections in the file are untouched). */
+  async deleteCol(): Promise<void> {
+    this.assertOpen();
+    const write = this.shared.db.transaction(() => {
+      this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ?').run(this.collectionName);
+      // Forget the dimension too, so the collection can be recreated for another embedding model.
+      this.shared.stmt('DELETE FROM evs_collections WHERE name = ?').run(this.collectionName);
+    });
+    write();
+    this.shared.dropPartitions(this.state);
+  }
+
+  async list(filters?: Record<string, unknown>, topK?: number): Promise<[VectorStoreResult[], number]> {
+    this.assertOpen();
+    const k = normalizeTopK(topK, 100);
+    const f = asFilters(filters);
+    const { where, params, residual } = this.sqlScope(f);
+    if (!residual) {
+      // Scope equalities only: SQLite counts and pages through the index.
+      const total = (this.shared.stmt(`SELECT COUNT(*) AS n FROM evs_vectors WHERE ${where}`).get(...params) as { n: number }).n;
+      const rows = this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid LIMIT ?`).all(...params, k) as RowForList[];
+      return [rows.map((r) => ({ id: r.id, payload: parsePayload(r.payload) })), total];
+    }
+    const results: VectorStoreResult[] = [];
+    let total = 0;
+    for (const row of this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid`).iterate(...params) as IterableIterator<RowForList>) {
+      const payload = parsePayload(row.payload);
+      if (!matchesFilters(payload, f)) continue;
+      total++;
+      if (results.length < k) results.push({ id: row.id, payload });
+    }
+    return [results, total];
+  }
+
+  async getUserId(): Promise<string> {
+    this.assertOpen();
+    const row = this.shared.stmt("SELECT value FROM evs_meta WHERE key = 'user_id'").get() as { value: string } | undefined;
+    if (row) return row.value;
+    const id = randomUUID();
+    this.shared.stmt("INSERT OR IGNORE INTO evs_meta (key, value) VALUES ('user_id', ?)").run(id);
+    return (this.shared.stmt("SELECT value FROM evs_meta WHERE key = 'user_id'").get() as { value: string }).value;
+  }
+
+  async setUserId(userId: string): Promise<void> {
+    this.assertOpen();
+    this.shared.stmt("INSERT OR REPLACE INTO evs_meta (key, value) VALUES ('user_id', ?)").run(String(userId));
+  }
+
+  /** Releases this instance's hold on the file; the connection closes with the last instance. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    releaseShared(this.shared);
+  }
+
+  /** Diagnostics: rows held in memory for this file, and their approximate bytes. */
+  cacheStats(): { partitions: number; rows: number; bytes: number } {
+    let partitions = 0;
+    let rows = 0;
+    for (const c of this.shared.collections.values()) {
+      for (const p of c.partitions.values()) {
+        partitions++;
+        rows += p.count;
+      }
+    }
+    return { partitions, rows, bytes: this.shared.cachedBytes() };
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private assertOpen(): void {
+    if (this.closed || !this.shared.db.open) throw new Error(`EmbeddedVectorStore (${this.collectionName}) is closed`);
+  }
+
+  /** Records the collection's dimension in the file, or throws if the file has another one. */
+  private registerCollection(): void {
+    this.shared.stmt('INSERT OR IGNORE INTO evs_collections (name, dimension) VALUES (?, ?)').run(this.collectionName, this.dimension);
+    const row = this.shared.stmt('SELECT dimension FROM evs_collections WHERE name = ?').get(this.collectionName) as { dimension: number };
+    if (row.dimension !== this.dimension) {
+      throw new Error(
+        `EmbeddedVectorStore: collection "${this.collectionName}" in ${this.dbPath} holds ${row.dimension}-dimensional vectors, not ${this.dimension}`,
+      );
+    }
+  }
+
+  private readScope(id: string): ScopeRow | undefined {
+    return this.shared.stmt('SELECT user_id, agent_id, run_id FROM evs_vectors WHERE collection = ? AND id = ?').get(this.collectionName, id) as
+      | ScopeRow
+      | undefined;
+  }
+
+  /** Keeps loaded partitions in step with a committed write (new* null = deleted). */
+  private applyToPartitions(
+    id: string,
+    old: ScopeRow | undefined,
+    newCols: readonly (string | null)[] | null,
+    vector: Float32Array | null,
+    json: string | null,
+  ): void {
+    const partitions = this.state.partitions;
+    if (partitions.size === 0) return;
+    const newKeys = newCols ? scopeKeysOf(newCols) : [];
+    if (old) {
+      for (const key of scopeKeysOf([old.user_id, old.agent_id, old.run_id])) {
+        if (!newKeys.includes(key)) partitions.get(key)?.remove(id);
+      }
+    }
+    if (vector && json !== null) {
+      const unit = normalized(vector);
+      for (const key of newKeys) partitions.get(key)?.upsert(id, unit, json);
+    }
+  }
+
+  /** The loaded partition for a scope, loading it from SQLite on first use. */
+  private partitionFor(scope: Scope): Partition {
+    const shared = this.shared;
+    shared.syncWithOtherWriters();
+    let partition = this.state.partitions.get(scope.key);
+    if (!partition) {
+      partition = new Partition(scope.key, this.arena);
+      try {
+        const rows = shared
+          .stmt(`SELECT id, vector, payload FROM evs_vectors WHERE collection = ? AND ${scope.field} = ?`)
+          .iterate(this.collectionName, scope.value) as IterableIterator<RowForLoad>;
+        for (const row of rows) {
+          partition.upsert(row.id, normalized(vectorFromBlob(row.vector, this.dimension, row.id)), row.payload);
+        }
+      } catch (err) {
+        partition.release();
+        throw err;
+      }
+      this.state.partitions.set(scope.key, partition);
+    }
+    shared.touch(partition, this.state);
+    shared.enforceBudget(partition);
+    return partition;
+  }
+
+  /** WHERE clause for the scope equalities SQLite can apply; `residual` when JS must check more. */
+  private sqlScope(filters: Filters | undefined): { where: string; params: unknown[]; residual: boolean } {
+    const clauses = ['collection = ?'];
+    const params: unknown[] = [this.collectionName];
+    const pushed = new Set<string>();
+    if (filters) {
+      for (const field of SCOPE_FIELDS) {
+        const value = filters[field];
+        if (typeof value === 'string' && value !== '*') {
+          clauses.push(`${field} = ?`);
+          params.push(value);
+          pushed.add(field);
+        }
+      }
+    }
+    const residual = filters ? Object.keys(filters).some((k) => !pushed.has(k)) : false;
+    return { where: clauses.join(' AND '), params, residual };
+  }
+
+  private iterateRows(filters: Filters | undefined, withVectors: boolean): IterableIterator<RowForLoad | RowForList> {
+    const { where, params } = this.sqlScope(filters);
+    const columns = withVectors ? 'id, vector, payload' : 'id, payload';
+    return this.shared.stmt(`SELECT ${columns} FROM evs_vectors WHERE ${where}`).iterate(...params) as IterableIterator<RowForLoad | RowForList>;
+  }
+
+  /** Slow path for filters without a plain scope equality (e.g. user_id "*" or an OR of users): scans the collection. */
+  private scanSearch(q: Float32Array, k: number, f: Filters | undefined): VectorStoreResult[] {
+    const unitQuery = normalized(q);
+    const top = new TopK<{ id: string; json: string }>(k);
+    for (const row of this.iterateRows(f, true) as IterableIterator<RowForLoad>) {
+      const payload = parsePayload(row.payload);
+      if (!matchesFilters(payload, f)) continue;
+      const v = vectorFromBlob(row.vector, this.dimension, row.id);
+      let dot = 0;
+      let norm = 0;
+      for (let i = 0; i < v.length; i++) {
+        dot += unitQuery[i]! * v[i]!;
+        norm += v[i]! * v[i]!;
+      }
+      top.push(norm === 0 ? 0 : dot / Math.sqrt(norm), { id: row.id, json: row.payload });
+    }
+    return top.sorted().map(({ score, item }) => ({ id: item.id, payload: parsePayload(item.json), score: clampScore(score) }));
+  }
+}

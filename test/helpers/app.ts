@@ -1,0 +1,104 @@
+/**
+ * Builds the real app for tests through the same door as `index.ts`, with a logger whose every
+ * line is captured (and scanned for secrets after each test file), and serves it on port 0.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import winston from 'winston';
+import { createApp } from '../../src/app';
+import { loadConfig, type Config } from '../../src/config';
+import { tokenAuthenticator, type Authenticator } from '../../src/http/authenticate';
+import type { RateLimitStoreFactory } from '../../src/http/rate-limit';
+import { createLogger, type Logger } from '../../src/logger';
+import { createMetrics, type Metrics } from '../../src/metrics';
+import type { MemoryService } from '../../src/memory/types';
+import { UnavailableMemoryService } from '../../src/memory/unavailable';
+import { Upstream } from '../../src/proxy/upstream';
+
+/** Every log line any test app wrote in this test file (scanned in log-scan.ts). */
+export const capturedLogLines: string[] = [];
+
+export function captureLogger(config: Config, lines: string[] = []): { logger: Logger; lines: string[] } {
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      const line = chunk.toString('utf8');
+      lines.push(line);
+      capturedLogLines.push(line);
+      cb();
+    },
+  });
+  const logger = createLogger({ debug: config.debug, secrets: config.secrets, transports: [new winston.transports.Stream({ stream })] });
+  return { logger, lines };
+}
+
+export interface TestApp {
+  app: http.RequestListener;
+  config: Config;
+  logger: Logger;
+  logs: string[];
+  metrics: Metrics;
+  memory: MemoryService;
+  upstream: Upstream;
+  close(): Promise<void>;
+}
+
+export interface TestAppOptions {
+  memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
+  authenticator?: Authenticator;
+  rateLimitStore?: RateLimitStoreFactory;
+}
+
+/** `env` is the whole environment the config sees (plus DEBUG=true so debug lines are scanned too). */
+export async function buildTestApp(env: Record<string, string>, options: TestAppOptions = {}): Promise<TestApp> {
+  const config = loadConfig({ env: { DEBUG: 'true', ...env } });
+  const { logger, lines } = captureLogger(config);
+  const metrics = createMetrics({ collectDefault: false });
+  const memory = options.memory ? await options.memory(config, logger) : new UnavailableMemoryService(config.memory.backend, 'test');
+  const authenticator = options.authenticator ?? tokenAuthenticator(config.authToken);
+  const upstream = new Upstream({
+    baseUrl: config.upstream.baseUrl,
+    timeoutMs: config.upstream.timeoutMs,
+    maxBodyBytes: config.maxBodyBytes,
+    apiKey: config.openaiApiKey,
+    forwardCallerAuthorization: !authenticator.required,
+    logger,
+    metrics,
+  });
+  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, rateLimitStore: options.rateLimitStore });
+  return {
+    app,
+    config,
+    logger,
+    logs: lines,
+    metrics,
+    memory,
+    upstream,
+    close: async () => {
+      upstream.close();
+      await memory.close();
+    },
+  };
+}
+
+export interface Served {
+  url: string;
+  server: http.Server;
+  close(): Promise<void>;
+}
+
+/** Serves a request listener on 127.0.0.1:0; `close` ends every connection. */
+export async function serve(listener: http.RequestListener): Promise<Served> {
+  const server = http.createServer(listener);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
