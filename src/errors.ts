@@ -6,7 +6,7 @@
  * exception classes) and the contract's admin shape everywhere else. Internal messages and stack
  * traces never reach a response.
  */
-import type { Response } from 'express';
+import type { ServerResponse } from 'node:http';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -162,15 +162,19 @@ export function isOpenAIPath(path: string): boolean {
  * Writes `err` as the response. Errors that are not `AppError`s become a generic 500 (or, for
  * errors raised by body parsing, the matching 4xx) without leaking their message.
  */
-export function sendError(res: Response, path: string, err: unknown): void {
+export function sendError(res: ServerResponse, path: string, err: unknown): void {
   const appError = toAppError(err);
   if (res.headersSent) {
     // Too late for a status: end the response so the client sees it cut short.
     res.destroy();
     return;
   }
+  const body = JSON.stringify(isOpenAIPath(path) ? appError.openAIBody() : appError.adminBody());
   for (const [name, value] of Object.entries(appError.headers)) res.setHeader(name, value);
-  res.status(appError.status).json(isOpenAIPath(path) ? appError.openAIBody() : appError.adminBody());
+  res.statusCode = appError.status;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 }
 
 /** Maps anything thrown to an `AppError`, keeping internal messages out. */

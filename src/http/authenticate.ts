@@ -7,11 +7,12 @@
  * anonymous and keyed by their socket address (never by `X-Forwarded-For` unless `TRUST_PROXY`).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Request, RequestHandler } from 'express';
+import type { IncomingMessage } from 'node:http';
 import { ipKeyGenerator } from 'express-rate-limit';
 import { UnauthorizedError } from '../errors';
 import type { Logger } from '../logger';
 import type { Caller } from './context';
+import { pathOf, type Handler } from './pipeline';
 
 export interface Authenticator {
   /** Whether callers must present a credential. */
@@ -34,8 +35,14 @@ export function tokenAuthenticator(token: string | undefined): Authenticator {
 }
 
 /** The client address used to key anonymous callers (IPv6 grouped by /56, as express-rate-limit advises). */
-export function clientAddress(req: Request, trustProxy: boolean): string {
-  const ip = (trustProxy ? req.ip : req.socket.remoteAddress) ?? 'unknown';
+export function clientAddress(req: IncomingMessage, trustProxy: boolean): string {
+  let ip = req.socket.remoteAddress ?? 'unknown';
+  if (trustProxy) {
+    // Behind a trusted proxy the client is the left-most X-Forwarded-For entry.
+    const forwarded = req.headers['x-forwarded-for'];
+    const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim();
+    if (first) ip = first;
+  }
   return ipKeyGenerator(ip);
 }
 
@@ -45,7 +52,7 @@ function bearer(header: string | undefined): string | undefined {
   return match?.[1];
 }
 
-export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean): RequestHandler {
+export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean): Handler {
   return (req, _res, next) => {
     if (!auth.required) {
       req.caller = { id: `ip:${clientAddress(req, trustProxy)}`, kind: 'anonymous', userId: undefined, admin: true, limits: {} };
@@ -54,14 +61,14 @@ export function authenticate(auth: Authenticator, logger: Logger, trustProxy: bo
     }
     const header = req.headers.authorization;
     if (!header) {
-      logger.warn('No authorization header provided', { request_id: req.id, path: req.path });
+      logger.warn('No authorization header provided', { request_id: req.id, path: pathOf(req) });
       next(new UnauthorizedError('No authorization header provided'));
       return;
     }
     const credential = bearer(header);
     const caller = credential === undefined ? undefined : auth.identify(credential);
     if (!caller) {
-      logger.warn('Invalid authorization token provided', { request_id: req.id, path: req.path });
+      logger.warn('Invalid authorization token provided', { request_id: req.id, path: pathOf(req) });
       next(new UnauthorizedError('Invalid authorization token provided'));
       return;
     }

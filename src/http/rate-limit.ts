@@ -4,11 +4,12 @@
  * `RATE_LIMIT_*` variables, or the caller's own overrides. The store is pluggable: in-process by
  * default, shared (Redis) where the composition root passes one.
  */
-import type { RequestHandler } from 'express';
 import { rateLimit, type Store } from 'express-rate-limit';
 import type { Config, RateLimitedEndpoint } from '../config';
 import { RateLimitError } from '../errors';
 import type { Logger } from '../logger';
+import type { Caller } from './context';
+import type { Handler } from './pipeline';
 
 /** Makes the counter store for one endpoint; undefined means express-rate-limit's in-memory store. */
 export type RateLimitStoreFactory = (endpoint: RateLimitedEndpoint) => Store | undefined;
@@ -21,15 +22,17 @@ export interface RateLimitOptions {
   onLimited?: ((endpoint: RateLimitedEndpoint) => void) | undefined;
 }
 
-export type RateLimiters = Readonly<Record<RateLimitedEndpoint, RequestHandler>>;
+export type RateLimiters = Readonly<Record<RateLimitedEndpoint, Handler>>;
 
 export function createRateLimiters(options: RateLimitOptions): RateLimiters {
   const { config, logger } = options;
-  const build = (endpoint: RateLimitedEndpoint): RequestHandler => {
+  const build = (endpoint: RateLimitedEndpoint): Handler => {
     const configured = config.rateLimits.perMinute[endpoint];
-    const perMinuteFor = (caller: Express.Request['caller']): number => caller?.limits[endpoint] ?? configured;
+    const perMinuteFor = (caller: Caller | undefined): number => caller?.limits[endpoint] ?? configured;
     const store = options.storeFactory?.(endpoint);
-    return rateLimit({
+    // express-rate-limit only needs node's request and response once `keyGenerator`, `handler` and
+    // `validate` are ours, so the same limiter serves the Express app and the /v1 hot path.
+    const limiter = rateLimit({
       windowMs: config.rateLimits.windowMs,
       limit: (req) => perMinuteFor(req.caller),
       // The contract's headers: X-RateLimit-Limit/Remaining/Reset, the reset in Unix seconds.
@@ -44,9 +47,11 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
         logger.warn('Rate limit exceeded', { request_id: req.id, caller: req.caller?.id, endpoint });
         next(new RateLimitError(perMinuteFor(req.caller), retryAfter));
       },
-      // Keys are caller ids, not addresses, so the IP-based sanity checks do not apply.
-      validate: { trustProxy: false, xForwardedForHeader: false, keyGeneratorIpFallback: false },
+      // Keys are caller ids, not addresses, so the IP-based sanity checks do not apply; the others
+      // are development-time checks of this very configuration, run on every request.
+      validate: false,
     });
+    return limiter as unknown as Handler;
   };
   return {
     health: build('health'),

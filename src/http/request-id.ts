@@ -3,11 +3,11 @@
  * response before anything else can answer.
  */
 import { randomUUID } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import type { Handler } from './pipeline';
 
 const SANE_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 
-export function requestId(): RequestHandler {
+export function requestId(): Handler {
   return (req, res, next) => {
     const sent = req.headers['x-request-id'];
     const id = typeof sent === 'string' && SANE_ID.test(sent) ? sent : randomUUID();

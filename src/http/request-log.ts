@@ -2,11 +2,11 @@
  * One log line and one metrics observation per request, written when the response closes
  * (finished or cut short): request id, caller, method, route label, status and duration.
  */
-import type { RequestHandler } from 'express';
 import type { Logger } from '../logger';
 import type { Metrics } from '../metrics';
+import type { Handler } from './pipeline';
 
-export function requestLog(logger: Logger, metrics: Metrics): RequestHandler {
+export function requestLog(logger: Logger, metrics: Metrics): Handler {
   return (req, res, next) => {
     const started = process.hrtime.bigint();
     res.once('close', () => {
@@ -14,12 +14,12 @@ export function requestLog(logger: Logger, metrics: Metrics): RequestHandler {
       const route = req.routeLabel ?? 'unmatched';
       // A response closed before it finished was cut short (client gone, upstream reset).
       const status = res.writableFinished ? res.statusCode : 499;
-      metrics.httpRequests.inc({ route, method: req.method, status: String(status) });
+      metrics.httpRequests.inc({ route, method: req.method ?? 'GET', status: String(status) });
       metrics.httpDuration.observe({ route }, seconds);
       logger.info('request', {
         request_id: req.id,
         caller: req.caller?.id ?? 'unauthenticated',
-        method: req.method,
+        method: req.method ?? 'GET',
         route,
         status,
         duration_ms: Math.round(seconds * 1e6) / 1e3,
