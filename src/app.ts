@@ -27,7 +27,7 @@ import { chatRoute } from './routes/chat';
 import { healthRoute } from './routes/health';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
-import { passthroughRoute, v1Label } from './routes/proxy';
+import { passthroughRoute, routeLabel } from './routes/proxy';
 
 export interface AppDeps {
   config: Config;
@@ -41,13 +41,6 @@ export interface AppDeps {
 }
 
 const ADMIN_BODY_LIMIT = '1mb';
-
-const label =
-  (name: string): RequestHandler =>
-  (req, _res, next) => {
-    req.routeLabel = name;
-    next();
-  };
 
 /** The admin API takes JSON only: anything else is 415 before a byte is parsed. */
 const requireJson: RequestHandler = (req, _res, next) => {
@@ -66,7 +59,15 @@ export function createApp(deps: AppDeps): RequestListener {
   app.set('trust proxy', config.server.trustProxy);
 
   // The steps every request takes.
-  const front = chain(requestId(), requestLog(logger, metrics), authenticate(deps.authenticator, logger, config.server.trustProxy));
+  const front = chain(
+    requestId(),
+    (req, _res, next) => {
+      req.routeLabel = routeLabel(pathOf(req));
+      next();
+    },
+    requestLog(logger, metrics),
+    authenticate(deps.authenticator, logger, config.server.trustProxy),
+  );
   app.use(front as RequestHandler);
 
   const limits = createRateLimiters({
@@ -82,28 +83,23 @@ export function createApp(deps: AppDeps): RequestListener {
   const passthrough = passthroughRoute(upstream);
   const v1 = chain(
     front,
-    (req, _res, next) => {
-      req.routeLabel = v1Label(pathOf(req));
-      next();
-    },
     limits.v1,
     (req, res, next) => (req.method === 'POST' && req.routeLabel === '/v1/chat/completions' ? chat(req, res, next) : passthrough(req, res, next)),
   );
 
   // Operations.
-  app.get('/health', label('/health'), limits.health, healthRoute({ memory, metrics, version: config.version }));
-  app.get('/metrics', label('/metrics'), metricsRoute({ metrics, memory }));
+  app.get('/health', limits.health, healthRoute({ memory, metrics, version: config.version }));
+  app.get('/metrics', metricsRoute({ metrics, memory }));
 
   // The memory admin API: JSON bodies, parsed only here.
   const admin = memoryRoutes(memory, { searchLimit: 10, listLimit: 100 });
   const json = [requireJson, express.json({ limit: ADMIN_BODY_LIMIT, strict: true })];
-  app.post('/search', label('/search'), limits.search, ...json, admin.search);
-  app.post('/list', label('/list'), limits.list, ...json, admin.list);
-  app.post('/remember', label('/remember'), limits.remember, ...json, admin.remember);
-  app.post('/forget', label('/forget'), limits.forget, ...json, admin.forget);
+  app.post('/search', limits.search, ...json, admin.search);
+  app.post('/list', limits.list, ...json, admin.list);
+  app.post('/remember', limits.remember, ...json, admin.remember);
+  app.post('/forget', limits.forget, ...json, admin.forget);
 
   app.use((req, _res, next) => {
-    req.routeLabel ??= 'unmatched';
     next(new NotFoundError(`No route for ${req.method} ${req.path}`, 'No such endpoint'));
   });
 

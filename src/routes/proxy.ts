@@ -14,6 +14,18 @@ const KNOWN_V1 = new Set([
   'batches', 'fine_tuning', 'assistants', 'threads', 'vector_stores', 'realtime', 'conversations',
 ]);
 
+const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget']);
+
+/**
+ * Route label for logs and metrics, from the path alone, so it is known before authentication
+ * (a 401 is counted under the route it was refused on) and comes from a fixed set.
+ */
+export function routeLabel(path: string): string {
+  if (path === '/v1' || path.startsWith('/v1/')) return v1Label(path);
+  const trimmed = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+  return ADMIN_ROUTES.has(trimmed) ? trimmed : 'unmatched';
+}
+
 /** Route label for a `/v1/...` path, from a fixed set so made-up paths cannot add label values. */
 export function v1Label(path: string): string {
   if (path === '/v1/chat/completions') return '/v1/chat/completions';
