@@ -170,6 +170,9 @@ const envSchema = z.object({
   RATE_LIMIT_V1: intVar(1, 1e9),
 });
 
+/** Every environment variable the proxy reads (env.example and the README list each one). */
+export const ENV_VARIABLES: readonly string[] = Object.freeze([...Object.keys(envSchema.shape), 'MEM0_TELEMETRY'].filter((v, i, a) => a.indexOf(v) === i));
+
 const rateLimitSchema = z.object({
   windowMs: z.number().int().positive(),
   perMinute: z.object({

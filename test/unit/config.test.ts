@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import util from 'node:util';
-import { ConfigError, loadConfig } from '../../src/config';
+import dotenv from 'dotenv';
+import { ConfigError, ENV_VARIABLES, loadConfig } from '../../src/config';
 import { TEST_AUTH_TOKEN, TEST_DB_PASSWORD, TEST_MEM0_KEY, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 describe('loadConfig', () => {
@@ -98,5 +99,25 @@ describe('loadConfig', () => {
       else process.env.MODEL_NAME = saved;
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('config/env.example', () => {
+  const file = path.join(__dirname, '..', '..', 'config', 'env.example');
+  const parsed = dotenv.parse(fs.readFileSync(file));
+
+  it('lists every variable the proxy reads, each with a comment, and nothing else', () => {
+    expect(Object.keys(parsed).sort()).toEqual([...ENV_VARIABLES].sort());
+    const lines = fs.readFileSync(file, 'utf8').split('\n');
+    for (const name of ENV_VARIABLES) {
+      const i = lines.findIndex((l) => l.startsWith(`${name}=`));
+      // A comment right above, or above the group the line belongs to.
+      const above = lines.slice(Math.max(0, i - 6), i).some((l) => l.startsWith('#'));
+      expect({ name, commented: above }).toEqual({ name, commented: true });
+    }
+  });
+
+  it('is a valid configuration as it stands', () => {
+    expect(() => loadConfig({ env: parsed })).not.toThrow();
   });
 });

@@ -1,0 +1,92 @@
+/**
+ * The process as users run it: starts with no .env and no other service, refuses a bad
+ * configuration with one message naming every bad variable, logs no secret, stops on SIGTERM.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ALL_TEST_SECRETS, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const TSX = require.resolve('tsx');
+
+interface Proc {
+  child: ChildProcessWithoutNullStreams;
+  out: string[];
+  err: string[];
+  exited: Promise<number | null>;
+}
+
+function startProcess(env: Record<string, string>, cwd: string): Proc {
+  const child = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
+    cwd,
+    // Only what a user would set: PATH and HOME, plus the test's variables. No .env in cwd.
+    env: { PATH: process.env.PATH ?? '', HOME: cwd, MEM0_TELEMETRY: 'false', ...env },
+  });
+  const out: string[] = [];
+  const err: string[] = [];
+  child.stdout.on('data', (c: Buffer) => out.push(c.toString()));
+  child.stderr.on('data', (c: Buffer) => err.push(c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, out, err, exited };
+}
+
+async function listeningPort(proc: Proc, timeoutMs = 20_000): Promise<number> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    // JSON lines in production, readable lines with DEBUG=true: the port is `"port":N` in both.
+    const line = proc.out.join('').split('\n').find((l) => l.includes('listening'));
+    const port = line ? /"port":(\d+)/.exec(line)?.[1] : undefined;
+    if (port) return Number(port);
+    if (proc.child.exitCode !== null) throw new Error(`exited early: ${proc.err.join('')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('not listening in time');
+}
+
+let dir: string;
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'proc-'));
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+it('starts with no .env, serves /health, and exits 0 on SIGTERM', async () => {
+  const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data') }, dir);
+  try {
+    const port = await listeningPort(proc);
+    const res = await fetch(`http://127.0.0.1:${port}/health`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: expect.stringMatching(/healthy|degraded/), memory_service_available: expect.any(Boolean) });
+    expect(proc.out.join('')).toContain('development mode');
+  } finally {
+    proc.child.kill('SIGTERM');
+  }
+  expect(await proc.exited).toBe(0);
+});
+
+it('refuses a bad configuration with one message naming every bad variable', async () => {
+  const proc = startProcess({ SERVER_PORT: 'http', UPSTREAM_TIMEOUT_MS: '-5', MEMORY_BACKEND: 'nosuch', AUTH_TOKEN: TEST_AUTH_TOKEN }, dir);
+  expect(await proc.exited).toBe(1);
+  const stderr = proc.err.join('');
+  for (const name of ['SERVER_PORT', 'UPSTREAM_TIMEOUT_MS', 'MEMORY_BACKEND']) expect(stderr).toContain(name);
+  expect(stderr).not.toContain(TEST_AUTH_TOKEN);
+});
+
+it('never writes a secret to its output, even at debug level', async () => {
+  const proc = startProcess(
+    { SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), DEBUG: 'true', AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, UPSTREAM_BASE_URL: 'http://127.0.0.1:9/v1' },
+    dir,
+  );
+  try {
+    const port = await listeningPort(proc);
+    await fetch(`http://127.0.0.1:${port}/health`, { headers: { authorization: 'Bearer wrong-token-123' } });
+    await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { authorization: `Bearer ${TEST_AUTH_TOKEN}` } });
+  } finally {
+    proc.child.kill('SIGTERM');
+  }
+  await proc.exited;
+  const output = proc.out.join('') + proc.err.join('');
+  expect(output).toContain('Invalid authorization token provided');
+  for (const secret of ALL_TEST_SECRETS) expect(output).not.toContain(secret);
+});
