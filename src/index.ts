@@ -8,6 +8,7 @@ import { ConfigError, loadConfig, type Config } from './config';
 import { tokenAuthenticator } from './http/authenticate';
 import { createLogger, type Logger } from './logger';
 import { createMemoryService } from './memory/factory';
+import { closeAllEmbeddedVectorStores } from './memory/vector-store/embedded-store';
 import { createMetrics } from './metrics';
 import { Upstream } from './proxy/upstream';
 
@@ -28,7 +29,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
   if (!authenticator.required) {
     logger.warn('AUTH_TOKEN is not set: development mode, every caller is accepted without authentication');
   }
-  const memory = await createMemoryService(config, logger);
+  const memory = await createMemoryService(config, logger, { metrics });
   const upstream = new Upstream({
     baseUrl: config.upstream.baseUrl,
     timeoutMs: config.upstream.timeoutMs,
@@ -69,6 +70,8 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       server.closeAllConnections();
       upstream.close();
       await memory.close();
+      // Last sweep: any embedded store file still open in this process is closed before exit.
+      closeAllEmbeddedVectorStores();
       logger.info('stopped');
     })();
     return closing;

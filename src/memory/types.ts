@@ -22,6 +22,9 @@ export interface MemoryItem {
   metadata: Record<string, unknown>;
   created_at: string | null;
   updated_at: string | null;
+  /** Present when the memory was stored with an agent or run scope. */
+  agent_id?: string;
+  run_id?: string;
   score?: number;
 }
 
