@@ -21,9 +21,10 @@ import { requestLog } from './http/request-log';
 import { chain, pathOf, type Handler } from './http/pipeline';
 import type { Logger } from './logger';
 import type { Metrics } from './metrics';
+import type { ChatMemory } from './memory/chat-memory';
 import type { MemoryService } from './memory/types';
 import type { Upstream } from './proxy/upstream';
-import { chatRoute } from './routes/chat';
+import { memoryChatRoute } from './routes/chat';
 import { healthRoute } from './routes/health';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
@@ -36,6 +37,10 @@ export interface AppDeps {
   memory: MemoryService;
   authenticator: Authenticator;
   upstream: Upstream;
+  /** Memory on the chat path (recall and the save queue). */
+  chatMemory: ChatMemory;
+  /** Save-queue figures for /health; absent when nothing is ever saved. */
+  saveQueueStats?: (() => { depth: number; failures: number }) | undefined;
   /** Shared rate-limit counters (Redis); in-process when absent. */
   rateLimitStore?: RateLimitStoreFactory | undefined;
 }
@@ -77,18 +82,33 @@ export function createApp(deps: AppDeps): RequestListener {
     onLimited: (endpoint) => metrics.rateLimited.inc({ endpoint }),
   });
 
-  // The OpenAI-compatible proxy: the chat route reads its body; every other path streams
-  // through untouched.
-  const chat = chatRoute(upstream, config.maxBodyBytes);
+  // The OpenAI-compatible proxy: the two memory routes read their body; every other path
+  // streams through untouched.
+  const memoryRoute = (kind: 'chat' | 'responses'): Handler =>
+    memoryChatRoute({
+      kind,
+      upstream,
+      chatMemory: deps.chatMemory,
+      maxBodyBytes: config.maxBodyBytes,
+      placement: config.memory.injection.placement,
+      maxBlockChars: config.memory.injection.maxChars,
+    });
+  const chat = memoryRoute('chat');
+  const responses = memoryRoute('responses');
   const passthrough = passthroughRoute(upstream);
   const v1 = chain(
     front,
     limits.v1,
-    (req, res, next) => (req.method === 'POST' && req.routeLabel === '/v1/chat/completions' ? chat(req, res, next) : passthrough(req, res, next)),
+    (req, res, next) => {
+      const path = req.method === 'POST' ? pathOf(req) : '';
+      if (path === '/v1/chat/completions') return chat(req, res, next);
+      if (path === '/v1/responses') return responses(req, res, next);
+      return passthrough(req, res, next);
+    },
   );
 
   // Operations.
-  app.get('/health', limits.health, healthRoute({ memory, metrics, version: config.version }));
+  app.get('/health', limits.health, healthRoute({ memory, metrics, version: config.version, saveQueueStats: deps.saveQueueStats }));
   app.get('/metrics', metricsRoute({ metrics, memory }));
 
   // The memory admin API: JSON bodies, parsed only here.

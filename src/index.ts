@@ -7,6 +7,7 @@ import { createApp } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { tokenAuthenticator } from './http/authenticate';
 import { createLogger, type Logger } from './logger';
+import { createChatMemory } from './memory/chat-memory';
 import { createMemoryService } from './memory/factory';
 import { closeAllEmbeddedVectorStores } from './memory/vector-store/embedded-store';
 import { createMetrics } from './metrics';
@@ -39,7 +40,19 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     logger,
     metrics,
   });
-  const app = createApp({ config, logger, metrics, memory, authenticator, upstream });
+  const { chatMemory, queue } = createChatMemory({
+    memory,
+    dataDir: config.dataDir,
+    metrics,
+    logger,
+    topK: config.memory.topK,
+    threshold: config.memory.scoreThreshold,
+    timeoutMs: config.memory.searchTimeoutMs,
+  });
+  // Drains what an earlier run left in the queue, then keeps saving in the background.
+  queue?.start();
+  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
+  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats });
   const server = http.createServer(app);
   // Slow or stalled clients must not hold sockets forever; long model answers are fine because
   // these only bound the request side.
@@ -69,6 +82,8 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       await Promise.race([done, grace]);
       server.closeAllConnections();
       upstream.close();
+      // In-flight saves get a bounded wait; the rest stays durable for the next start.
+      await queue?.stop();
       await memory.close();
       // Last sweep: any embedded store file still open in this process is closed before exit.
       closeAllEmbeddedVectorStores();

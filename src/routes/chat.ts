@@ -1,11 +1,20 @@
 /**
- * `POST /v1/chat/completions`: the body is read (within the size limit) and must be JSON; it is
- * then forwarded as the caller sent it.
+ * `POST /v1/chat/completions` and `POST /v1/responses`: the memory-augmented routes.
+ *
+ * Read the body (within the limit; it must be a JSON object) → find the memory user → recall the
+ * user's memories for the last user text, within the time budget → inject them as one block →
+ * forward → tap the reply as it streams back → queue the completed exchange for saving. With no
+ * memory found, the body is forwarded byte for byte as the caller sent it.
  */
 import { BadRequestError } from '../errors';
+import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody } from '../http/read-body';
-import type { Upstream } from '../proxy/upstream';
+import type { InjectionPlacement } from '../config';
+import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
+import { createReplyCapture, type ReplyCapture } from '../proxy/capture';
+import type { ForwardOptions, Upstream } from '../proxy/upstream';
 
 /** Parses a chat body; anything but a JSON object is the caller's mistake (400). */
 export function parseChatBody(raw: Buffer): Record<string, unknown> {
@@ -20,10 +29,63 @@ export function parseChatBody(raw: Buffer): Record<string, unknown> {
   return parsed as Record<string, unknown>;
 }
 
-export function chatRoute(upstream: Upstream, maxBodyBytes: number): Handler {
+export interface MemoryRouteOptions {
+  kind: 'chat' | 'responses';
+  upstream: Upstream;
+  chatMemory: ChatMemory;
+  maxBodyBytes: number;
+  placement: InjectionPlacement;
+  maxBlockChars: number;
+}
+
+export function memoryChatRoute(options: MemoryRouteOptions): Handler {
+  const { kind, upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
     const raw = await readBody(req, maxBodyBytes);
-    parseChatBody(raw);
-    upstream.forward(req, res, next, { body: raw });
+    const body = parseChatBody(raw);
+    const mode = parseMemoryMode(req.headers['x-mem0-memory']);
+    const caller = req.caller;
+    if (!caller) throw new Error('authenticate must run before the chat route');
+    const bodyUser = typeof body['user'] === 'string' ? body['user'] : undefined;
+    // Checked even with memory off: a bound caller may not name another user anywhere.
+    const scope = chatScope(caller, req.headers, bodyUser);
+    const userText = chatMemory.enabled ? (kind === 'chat' ? lastUserText(body) : lastUserInputText(body)) : undefined;
+
+    let forwardBody = raw;
+    let injected = 0;
+    if (userText !== undefined && reads(mode)) {
+      const memories = await chatMemory.recall(scope, userText, req.id);
+      const block = buildMemoryBlock(memories, options.maxBlockChars);
+      if (block) {
+        const rewritten = kind === 'chat' ? injectChat(body, block.text, options.placement) : injectResponses(body, block.text);
+        forwardBody = Buffer.from(JSON.stringify(rewritten));
+        injected = block.count;
+      }
+    }
+    res.setHeader('X-Mem0-Memories', String(injected));
+
+    const forwardOptions: ForwardOptions = { body: forwardBody };
+    if (userText !== undefined && writes(mode)) {
+      let capture: ReplyCapture | undefined;
+      let status = 0;
+      forwardOptions.onResponse = (upstreamRes) => {
+        status = upstreamRes.statusCode ?? 0;
+        capture = createReplyCapture(kind, upstreamRes);
+      };
+      forwardOptions.onEnd = (completed) => {
+        // Only a completed 2xx exchange is saved: aborted, failed or truncated ones are not.
+        if (!completed || status < 200 || status >= 300) return;
+        const reply = capture?.result();
+        if (!reply) return;
+        chatMemory.remember({
+          id: `${caller.id}:${req.id}`,
+          scope,
+          userText,
+          reply,
+          metadata: { source: kind === 'chat' ? 'chat.completions' : 'responses', model: reply.model ?? body['model'], request_id: req.id },
+        });
+      };
+    }
+    upstream.forward(req, res, next, forwardOptions);
   };
 }

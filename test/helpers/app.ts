@@ -14,6 +14,8 @@ import { createLogger, type Logger } from '../../src/logger';
 import { createMetrics, type Metrics } from '../../src/metrics';
 import type { MemoryService } from '../../src/memory/types';
 import { UnavailableMemoryService } from '../../src/memory/unavailable';
+import { createChatMemory } from '../../src/memory/chat-memory';
+import type { SaveQueue, SaveQueueOptions } from '../../src/memory/save-queue';
 import { Upstream } from '../../src/proxy/upstream';
 
 /** Every log line any test app wrote in this test file (scanned in log-scan.ts). */
@@ -40,6 +42,7 @@ export interface TestApp {
   metrics: Metrics;
   memory: MemoryService;
   upstream: Upstream;
+  queue: SaveQueue | undefined;
   close(): Promise<void>;
 }
 
@@ -47,6 +50,10 @@ export interface TestAppOptions {
   memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
   authenticator?: Authenticator;
   rateLimitStore?: RateLimitStoreFactory;
+  /** Start the save queue's workers (default true). */
+  startQueue?: boolean;
+  /** Save-queue tuning (tests use short backoffs). */
+  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
 }
 
 /** `env` is the whole environment the config sees (plus DEBUG=true so debug lines are scanned too). */
@@ -65,7 +72,19 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
     logger,
     metrics,
   });
-  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, rateLimitStore: options.rateLimitStore });
+  const { chatMemory, queue } = createChatMemory({
+    memory,
+    dataDir: config.dataDir,
+    metrics,
+    logger,
+    topK: config.memory.topK,
+    threshold: config.memory.scoreThreshold,
+    timeoutMs: config.memory.searchTimeoutMs,
+    queueOptions: options.queueOptions,
+  });
+  if (options.startQueue ?? true) queue?.start();
+  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
+  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats, rateLimitStore: options.rateLimitStore });
   return {
     app,
     config,
@@ -74,8 +93,10 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
     metrics,
     memory,
     upstream,
+    queue,
     close: async () => {
       upstream.close();
+      await queue?.stop();
       await memory.close();
     },
   };

@@ -1,0 +1,135 @@
+/**
+ * Memory on the chat path (contract §3): recall with a deadline before forwarding, and queue the
+ * exchange for saving after a completed reply. Both fail open: a chat never fails, and never
+ * waits, because of memory.
+ */
+import path from 'node:path';
+import { BadRequestError } from '../errors';
+import type { Logger } from '../logger';
+import type { Metrics } from '../metrics';
+import type { CapturedReply } from '../proxy/capture';
+import { SaveQueue, type SaveQueueOptions } from './save-queue';
+import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
+import { UnavailableMemoryService } from './unavailable';
+
+/** `X-Mem0-Memory`: on (default), off, read (inject only), write (save only). */
+export type MemoryMode = 'on' | 'off' | 'read' | 'write';
+
+export function parseMemoryMode(header: string | string[] | undefined): MemoryMode {
+  const value = (Array.isArray(header) ? header[0] : header)?.trim().toLowerCase();
+  if (value === undefined || value === '') return 'on';
+  if (value === 'on' || value === 'off' || value === 'read' || value === 'write') return value;
+  throw new BadRequestError('X-Mem0-Memory must be one of on, off, read, write');
+}
+
+export const reads = (mode: MemoryMode): boolean => mode === 'on' || mode === 'read';
+export const writes = (mode: MemoryMode): boolean => mode === 'on' || mode === 'write';
+
+export interface ChatMemoryOptions {
+  memory: MemoryService;
+  /** Undefined when memory is off for good (never initialised): nothing is queued. */
+  queue: SaveQueue | undefined;
+  metrics: Metrics;
+  logger: Logger;
+  topK: number;
+  threshold: number;
+  timeoutMs: number;
+}
+
+export interface Exchange {
+  /** Idempotency key: the same exchange is saved once. */
+  id: string;
+  scope: MemoryScope;
+  userText: string;
+  reply: CapturedReply;
+  metadata: Record<string, unknown>;
+}
+
+export class ChatMemory {
+  constructor(private readonly options: ChatMemoryOptions) {}
+
+  /** Whether memory can work at all in this process. */
+  get enabled(): boolean {
+    return this.options.queue !== undefined;
+  }
+
+  /**
+   * The user's memories relevant to `query`, or none when the search fails or takes longer than
+   * the budget (the search itself may go on in the background; its result is then dropped).
+   */
+  async recall(scope: MemoryScope, query: string, requestId: string): Promise<MemoryItem[]> {
+    const { memory, metrics, logger, topK, threshold, timeoutMs } = this.options;
+    if (topK === 0) return [];
+    const started = process.hrtime.bigint();
+    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    });
+    try {
+      const result = await Promise.race([memory.search(scope, query, { limit: topK, threshold }), deadline]);
+      if (result === 'timeout') {
+        metrics.memorySearchDuration.observe({ outcome: 'timeout' }, seconds());
+        logger.warn('memory search past its budget; answering without memories', { request_id: requestId, budget_ms: timeoutMs });
+        return [];
+      }
+      metrics.memorySearchDuration.observe({ outcome: 'ok' }, seconds());
+      return result;
+    } catch (err) {
+      metrics.memorySearchDuration.observe({ outcome: 'error' }, seconds());
+      logger.warn('memory search failed; answering without memories', { request_id: requestId, error: err instanceof Error ? err.message : String(err) });
+      return [];
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Queues a completed exchange for saving (durably, before returning). A reply that is only tool
+   * calls saves the user turn alone.
+   */
+  remember(exchange: Exchange): void {
+    const { queue, logger } = this.options;
+    if (!queue) return;
+    const messages: ChatMessage[] = [{ role: 'user', content: exchange.userText }];
+    if (!exchange.reply.toolCallsOnly && exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: exchange.reply.text });
+    try {
+      const queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
+      if (!queued) logger.debug('exchange already queued or saved', { request_id: exchange.metadata['request_id'] });
+    } catch (err) {
+      // The response has gone out already; losing this save is logged, never thrown.
+      logger.error('could not queue an exchange for saving', { request_id: exchange.metadata['request_id'], err });
+    }
+  }
+}
+
+/**
+ * The chat path's memory and its durable save queue (under DATA_DIR), or a disabled one when the
+ * memory service was never initialised (nothing could ever be saved; the queue would only grow).
+ * The caller starts and stops the queue.
+ */
+export function createChatMemory(options: {
+  memory: MemoryService;
+  dataDir: string;
+  metrics: Metrics;
+  logger: Logger;
+  topK: number;
+  threshold: number;
+  timeoutMs: number;
+  /** Queue tuning (backoff, concurrency); tests shorten the delays. */
+  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
+}): { chatMemory: ChatMemory; queue: SaveQueue | undefined } {
+  const { memory, metrics, logger } = options;
+  let queue: SaveQueue | undefined;
+  if (!(memory instanceof UnavailableMemoryService)) {
+    queue = new SaveQueue({
+      path: path.join(options.dataDir, 'save-queue.db'),
+      save: (job) => memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true }),
+      onDepth: (depth) => metrics.saveQueueDepth.set(depth),
+      onFailure: () => metrics.saveFailures.inc(),
+      logger,
+      ...options.queueOptions,
+    });
+  }
+  return { chatMemory: new ChatMemory({ ...options, queue }), queue };
+}
