@@ -177,7 +177,7 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
     try {
       const ours = await startOurProxyChild(fake.url, prepared.runtime, {}, args.proxyRoot);
       oursChild = ours;
-      oursTarget = { name: 'our proxy (auth+rate limit)', origin: ours.origin, pathPrefix: '/v1', headers: { authorization: `Bearer ${BENCH_TOKEN}` }, pid: ours.child.pid };
+      oursTarget = { name: 'our proxy (auth+rate limit+log)', origin: ours.origin, pathPrefix: '/v1', headers: { authorization: `Bearer ${BENCH_TOKEN}`, 'x-mem0-memory': 'off' }, pid: ours.child.pid };
       targets.push(oursTarget);
       oursNote = `our proxy: ${prepared.note}, pid ${ours.child.pid}`;
     } catch (err) {
@@ -272,7 +272,7 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
     ]);
   }
   printTable(
-    'Proxy overhead: POST /v1/chat/completions (small JSON, non-streamed unless noted)',
+    'Proxy overhead: POST /v1/chat/completions (small JSON, non-streamed unless noted; our proxy with X-Mem0-Memory: off)',
     ['target', 'p50 ms', 'p99 ms', '+p50 ms', '+p99 ms', `req/s @${CONCURRENCY}`, 'errors', 'CPU ms/req', 'SSE TTFB p50', 'SSE end p50', 'RSS MiB (peak)'],
     rows,
   );
