@@ -2,7 +2,10 @@
  * Builds the real app for tests through the same door as `index.ts`, with a logger whose every
  * line is captured (and scanned for secrets after each test file), and serves it on port 0.
  */
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import winston from 'winston';
@@ -58,7 +61,9 @@ export interface TestAppOptions {
 
 /** `env` is the whole environment the config sees (plus DEBUG=true so debug lines are scanned too). */
 export async function buildTestApp(env: Record<string, string>, options: TestAppOptions = {}): Promise<TestApp> {
-  const config = loadConfig({ env: { DEBUG: 'true', ...env } });
+  // Tests never write into the working tree: DATA_DIR defaults to a fresh temp folder.
+  const dataDir = env.DATA_DIR ?? fs.mkdtempSync(path.join(os.tmpdir(), 'proxy-test-data-'));
+  const config = loadConfig({ env: { DEBUG: 'true', DATA_DIR: dataDir, ...env } });
   const { logger, lines } = captureLogger(config);
   const metrics = createMetrics({ collectDefault: false });
   const memory = options.memory ? await options.memory(config, logger) : new UnavailableMemoryService(config.memory.backend, 'test');
@@ -98,6 +103,7 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
       upstream.close();
       await queue?.stop();
       await memory.close();
+      if (env.DATA_DIR === undefined) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
