@@ -18,12 +18,13 @@ import { authenticate, type Authenticator } from './http/authenticate';
 import { createRateLimiters, type RateLimitStoreFactory } from './http/rate-limit';
 import { requestId } from './http/request-id';
 import { requestLog } from './http/request-log';
+import { securityHeaders } from './http/security-headers';
 import { chain, pathOf, type Handler } from './http/pipeline';
 import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 import type { ChatMemory } from './memory/chat-memory';
 import type { MemoryService } from './memory/types';
-import type { Upstream } from './proxy/upstream';
+import { setOverheadHeader, type Upstream } from './proxy/upstream';
 import { memoryChatRoute } from './routes/chat';
 import { healthRoute } from './routes/health';
 import { memoryRoutes } from './routes/memory';
@@ -73,6 +74,9 @@ export function createApp(deps: AppDeps): RequestListener {
     requestLog(logger, metrics),
     authenticate(deps.authenticator, logger, config.server.trustProxy),
   );
+  // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security
+  // headers; /v1/* never reaches this app, so upstream headers there pass through unchanged.
+  app.use(securityHeaders() as RequestHandler);
   app.use(front as RequestHandler);
 
   const limits = createRateLimiters({
@@ -136,7 +140,11 @@ export function createApp(deps: AppDeps): RequestListener {
 
   return (req, res) => {
     if (isV1Target(req.url)) {
-      v1(req, res, (err?: unknown) => handleError(err ?? new NotFoundError('Not found'), req, res, pathOf(req)));
+      v1(req, res, (err?: unknown) => {
+        // Refused before forwarding (401, 429, 400, 413): the overhead is the time to the refusal.
+        setOverheadHeader(req, res, metrics);
+        handleError(err ?? new NotFoundError('Not found'), req, res, pathOf(req));
+      });
     } else {
       app(req, res);
     }

@@ -188,5 +188,11 @@ export function toAppError(err: unknown): AppError {
     if (t === 'encoding.unsupported' || t === 'charset.unsupported') return new UnsupportedMediaTypeError('Unsupported body encoding');
     if (t === 'request.aborted') return new BadRequestError('Request aborted');
   }
+  // Other client errors from body parsing (a body whose gzip or brotli stream is corrupt, say)
+  // carry a 4xx status and `expose`; they are the caller's, not ours.
+  if (err && typeof err === 'object' && 'status' in err && 'expose' in err) {
+    const { status, expose } = err as { status: unknown; expose: unknown };
+    if (expose === true && typeof status === 'number' && status >= 400 && status < 500) return new BadRequestError('Request body could not be decoded');
+  }
   return new InternalError('Internal server error');
 }

@@ -1,11 +1,12 @@
 /**
  * The process: load and validate configuration, build the dependencies, create the app, listen,
- * and shut down cleanly on SIGTERM/SIGINT.
+ * reload the key registry on SIGHUP, and shut down cleanly on SIGTERM/SIGINT.
  */
 import http from 'node:http';
 import { createApp } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
-import { tokenAuthenticator } from './http/authenticate';
+import { combinedAuthenticator } from './http/key-authenticator';
+import { KeyRegistry, KeyRegistryError } from './keys/registry';
 import { createLogger, type Logger } from './logger';
 import { createChatMemory } from './memory/chat-memory';
 import { createMemoryService } from './memory/factory';
@@ -20,15 +21,22 @@ export interface RunningServer {
   server: http.Server;
   config: Config;
   logger: Logger;
+  /** Re-reads `KEYS_FILE` (SIGHUP); a bad file keeps the keys in effect. */
+  reloadKeys(): void;
   /** Stops accepting, waits for in-flight requests (bounded), closes stores. */
   close(): Promise<void>;
 }
 
 export async function start(config: Config, logger: Logger): Promise<RunningServer> {
   const metrics = createMetrics();
-  const authenticator = tokenAuthenticator(config.authToken);
+  // A bad registry file throws here: the process refuses to start (main prints the problems).
+  const registry = KeyRegistry.load({ file: config.keysFile, logger });
+  const authenticator = combinedAuthenticator(config.authToken, registry);
   if (!authenticator.required) {
-    logger.warn('AUTH_TOKEN is not set: development mode, every caller is accepted without authentication');
+    logger.warn('AUTH_TOKEN is not set and there is no key registry: development mode, every caller is accepted without authentication');
+  } else if (config.openaiApiKey === undefined) {
+    // Authentication is required, so the caller's credential is never forwarded (see below).
+    logger.warn('OPENAI_API_KEY is not set: requests reach the upstream without credentials');
   }
   const memory = await createMemoryService(config, logger, { metrics });
   const upstream = new Upstream({
@@ -91,7 +99,14 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     })();
     return closing;
   };
-  return { server, config, logger, close };
+  const reloadKeys = (): void => {
+    if (registry) {
+      registry.reload();
+    } else {
+      logger.warn('no key registry was loaded at start: restart the proxy to enable KEYS_FILE', { file: config.keysFile });
+    }
+  };
+  return { server, config, logger, reloadKeys, close };
 }
 
 async function main(): Promise<void> {
@@ -108,7 +123,16 @@ async function main(): Promise<void> {
   // The memory engine reads this when it is first imported: off unless the operator turned it on.
   process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
   const logger = createLogger({ debug: config.debug, secrets: config.secrets });
-  const running = await start(config, logger);
+  let running: RunningServer;
+  try {
+    running = await start(config, logger);
+  } catch (err) {
+    if (err instanceof KeyRegistryError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
   const stop = (signal: string): void => {
     logger.info('signal received', { signal });
     running.close().then(
@@ -121,6 +145,10 @@ async function main(): Promise<void> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    logger.info('signal received', { signal: 'SIGHUP' });
+    running.reloadKeys();
+  });
 }
 
 if (require.main === module) {

@@ -10,6 +10,7 @@ export interface Metrics {
   readonly httpRequests: client.Counter<'route' | 'method' | 'status'>;
   readonly httpDuration: client.Histogram<'route'>;
   readonly upstreamDuration: client.Histogram<'outcome'>;
+  readonly overhead: client.Histogram<'route'>;
   readonly upstreamErrors: client.Counter<'reason'>;
   readonly rateLimited: client.Counter<'endpoint'>;
   readonly memorySearchDuration: client.Histogram<'outcome'>;
@@ -43,6 +44,13 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
       help: 'Time from forwarding to the upstream response headers, by outcome (2xx, 4xx, 5xx, error, timeout)',
       labelNames: ['outcome'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    }),
+    overhead: new client.Histogram({
+      name: 'proxy_overhead_seconds',
+      help: 'Time the proxy spent on a /v1 request before it left for the upstream (auth, limits, memory search, injection), as in X-Mem0-Overhead-Ms',
+      labelNames: ['route'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     }),
     upstreamErrors: new client.Counter({

@@ -23,6 +23,8 @@ declare module 'node:http' {
   interface IncomingMessage {
     /** Set by the request-id middleware, first in the chain. */
     id: string;
+    /** When the proxy started on this request (`process.hrtime.bigint()`), set with `id`. */
+    receivedAt: bigint;
     /** Set by `authenticate`. */
     caller?: Caller;
     /** Route label for logs and metrics, set by the route that handles the request. */

@@ -11,6 +11,7 @@ export function requestId(): Handler {
   return (req, res, next) => {
     const sent = req.headers['x-request-id'];
     const id = typeof sent === 'string' && SANE_ID.test(sent) ? sent : randomUUID();
+    req.receivedAt = process.hrtime.bigint();
     req.id = id;
     res.setHeader('X-Request-ID', id);
     next();

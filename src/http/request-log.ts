@@ -8,9 +8,8 @@ import type { Handler } from './pipeline';
 
 export function requestLog(logger: Logger, metrics: Metrics): Handler {
   return (req, res, next) => {
-    const started = process.hrtime.bigint();
     res.once('close', () => {
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const seconds = Number(process.hrtime.bigint() - req.receivedAt) / 1e9;
       const route = req.routeLabel ?? 'unmatched';
       // A response closed before it finished was cut short (client gone, upstream reset).
       const status = res.writableFinished ? res.statusCode : 499;

@@ -108,6 +108,7 @@ export class Upstream {
     const unknownLength = !opts.body && req.headers['content-length'] === undefined && req.headers['transfer-encoding'] !== undefined;
 
     const started = process.hrtime.bigint();
+    setOverheadHeader(req, res, metrics, started);
     const elapsed = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     let ended = false;
     let responded = false;
@@ -226,6 +227,17 @@ export class Upstream {
   close(): void {
     this.agent.destroy();
   }
+}
+
+/**
+ * `X-Mem0-Overhead-Ms`: what the proxy spent on this request before `now` (forwarding, or the
+ * error that ended it), so callers can see the cost per request; observed once in /metrics.
+ */
+export function setOverheadHeader(req: http.IncomingMessage, res: http.ServerResponse, metrics: Metrics, now = process.hrtime.bigint()): void {
+  if (res.headersSent || res.hasHeader('x-mem0-overhead-ms')) return;
+  const seconds = Number(now - req.receivedAt) / 1e9;
+  res.setHeader('X-Mem0-Overhead-Ms', (seconds * 1000).toFixed(2));
+  metrics.overhead.observe({ route: req.routeLabel ?? 'unmatched' }, seconds);
 }
 
 /** The upstream's response headers as the client gets them. */

@@ -365,6 +365,10 @@ describe('search budget', () => {
       const { response } = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Does Lee like jazz?' }], user: 'lee' }).withResponse();
       expect(Date.now() - started).toBeLessThan(1200);
       expect(response.headers.get('x-mem0-memories')).toBe('0');
+      // The budget is what the proxy spent before forwarding: at least 150 ms, far less than the search.
+      const overhead = Number(response.headers.get('x-mem0-overhead-ms'));
+      expect(overhead).toBeGreaterThanOrEqual(145);
+      expect(overhead).toBeLessThan(1000);
       const metrics = await request(p.app.app).get('/metrics').set(auth);
       expect(metrics.text).toMatch(/proxy_memory_search_duration_seconds_count\{outcome="timeout"\} 1/);
     } finally {

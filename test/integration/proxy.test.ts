@@ -148,6 +148,21 @@ describe('forwarding', () => {
     expect(generated.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
   });
 
+  it('tells the proxy overhead in X-Mem0-Overhead-Ms on every /v1 response, refusals included, and in /metrics', async () => {
+    const overheadOf = (h: http.IncomingHttpHeaders): number => Number(h['x-mem0-overhead-ms']);
+    const ok = await rawRequest({ method: 'GET', path: '/v1/models', headers: authHeaders });
+    expect(overheadOf(ok.headers)).toBeGreaterThanOrEqual(0);
+    expect(overheadOf(ok.headers)).toBeLessThan(1000);
+    const { response } = await client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+    expect(Number(response.headers.get('x-mem0-overhead-ms'))).toBeGreaterThanOrEqual(0);
+    const refused = await rawRequest({ method: 'GET', path: '/v1/models', headers: { authorization: 'Bearer nope' } });
+    expect(refused.status).toBe(401);
+    expect(overheadOf(refused.headers)).toBeGreaterThanOrEqual(0);
+    const metrics = await rawRequest({ method: 'GET', path: '/metrics', headers: authHeaders });
+    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{route="\/v1\/models"\} [1-9]/);
+    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{route="\/v1\/chat\/completions"\} [1-9]/);
+  });
+
   it('passes upstream errors through unchanged: a 500 raises InternalServerError', async () => {
     fake.failNext(500, { message: 'upstream exploded', type: 'server_error', code: 'boom' });
     const err = await client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
