@@ -3,10 +3,11 @@
  * configuration with one message naming every bad variable, logs no secret, stops on SIGTERM.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ALL_TEST_SECRETS, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { ALL_TEST_SECRETS, runtimeSecrets, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TSX = require.resolve('tsx');
@@ -90,3 +91,59 @@ it('never writes a secret to its output, even at debug level', async () => {
   expect(output).toContain('Invalid authorization token provided');
   for (const secret of ALL_TEST_SECRETS) expect(output).not.toContain(secret);
 });
+
+describe('the key registry in the running process', () => {
+  const writeKeys = (file: string, entries: Array<Record<string, unknown>>): void => fs.writeFileSync(file, JSON.stringify({ keys: entries }));
+  const digest = (key: string): string => createHash('sha256').update(key).digest('hex');
+
+  it('refuses to start with a bad KEYS_FILE, naming the problem', async () => {
+    const file = path.join(dir, 'keys.json');
+    writeKeys(file, [{ id: 'app-1', sha256: 'not-hex' }]);
+    const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file }, dir);
+    expect(await proc.exited).toBe(1);
+    expect(proc.err.join('')).toMatch(/sha256/);
+  });
+
+  it('revokes a removed key on SIGHUP, and keeps the keys when the new file is bad', async () => {
+    const file = path.join(dir, 'keys.json');
+    const alice = 'mp_test-key-alice-0123456789abcdef';
+    const bob = 'mp_test-key-bob-0123456789abcdef0';
+    runtimeSecrets.push(alice, bob);
+    writeKeys(file, [
+      { id: 'alice', sha256: digest(alice), user_id: 'alice' },
+      { id: 'bob', sha256: digest(bob), user_id: 'bob' },
+    ]);
+    const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, OPENAI_API_KEY: TEST_OPENAI_KEY }, dir);
+    try {
+      const port = await listeningPort(proc);
+      const health = (key: string): Promise<number> => fetch(`http://127.0.0.1:${port}/health`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);
+      expect(await health(alice)).toBe(200);
+      expect(await health(bob)).toBe(200);
+      expect(await health('mp_unknown-key-000000000000000')).toBe(401);
+
+      writeKeys(file, [{ id: 'alice', sha256: digest(alice), user_id: 'alice' }]);
+      proc.child.kill('SIGHUP');
+      await waitUntil(async () => (await health(bob)) === 401);
+      expect(await health(alice)).toBe(200);
+
+      fs.writeFileSync(file, '{ not json');
+      proc.child.kill('SIGHUP');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(await health(alice)).toBe(200);
+    } finally {
+      proc.child.kill('SIGTERM');
+    }
+    expect(await proc.exited).toBe(0);
+    const output = proc.out.join('') + proc.err.join('');
+    expect(output).not.toContain(alice);
+    expect(output).not.toContain(bob);
+  });
+});
+
+async function waitUntil(condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
