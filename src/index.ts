@@ -3,16 +3,14 @@
  * reload the key registry on SIGHUP, and shut down cleanly on SIGTERM/SIGINT.
  */
 import http from 'node:http';
-import { createApp } from './app';
+import { assemble } from './assemble';
 import { ConfigError, loadConfig, type Config } from './config';
 import { combinedAuthenticator } from './http/key-authenticator';
 import { KeyRegistry, KeyRegistryError } from './keys/registry';
 import { createLogger, type Logger } from './logger';
-import { createChatMemory } from './memory/chat-memory';
 import { createMemoryService } from './memory/factory';
 import { closeAllEmbeddedVectorStores } from './memory/vector-store/embedded-store';
 import { createMetrics } from './metrics';
-import { Upstream } from './proxy/upstream';
 
 /** How long in-flight requests and streams may take to finish after SIGTERM. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -39,28 +37,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     logger.warn('OPENAI_API_KEY is not set: requests reach the upstream without credentials');
   }
   const memory = await createMemoryService(config, logger, { metrics });
-  const upstream = new Upstream({
-    baseUrl: config.upstream.baseUrl,
-    timeoutMs: config.upstream.timeoutMs,
-    maxBodyBytes: config.maxBodyBytes,
-    apiKey: config.openaiApiKey,
-    forwardCallerAuthorization: !authenticator.required,
-    logger,
-    metrics,
-  });
-  const { chatMemory, queue } = createChatMemory({
-    memory,
-    dataDir: config.dataDir,
-    metrics,
-    logger,
-    topK: config.memory.topK,
-    threshold: config.memory.scoreThreshold,
-    timeoutMs: config.memory.searchTimeoutMs,
-  });
-  // Drains what an earlier run left in the queue, then keeps saving in the background.
-  queue?.start();
-  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
-  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats });
+  const { app, close: closeParts } = assemble({ config, logger, metrics, memory, authenticator });
   const server = http.createServer(app);
   // Slow or stalled clients must not hold sockets forever; long model answers are fine because
   // these only bound the request side.
@@ -89,10 +66,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
       await Promise.race([done, grace]);
       server.closeAllConnections();
-      upstream.close();
-      // In-flight saves get a bounded wait; the rest stays durable for the next start.
-      await queue?.stop();
-      await memory.close();
+      await closeParts();
       // Last sweep: any embedded store file still open in this process is closed before exit.
       closeAllEmbeddedVectorStores();
       logger.info('stopped');

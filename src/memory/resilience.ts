@@ -15,6 +15,7 @@
  * first failing call of an outage and recovers by itself once the probe succeeds again.
  */
 import { AppError, BadRequestError, MemoryUnavailableError } from '../errors';
+import { withDeadline } from '../util/deadline';
 import type { Logger } from '../logger';
 
 /** How a failure is handled: retried and counted, counted only, or the caller's fault. */
@@ -65,20 +66,7 @@ export class EngineTimeoutError extends Error {
  * call itself keeps running (mem0ai takes no abort signal); its own HTTP timeouts end it.
  */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new EngineTimeoutError(what, ms)), ms);
-    timer.unref();
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err instanceof Error ? err : new Error(String(err)));
-      },
-    );
-  });
+  return withDeadline(promise, ms, () => new EngineTimeoutError(what, ms));
 }
 
 const NETWORK_CODES = new Set([

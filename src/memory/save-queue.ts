@@ -32,6 +32,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MemoryUnavailableError } from '../errors';
+import { withDeadline } from '../util/deadline';
 import type { ChatMessage, MemoryScope } from './types';
 
 /** An exchange to save. `id` is the request id: the same id is only ever saved once. */
@@ -521,20 +522,7 @@ export class SaveQueue {
   }
 
   private withTimeout(promise: Promise<unknown>): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new SaveTimeoutError(this.saveTimeoutMs)), this.saveTimeoutMs);
-      timer.unref();
-      promise.then(
-        (value) => {
-          clearTimeout(timer);
-          resolve(value);
-        },
-        (err: unknown) => {
-          clearTimeout(timer);
-          reject(err);
-        },
-      );
-    });
+    return withDeadline(promise, this.saveTimeoutMs, () => new SaveTimeoutError(this.saveTimeoutMs));
   }
 
   /** Exponential backoff with jitter: 50–100 % of min(max, base · 2^(n−1)). */

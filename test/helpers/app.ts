@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import winston from 'winston';
-import { createApp } from '../../src/app';
+import { assemble } from '../../src/assemble';
 import { loadConfig, type Config } from '../../src/config';
 import { tokenAuthenticator, type Authenticator } from '../../src/http/authenticate';
 import type { RateLimitStoreFactory } from '../../src/http/rate-limit';
@@ -17,9 +17,8 @@ import { createLogger, type Logger } from '../../src/logger';
 import { createMetrics, type Metrics } from '../../src/metrics';
 import type { MemoryService } from '../../src/memory/types';
 import { UnavailableMemoryService } from '../../src/memory/unavailable';
-import { createChatMemory } from '../../src/memory/chat-memory';
 import type { SaveQueue, SaveQueueOptions } from '../../src/memory/save-queue';
-import { Upstream } from '../../src/proxy/upstream';
+import type { Upstream } from '../../src/proxy/upstream';
 
 /** Every log line any test app wrote in this test file (scanned in log-scan.ts). */
 export const capturedLogLines: string[] = [];
@@ -68,28 +67,17 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
   const metrics = createMetrics({ collectDefault: false });
   const memory = options.memory ? await options.memory(config, logger) : new UnavailableMemoryService(config.memory.backend, 'test');
   const authenticator = options.authenticator ?? tokenAuthenticator(config.authToken);
-  const upstream = new Upstream({
-    baseUrl: config.upstream.baseUrl,
-    timeoutMs: config.upstream.timeoutMs,
-    maxBodyBytes: config.maxBodyBytes,
-    apiKey: config.openaiApiKey,
-    forwardCallerAuthorization: !authenticator.required,
+  const assembled = assemble({
+    config,
     logger,
     metrics,
-  });
-  const { chatMemory, queue } = createChatMemory({
     memory,
-    dataDir: config.dataDir,
-    metrics,
-    logger,
-    topK: config.memory.topK,
-    threshold: config.memory.scoreThreshold,
-    timeoutMs: config.memory.searchTimeoutMs,
+    authenticator,
+    rateLimitStore: options.rateLimitStore,
     queueOptions: options.queueOptions,
+    startQueue: options.startQueue,
   });
-  if (options.startQueue ?? true) queue?.start();
-  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
-  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats, rateLimitStore: options.rateLimitStore });
+  const { app, upstream, queue } = assembled;
   return {
     app,
     config,
@@ -100,9 +88,7 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
     upstream,
     queue,
     close: async () => {
-      upstream.close();
-      await queue?.stop();
-      await memory.close();
+      await assembled.close();
       if (env.DATA_DIR === undefined) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };

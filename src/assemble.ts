@@ -1,0 +1,75 @@
+/**
+ * Builds everything a running proxy needs around a memory service and an authenticator: the
+ * upstream forwarder, the chat path's memory with its save queue, and the app. `index.ts` and the
+ * tests both come through here, so they run the same wiring.
+ */
+import type { RequestListener } from 'node:http';
+import { createApp } from './app';
+import type { Config } from './config';
+import type { Authenticator } from './http/authenticate';
+import type { RateLimitStoreFactory } from './http/rate-limit';
+import type { Logger } from './logger';
+import { createChatMemory } from './memory/chat-memory';
+import type { SaveQueue, SaveQueueOptions } from './memory/save-queue';
+import type { MemoryService } from './memory/types';
+import type { Metrics } from './metrics';
+import { Upstream } from './proxy/upstream';
+
+export interface AssembleOptions {
+  config: Config;
+  logger: Logger;
+  metrics: Metrics;
+  memory: MemoryService;
+  authenticator: Authenticator;
+  rateLimitStore?: RateLimitStoreFactory | undefined;
+  /** Save-queue tuning (tests shorten the backoffs). */
+  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
+  /** Start the save queue's workers now (default true): drains what an earlier run left. */
+  startQueue?: boolean | undefined;
+}
+
+export interface Assembled {
+  app: RequestListener;
+  upstream: Upstream;
+  queue: SaveQueue | undefined;
+  /** Closes the upstream connections, then the save queue (bounded wait), then the memory service. */
+  close(): Promise<void>;
+}
+
+export function assemble(options: AssembleOptions): Assembled {
+  const { config, logger, metrics, memory, authenticator } = options;
+  const upstream = new Upstream({
+    baseUrl: config.upstream.baseUrl,
+    timeoutMs: config.upstream.timeoutMs,
+    maxBodyBytes: config.maxBodyBytes,
+    apiKey: config.openaiApiKey,
+    // Only in development mode does a caller's own credential travel upstream.
+    forwardCallerAuthorization: !authenticator.required,
+    logger,
+    metrics,
+  });
+  const { chatMemory, queue } = createChatMemory({
+    memory,
+    dataDir: config.dataDir,
+    metrics,
+    logger,
+    topK: config.memory.topK,
+    threshold: config.memory.scoreThreshold,
+    timeoutMs: config.memory.searchTimeoutMs,
+    queueOptions: options.queueOptions,
+  });
+  if (options.startQueue ?? true) queue?.start();
+  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
+  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats, rateLimitStore: options.rateLimitStore });
+  return {
+    app,
+    upstream,
+    queue,
+    close: async () => {
+      upstream.close();
+      // In-flight saves get a bounded wait; the rest stays durable for the next start.
+      await queue?.stop();
+      await memory.close();
+    },
+  };
+}
