@@ -6,6 +6,7 @@ import http from 'node:http';
 import { assemble } from './assemble';
 import { ConfigError, loadConfig, type Config } from './config';
 import { combinedAuthenticator } from './http/key-authenticator';
+import { createRedisRateLimitStore } from './http/redis-store';
 import { KeyRegistry, KeyRegistryError } from './keys/registry';
 import { createLogger, type Logger } from './logger';
 import { createMemoryService } from './memory/factory';
@@ -37,7 +38,24 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     logger.warn('OPENAI_API_KEY is not set: requests reach the upstream without credentials');
   }
   const memory = await createMemoryService(config, logger, { metrics });
-  const { app, close: closeParts } = assemble({ config, logger, metrics, memory, authenticator });
+  // With REDIS_URL the rate-limit counters are shared by every instance. Redis being down at start
+  // does not stop the proxy: limits fail open (or closed, RATE_LIMIT_FAIL_CLOSED) until it is back.
+  const redis = config.redisUrl
+    ? createRedisRateLimitStore({
+        url: config.redisUrl,
+        prefix: config.rateLimits.redisPrefix,
+        logger,
+        onStoreError: (endpoint) => metrics.rateLimitStoreErrors.inc({ endpoint }),
+      })
+    : undefined;
+  if (redis && !(await redis.ready(3000))) {
+    logger.warn(
+      config.rateLimits.failClosed
+        ? 'Redis is not reachable yet: rate-limited endpoints answer 503 until it is'
+        : 'Redis is not reachable yet: requests are served without rate limits until it is',
+    );
+  }
+  const { app, close: closeParts } = assemble({ config, logger, metrics, memory, authenticator, rateLimitStore: redis?.storeFactory });
   const server = http.createServer(app);
   // Slow or stalled clients must not hold sockets forever; long model answers are fine because
   // these only bound the request side.
@@ -67,7 +85,8 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       await Promise.race([done, grace]);
       server.closeAllConnections();
       await closeParts();
-      // Last sweep: any embedded store file still open in this process is closed before exit.
+      await redis?.close();
+      // Last sweep: every embedded store file still open in this process is closed before exit.
       closeAllEmbeddedVectorStores();
       logger.info('stopped');
     })();

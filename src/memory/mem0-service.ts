@@ -119,7 +119,7 @@ export function toUserItems(raws: readonly unknown[], userId: string): MemoryIte
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** mem0 (OSS and Platform) gives every memory a UUID: any other id cannot exist. */
+/** mem0 (OSS and Platform) gives every memory a UUID: no other id can exist. */
 export function isMemoryId(id: string): boolean {
   return UUID.test(id);
 }

@@ -81,7 +81,7 @@ export interface SaveQueueOptions {
   /** Non-transient failures after which a job goes 'dead' (default 50). */
   maxFailures?: number;
   /**
-   * Whether a failure is worth retrying without limit. Default (`isTransientSaveError`): any
+   * Whether a failure is worth retrying without limit. Default (`isTransientSaveError`): every
    * `MemoryUnavailableError` (the memory service is down, failing, timing out, or not configured
    * yet) and a save that ran past `saveTimeoutMs`. The memory service's guard reports engine
    * trouble as unavailable too, so with it a poison job retries at the capped interval forever

@@ -157,7 +157,7 @@ function applyOperator(op: string, value: unknown, arg: unknown): boolean {
 }
 
 function matchField(value: unknown, condition: unknown): boolean {
-  if (condition === '*') return true; // wildcard: any value, even a missing field (as the built-in)
+  if (condition === '*') return true; // wildcard: every value matches, even a missing field (as the built-in)
   // Plain values compare with ===. An `undefined` condition therefore only matches rows without
   // the field (built-in behaviour), so a caller's missing user id never widens a search to all users.
   if (typeof condition !== 'object' || condition === null) return value === condition;
