@@ -39,6 +39,10 @@ export interface Config {
   readonly rateLimits: {
     readonly windowMs: number;
     readonly perMinute: Readonly<Record<RateLimitedEndpoint, number>>;
+    /** Key prefix of the shared counters in Redis (each endpoint appends `<endpoint>:`). */
+    readonly redisPrefix: string;
+    /** With the shared store unreachable: refuse with 503 (true) or serve unlimited (false). */
+    readonly failClosed: boolean;
   };
   readonly memory: {
     readonly backend: MemoryBackend;
@@ -168,6 +172,8 @@ const envSchema = z.object({
   RATE_LIMIT_REMEMBER: intVar(1, 1e9),
   RATE_LIMIT_FORGET: intVar(1, 1e9),
   RATE_LIMIT_V1: intVar(1, 1e9),
+  RATE_LIMIT_REDIS_PREFIX: optionalString,
+  RATE_LIMIT_FAIL_CLOSED: boolVar,
 });
 
 /** Every environment variable the proxy reads (env.example and the README list each one). */
@@ -331,7 +337,12 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     dataDir: path.resolve(e.DATA_DIR ?? './data'),
     redisUrl: e.REDIS_URL,
     keysFile: path.resolve(e.KEYS_FILE ?? path.join(__dirname, '..', 'config', 'keys.json')),
-    rateLimits: { windowMs: defaults.rateLimits.windowMs, perMinute },
+    rateLimits: {
+      windowMs: defaults.rateLimits.windowMs,
+      perMinute,
+      redisPrefix: e.RATE_LIMIT_REDIS_PREFIX ?? 'mp:rl:',
+      failClosed: e.RATE_LIMIT_FAIL_CLOSED ?? false,
+    },
     memory: {
       backend: e.MEMORY_BACKEND ?? 'embedded',
       provider: e.MEM0_PROVIDER ?? 'openai',

@@ -81,8 +81,13 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       logger.info('shutting down');
       const done = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      // A keep-alive connection whose in-flight response finishes after this point goes idle and
+      // would hold server.close() until the grace period ends: close such connections as they go idle.
+      const sweep = setInterval(() => server.closeIdleConnections(), 100);
+      sweep.unref();
       const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
       await Promise.race([done, grace]);
+      clearInterval(sweep);
       server.closeAllConnections();
       await closeParts();
       await redis?.close();

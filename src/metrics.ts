@@ -13,6 +13,7 @@ export interface Metrics {
   readonly overhead: client.Histogram<'route'>;
   readonly upstreamErrors: client.Counter<'reason'>;
   readonly rateLimited: client.Counter<'endpoint'>;
+  readonly rateLimitStoreErrors: client.Counter<'endpoint'>;
   readonly memorySearchDuration: client.Histogram<'outcome'>;
   readonly memoriesInjected: client.Histogram;
   readonly memoryAvailable: client.Gauge;
@@ -62,6 +63,12 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     rateLimited: new client.Counter({
       name: 'proxy_rate_limited_total',
       help: 'Requests refused with 429, by endpoint',
+      labelNames: ['endpoint'],
+      registers,
+    }),
+    rateLimitStoreErrors: new client.Counter({
+      name: 'proxy_rate_limit_store_errors_total',
+      help: 'Rate-limit checks the shared store (Redis) could not answer, by endpoint (served unlimited, or 503 when failing closed)',
       labelNames: ['endpoint'],
       registers,
     }),

@@ -20,12 +20,24 @@ export interface RateLimitOptions {
   storeFactory?: RateLimitStoreFactory | undefined;
   /** Called when a caller is refused, for metrics. */
   onLimited?: ((endpoint: RateLimitedEndpoint) => void) | undefined;
+  /**
+   * When the store cannot answer: true serves the request unlimited (fail open), false passes the
+   * store's error on (the Redis store throws a 503). Default: `!config.rateLimits.failClosed`.
+   */
+  passOnStoreError?: boolean | undefined;
 }
 
 export type RateLimiters = Readonly<Record<RateLimitedEndpoint, Handler>>;
 
 export function createRateLimiters(options: RateLimitOptions): RateLimiters {
   const { config, logger } = options;
+  const passOnStoreError = options.passOnStoreError ?? !config.rateLimits.failClosed;
+  // express-rate-limit logs every store error, once per request; the store reports failures
+  // itself (rate-limited, counted in /metrics), so these lines stay at debug level.
+  const limiterLogger = {
+    error: (err: unknown, message?: string) => logger.debug(message ?? 'rate limiter error', { err }),
+    warn: (err: unknown, message?: string) => logger.debug(message ?? 'rate limiter warning', { err }),
+  };
   const build = (endpoint: RateLimitedEndpoint): Handler => {
     const configured = config.rateLimits.perMinute[endpoint];
     const perMinuteFor = (caller: Caller | undefined): number => caller?.limits[endpoint] ?? configured;
@@ -40,6 +52,8 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
       standardHeaders: false,
       keyGenerator: (req) => req.caller?.id ?? 'unknown',
       ...(store ? { store } : {}),
+      passOnStoreError,
+      logger: limiterLogger,
       handler: (req, _res, next) => {
         const info = (req as { rateLimit?: { resetTime?: Date } }).rateLimit;
         const retryAfter = info?.resetTime ? Math.max(1, Math.ceil((info.resetTime.getTime() - Date.now()) / 1000)) : 60;
