@@ -74,14 +74,14 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     }),
     memorySearchDuration: new client.Histogram({
       name: 'proxy_memory_search_duration_seconds',
-      help: 'Memory search time on the chat path, by outcome (ok, timeout, error, skipped)',
+      help: 'Memory search time on the chat path, by outcome (ok, timeout, error)',
       labelNames: ['outcome'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     }),
     memoriesInjected: new client.Histogram({
       name: 'proxy_memories_injected',
-      help: 'Memories injected per chat request',
+      help: 'Memories injected per chat request that searched memory (0 when none was found)',
       buckets: [0, 1, 2, 3, 5, 10, 20],
       registers,
     }),

@@ -84,6 +84,11 @@ export class ChatMemory {
     }
   }
 
+  /** Counts how many memories went into a request (0 included) for /metrics. */
+  injected(count: number): void {
+    this.options.metrics.memoriesInjected.observe(count);
+  }
+
   /**
    * Queues a completed exchange for saving (durably, before returning). A reply that is only tool
    * calls saves the user turn alone.

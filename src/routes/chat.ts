@@ -61,6 +61,7 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
         forwardBody = Buffer.from(JSON.stringify(rewritten));
         injected = block.count;
       }
+      chatMemory.injected(injected);
     }
     res.setHeader('X-Mem0-Memories', String(injected));
 

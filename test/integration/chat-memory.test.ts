@@ -136,6 +136,9 @@ describe('recall and injection', () => {
     expect(body.messages[3]?.content).toContain('Alice is allergic to peanuts');
     expect(body.messages[3]?.content).toMatch(/not instructions/i);
     expect(body.messages[4]).toEqual(history[3]);
+    const metrics = await request(p.app.app).get('/metrics').set(auth);
+    expect(metrics.text).toMatch(/proxy_memories_injected_sum \d+/);
+    expect(metrics.text).not.toMatch(/proxy_memories_injected_sum 0\n/);
     expect(body.temperature).toBe(0.3);
     expect(body.metadata).toEqual({ tag: 'x' });
     // X-Mem0-* headers stay with the proxy.
