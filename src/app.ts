@@ -4,7 +4,8 @@
  *
  * A request's way: request id → request log → authenticate → rate limit (per endpoint, per
  * caller) → route. `/v1/chat/completions` reads and checks its body; every other `/v1/*` path is
- * forwarded untouched; the admin API parses JSON bodies only on its own routes.
+ * forwarded untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the
+ * same memory to MCP clients.
  *
  * `/v1/*` (the traffic) runs through a plain chain of the same middleware without Express;
  * everything else is an Express app. The split is for speed: Express's own per-request work cost
@@ -27,6 +28,7 @@ import type { MemoryService } from './memory/types';
 import { setOverheadHeader, type Upstream } from './proxy/upstream';
 import { memoryChatRoute } from './routes/chat';
 import { healthRoute } from './routes/health';
+import { mcpRoutes } from './routes/mcp';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
 import { passthroughRoute, routeLabel } from './routes/proxy';
@@ -116,12 +118,19 @@ export function createApp(deps: AppDeps): RequestListener {
   app.get('/metrics', metricsRoute({ metrics, memory }));
 
   // The memory admin API: JSON bodies, parsed only here.
-  const admin = memoryRoutes(memory, { searchLimit: 10, listLimit: 100 });
+  const adminDefaults = { searchLimit: 10, listLimit: 100 };
+  const admin = memoryRoutes(memory, adminDefaults);
   const json = [requireJson, express.json({ limit: ADMIN_BODY_LIMIT, strict: true })];
   app.post('/search', limits.search, ...json, admin.search);
   app.post('/list', limits.list, ...json, admin.list);
   app.post('/remember', limits.remember, ...json, admin.remember);
   app.post('/forget', limits.forget, ...json, admin.forget);
+
+  // The same memory for MCP clients (Streamable HTTP, stateless; the transport reads its own body).
+  const mcp = mcpRoutes({ memory, logger, version: config.version, defaults: adminDefaults });
+  app.post('/mcp', limits.mcp, mcp.post);
+  app.get('/mcp', limits.mcp, mcp.methodNotAllowed);
+  app.delete('/mcp', limits.mcp, mcp.methodNotAllowed);
 
   app.use((req, _res, next) => {
     next(new NotFoundError(`No route for ${req.method} ${req.path}`, 'No such endpoint'));

@@ -15,7 +15,7 @@ export const MASK = '***';
 
 export type MemoryBackend = 'embedded' | 'platform' | 'pgvector' | 'qdrant';
 export type InjectionPlacement = 'before_last_user' | 'first_system';
-export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1';
+export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1' | 'mcp';
 export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
   'health',
   'search',
@@ -23,6 +23,7 @@ export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
   'remember',
   'forget',
   'v1',
+  'mcp',
 ];
 
 export interface Config {
@@ -172,6 +173,7 @@ const envSchema = z.object({
   RATE_LIMIT_REMEMBER: intVar(1, 1e9),
   RATE_LIMIT_FORGET: intVar(1, 1e9),
   RATE_LIMIT_V1: intVar(1, 1e9),
+  RATE_LIMIT_MCP: intVar(1, 1e9),
   RATE_LIMIT_REDIS_PREFIX: optionalString,
   RATE_LIMIT_FAIL_CLOSED: boolVar,
 });
@@ -188,6 +190,7 @@ const rateLimitSchema = z.object({
     remember: z.number().int().positive(),
     forget: z.number().int().positive(),
     v1: z.number().int().positive(),
+    mcp: z.number().int().positive(),
   }),
 });
 
@@ -319,6 +322,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     remember: e.RATE_LIMIT_REMEMBER ?? defaults.rateLimits.perMinute.remember,
     forget: e.RATE_LIMIT_FORGET ?? defaults.rateLimits.perMinute.forget,
     v1: e.RATE_LIMIT_V1 ?? defaults.rateLimits.perMinute.v1,
+    mcp: e.RATE_LIMIT_MCP ?? defaults.rateLimits.perMinute.mcp,
   };
 
   const secrets = [

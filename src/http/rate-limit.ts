@@ -74,5 +74,6 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
     remember: build('remember'),
     forget: build('forget'),
     v1: build('v1'),
+    mcp: build('mcp'),
   };
 }

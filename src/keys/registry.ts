@@ -29,6 +29,7 @@ export const LIMIT_PATHS: Readonly<Record<string, RateLimitedEndpoint>> = Object
   '/remember': 'remember',
   '/forget': 'forget',
   '/health': 'health',
+  '/mcp': 'mcp',
 });
 
 /** Ids become rate-limit keys and log fields: a plain, short charset, and never a built-in caller id. */

@@ -14,7 +14,7 @@ const KNOWN_V1 = new Set([
   'batches', 'fine_tuning', 'assistants', 'threads', 'vector_stores', 'realtime', 'conversations',
 ]);
 
-const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget']);
+const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp']);
 
 /**
  * Route label for logs and metrics, from the path alone, so it is known before authentication
