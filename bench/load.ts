@@ -5,6 +5,8 @@
  *   npm run load -- --quick              smoke run: 10 s / 30 s, shorter drain waits
  *   npm run load -- --soak-seconds=N     soak length (default 600)
  *   npm run load -- --soak-rps=R         soak rate (default: measured after phase 1, see main)
+ *   npm run load -- --soak-memory=read   soak with X-Mem0-Memory: read (no new memories: a constant
+ *                                        data set, so RSS growth would be a leak, not the index growing)
  *   npm run load -- --proxy-runtime=tsx  run src/index.ts through tsx instead of building dist/
  *
  * Processes: the fake upstream (test/fakes/openai-upstream.ts) in its own child with realistic
@@ -64,6 +66,8 @@ interface LoadArgs {
   directConcurrency: number;
   drainWaitSeconds: number;
   runtime: ProxyRuntime | 'auto';
+  /** `X-Mem0-Memory` for the soak: `on` (default) or `read`, which keeps the data set constant so RSS shows leaks, not growth. */
+  soakMemory: 'on' | 'read';
 }
 
 function parseArgs(argv: readonly string[]): LoadArgs {
@@ -79,7 +83,10 @@ function parseArgs(argv: readonly string[]): LoadArgs {
   const runtime = get('proxy-runtime') ?? 'auto';
   if (runtime !== 'dist' && runtime !== 'tsx' && runtime !== 'auto') throw new Error(`--proxy-runtime must be dist, tsx or auto (got ${runtime})`);
   const soakRpsRaw = get('soak-rps');
+  const soakMemory = get('soak-memory') ?? 'on';
+  if (soakMemory !== 'on' && soakMemory !== 'read') throw new Error(`--soak-memory must be on or read (got ${soakMemory})`);
   return {
+    soakMemory,
     quick,
     phase1Seconds: num('phase1-seconds', quick ? 10 : 60),
     soakSeconds: num('soak-seconds', quick ? 30 : 600),
@@ -565,7 +572,7 @@ async function main(): Promise<void> {
   const soakRps = Math.min(MAX_SOAK_RPS, args.soakRps ?? Math.max(1, Math.floor(autoRate)));
   const p2 = await startProxy(fake.url, prepared.runtime);
   await seedUsers(p2);
-  const p2Ep: Endpoint = { origin: p2.origin, headers: authHeader, agent: keepAliveAgent(Math.min(MAX_IN_FLIGHT, Math.ceil(soakRps * 2) + 16)) };
+  const p2Ep: Endpoint = { origin: p2.origin, headers: { ...authHeader, 'x-mem0-memory': args.soakMemory }, agent: keepAliveAgent(Math.min(MAX_IN_FLIGHT, Math.ceil(soakRps * 2) + 16)) };
   for (let i = 0; i < USERS; i++) await streamChat(p2Ep, chatBody().body);
   await waitForDrain(p2, 30);
   const rssBefore = procRssMiB(p2.child.pid).rss;
