@@ -9,7 +9,6 @@
  * service (chat-memory.test.ts, "search budget"); an outage across a graceful restart
  * (chat-memory.test.ts); SIGKILL at the queue level (save-queue.test.ts).
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -20,10 +19,9 @@ import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
+import { listeningPort, startProxyProcess, type ProxyProcess } from '../helpers/process';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const TSX = require.resolve('tsx');
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 const CHAT = '/v1/chat/completions';
 const EMBEDDINGS = '/v1/embeddings';
@@ -315,41 +313,9 @@ describe('memory engine faults', () => {
 // SIGKILL with saves in the queue: the real process, restarted on the same DATA_DIR.
 // ---------------------------------------------------------------------------------------------
 
-interface Proc {
-  child: ChildProcessWithoutNullStreams;
-  out: string[];
-  err: string[];
-  exited: Promise<string>;
-}
-
-function startProcess(env: Record<string, string>, cwd: string): Proc {
-  const child = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
-    cwd,
-    env: { PATH: process.env.PATH ?? '', HOME: cwd, MEM0_TELEMETRY: 'false', ...env },
-  });
-  const out: string[] = [];
-  const err: string[] = [];
-  child.stdout.on('data', (c: Buffer) => out.push(c.toString()));
-  child.stderr.on('data', (c: Buffer) => err.push(c.toString()));
-  const exited = new Promise<string>((resolve) => child.once('exit', (code, signal) => resolve(signal ?? String(code))));
-  return { child, out, err, exited };
-}
-
-async function listeningPort(proc: Proc, timeoutMs = 20_000): Promise<number> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    const line = proc.out.join('').split('\n').find((l) => l.includes('listening'));
-    const port = line ? /"port":(\d+)/.exec(line)?.[1] : undefined;
-    if (port) return Number(port);
-    if (proc.child.exitCode !== null) throw new Error(`exited early: ${proc.err.join('')}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('not listening in time');
-}
-
 describe('the process killed with SIGKILL while saves are queued', () => {
   let dir: string;
-  const procs: Proc[] = [];
+  const procs: ProxyProcess[] = [];
   beforeEach(() => {
     fake.reset();
     dir = fs.mkdtempSync(path.join(tmp, 'proc-'));
@@ -384,7 +350,7 @@ describe('the process killed with SIGKILL while saves are queued', () => {
     };
 
     fake.failNext(500, { times: Infinity, path: EMBEDDINGS });
-    const first = startProcess(env, dir);
+    const first = startProxyProcess(env, dir);
     procs.push(first);
     const port1 = await listeningPort(first);
     const client = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `http://127.0.0.1:${port1}/v1`, maxRetries: 0, timeout: 10_000 });
@@ -398,7 +364,7 @@ describe('the process killed with SIGKILL while saves are queued', () => {
     expect(await first.exited).toBe('SIGKILL');
 
     fake.clearFaults();
-    const second = startProcess(env, dir);
+    const second = startProxyProcess(env, dir);
     procs.push(second);
     const port2 = await listeningPort(second);
     const delivered = await waitFor(

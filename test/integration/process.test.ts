@@ -2,49 +2,13 @@
  * The process as users run it: starts with no .env and no other service, refuses a bad
  * configuration with one message naming every bad variable, logs no secret, stops on SIGTERM.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { listeningPort, startProxyProcess } from '../helpers/process';
 import { ALL_TEST_SECRETS, runtimeSecrets, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const TSX = require.resolve('tsx');
-
-interface Proc {
-  child: ChildProcessWithoutNullStreams;
-  out: string[];
-  err: string[];
-  exited: Promise<number | null>;
-}
-
-function startProcess(env: Record<string, string>, cwd: string): Proc {
-  const child = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
-    cwd,
-    // Only what a user would set: PATH and HOME, plus the test's variables. No .env in cwd.
-    env: { PATH: process.env.PATH ?? '', HOME: cwd, MEM0_TELEMETRY: 'false', ...env },
-  });
-  const out: string[] = [];
-  const err: string[] = [];
-  child.stdout.on('data', (c: Buffer) => out.push(c.toString()));
-  child.stderr.on('data', (c: Buffer) => err.push(c.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, out, err, exited };
-}
-
-async function listeningPort(proc: Proc, timeoutMs = 20_000): Promise<number> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    // JSON lines in production, readable lines with DEBUG=true: the port is `"port":N` in both.
-    const line = proc.out.join('').split('\n').find((l) => l.includes('listening'));
-    const port = line ? /"port":(\d+)/.exec(line)?.[1] : undefined;
-    if (port) return Number(port);
-    if (proc.child.exitCode !== null) throw new Error(`exited early: ${proc.err.join('')}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('not listening in time');
-}
 
 let dir: string;
 beforeEach(() => {
@@ -53,7 +17,7 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 it('starts with no .env, serves /health, and exits 0 on SIGTERM', async () => {
-  const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data') }, dir);
+  const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data') }, dir);
   try {
     const port = await listeningPort(proc);
     const res = await fetch(`http://127.0.0.1:${port}/health`);
@@ -63,19 +27,19 @@ it('starts with no .env, serves /health, and exits 0 on SIGTERM', async () => {
   } finally {
     proc.child.kill('SIGTERM');
   }
-  expect(await proc.exited).toBe(0);
+  expect(await proc.exited).toBe('0');
 });
 
 it('refuses a bad configuration with one message naming every bad variable', async () => {
-  const proc = startProcess({ SERVER_PORT: 'http', UPSTREAM_TIMEOUT_MS: '-5', MEMORY_BACKEND: 'nosuch', AUTH_TOKEN: TEST_AUTH_TOKEN }, dir);
-  expect(await proc.exited).toBe(1);
+  const proc = startProxyProcess({ SERVER_PORT: 'http', UPSTREAM_TIMEOUT_MS: '-5', MEMORY_BACKEND: 'nosuch', AUTH_TOKEN: TEST_AUTH_TOKEN }, dir);
+  expect(await proc.exited).toBe('1');
   const stderr = proc.err.join('');
   for (const name of ['SERVER_PORT', 'UPSTREAM_TIMEOUT_MS', 'MEMORY_BACKEND']) expect(stderr).toContain(name);
   expect(stderr).not.toContain(TEST_AUTH_TOKEN);
 });
 
 it('never writes a secret to its output, even at debug level', async () => {
-  const proc = startProcess(
+  const proc = startProxyProcess(
     { SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), DEBUG: 'true', AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, UPSTREAM_BASE_URL: 'http://127.0.0.1:9/v1' },
     dir,
   );
@@ -99,8 +63,8 @@ describe('the key registry in the running process', () => {
   it('refuses to start with a bad KEYS_FILE, naming the problem', async () => {
     const file = path.join(dir, 'keys.json');
     writeKeys(file, [{ id: 'app-1', sha256: 'not-hex' }]);
-    const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file }, dir);
-    expect(await proc.exited).toBe(1);
+    const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file }, dir);
+    expect(await proc.exited).toBe('1');
     expect(proc.err.join('')).toMatch(/sha256/);
   });
 
@@ -113,7 +77,7 @@ describe('the key registry in the running process', () => {
       { id: 'alice', sha256: digest(alice), user_id: 'alice' },
       { id: 'bob', sha256: digest(bob), user_id: 'bob' },
     ]);
-    const proc = startProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, OPENAI_API_KEY: TEST_OPENAI_KEY }, dir);
+    const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, OPENAI_API_KEY: TEST_OPENAI_KEY }, dir);
     try {
       const port = await listeningPort(proc);
       const health = (key: string): Promise<number> => fetch(`http://127.0.0.1:${port}/health`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);
@@ -133,7 +97,7 @@ describe('the key registry in the running process', () => {
     } finally {
       proc.child.kill('SIGTERM');
     }
-    expect(await proc.exited).toBe(0);
+    expect(await proc.exited).toBe('0');
     const output = proc.out.join('') + proc.err.join('');
     expect(output).not.toContain(alice);
     expect(output).not.toContain(bob);
