@@ -9,11 +9,10 @@ import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import request from 'supertest';
-import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem, MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../fakes/openai-upstream';
-import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
-import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { startMemoryProxy, type MemoryProxy, type MemoryProxyOptions } from '../helpers/memory-proxy';
+import { TEST_AUTH_TOKEN } from '../helpers/secrets';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
@@ -28,51 +27,10 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-interface Proxy {
-  app: TestApp;
-  served: Served;
-  client: OpenAI;
-  close(): Promise<void>;
-}
+type Proxy = MemoryProxy;
 
-async function startProxy(
-  options: { dataDir?: string; env?: Record<string, string>; wrap?: (m: MemoryService) => MemoryService; startQueue?: boolean } = {},
-): Promise<Proxy> {
-  const dataDir = options.dataDir ?? fs.mkdtempSync(path.join(tmp, 'data-'));
-  const app = await buildTestApp(
-    {
-      UPSTREAM_BASE_URL: fake.url,
-      AUTH_TOKEN: TEST_AUTH_TOKEN,
-      OPENAI_API_KEY: TEST_OPENAI_KEY,
-      DATA_DIR: dataDir,
-      EMBEDDING_DIMS: '64',
-      RATE_LIMIT_V1: '100000',
-      RATE_LIMIT_SEARCH: '100000',
-      RATE_LIMIT_LIST: '100000',
-      RATE_LIMIT_REMEMBER: '100000',
-      RATE_LIMIT_HEALTH: '100000',
-      ...options.env,
-    },
-    {
-      memory: async (config, logger) => {
-        const real = await createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } });
-        return options.wrap ? options.wrap(real) : real;
-      },
-      queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-      ...(options.startQueue === undefined ? {} : { startQueue: options.startQueue }),
-    },
-  );
-  const served = await serve(app.app);
-  const client = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `${served.url}/v1`, maxRetries: 0 });
-  return {
-    app,
-    served,
-    client,
-    close: async () => {
-      await served.close();
-      await app.close();
-    },
-  };
+function startProxy(options: Omit<MemoryProxyOptions, 'upstreamUrl'> = {}): Promise<Proxy> {
+  return startMemoryProxy({ upstreamUrl: fake.url, dataDir: options.dataDir ?? fs.mkdtempSync(path.join(tmp, 'data-')), ...options });
 }
 
 /** The chat requests the proxy forwarded (not the memory engine's own extraction calls). */

@@ -15,24 +15,15 @@ import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import request from 'supertest';
-import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { listeningPort, startProxyProcess, type ProxyProcess } from '../helpers/process';
+import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 const CHAT = '/v1/chat/completions';
 const EMBEDDINGS = '/v1/embeddings';
-
-const GENEROUS_LIMITS = {
-  RATE_LIMIT_V1: '100000',
-  RATE_LIMIT_SEARCH: '100000',
-  RATE_LIMIT_LIST: '100000',
-  RATE_LIMIT_REMEMBER: '100000',
-  RATE_LIMIT_HEALTH: '100000',
-};
 
 let fake: FakeUpstream;
 let tmp: string;
@@ -46,40 +37,8 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-interface Proxy {
-  app: TestApp;
-  served: Served;
-  client: OpenAI;
-  close(): Promise<void>;
-}
-
-async function startProxy(env: Record<string, string> = {}): Promise<Proxy> {
-  const app = await buildTestApp(
-    {
-      UPSTREAM_BASE_URL: fake.url,
-      AUTH_TOKEN: TEST_AUTH_TOKEN,
-      OPENAI_API_KEY: TEST_OPENAI_KEY,
-      DATA_DIR: fs.mkdtempSync(path.join(tmp, 'data-')),
-      EMBEDDING_DIMS: '64',
-      ...GENEROUS_LIMITS,
-      ...env,
-    },
-    {
-      memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } }),
-      queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000 },
-    },
-  );
-  const served = await serve(app.app);
-  const client = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `${served.url}/v1`, maxRetries: 0, timeout: 10_000 });
-  return {
-    app,
-    served,
-    client,
-    close: async () => {
-      await served.close();
-      await app.close();
-    },
-  };
+async function startProxy(env: Record<string, string> = {}): Promise<MemoryProxy> {
+  return startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), env });
 }
 
 async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 8000, what = 'condition'): Promise<T> {
@@ -101,12 +60,12 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
 }
 
-async function memoriesOf(p: Proxy, userId: string): Promise<MemoryItem[]> {
+async function memoriesOf(p: MemoryProxy, userId: string): Promise<MemoryItem[]> {
   const res = await request(p.app.app).post('/list').set(auth).send({ user_id: userId }).expect(200);
   return (res.body as { memories: MemoryItem[] }).memories;
 }
 
-async function health(p: Proxy): Promise<{ status: string; save_queue?: { depth: number; failures: number } }> {
+async function health(p: MemoryProxy): Promise<{ status: string; save_queue?: { depth: number; failures: number } }> {
   const res = await request(p.app.app).get('/health').set(auth).expect(200);
   return res.body as { status: string; save_queue?: { depth: number; failures: number } };
 }
@@ -115,7 +74,7 @@ async function health(p: Proxy): Promise<{ status: string; save_queue?: { depth:
  * A completed exchange for a control user, saved: since the queue runs jobs in order and this one
  * finished, an exchange of the faulty request, had it been queued earlier, would have been seen.
  */
-async function controlExchangeSaved(p: Proxy, userId: string): Promise<void> {
+async function controlExchangeSaved(p: MemoryProxy, userId: string): Promise<void> {
   await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: `My control word is ${userId}.` }], user: userId });
   await waitFor(async () => ((await memoriesOf(p, userId)).length > 0 ? true : undefined), 8000, `memory of ${userId}`);
   await p.app.queue?.drained(5000);
@@ -129,7 +88,7 @@ async function drainStream(stream: AsyncIterable<OpenAI.Chat.ChatCompletionChunk
 }
 
 describe('upstream faults mid-stream, memory on', () => {
-  let p: Proxy;
+  let p: MemoryProxy;
   beforeAll(async () => {
     p = await startProxy();
   });

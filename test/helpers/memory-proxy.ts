@@ -1,0 +1,74 @@
+/**
+ * A served proxy with the real memory engine (mem0 on the embedded store in a temp DATA_DIR),
+ * talking to a fake upstream for chats, extraction and embeddings, with the `openai` client
+ * pointed at it. Short engine deadlines and queue backoffs keep fault tests fast.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import OpenAI from 'openai';
+import { createMemoryService } from '../../src/memory/factory';
+import type { MemoryService } from '../../src/memory/types';
+import { buildTestApp, serve, type Served, type TestApp } from './app';
+import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from './secrets';
+
+export const GENEROUS_LIMITS: Readonly<Record<string, string>> = {
+  RATE_LIMIT_V1: '100000',
+  RATE_LIMIT_SEARCH: '100000',
+  RATE_LIMIT_LIST: '100000',
+  RATE_LIMIT_REMEMBER: '100000',
+  RATE_LIMIT_HEALTH: '100000',
+};
+
+export interface MemoryProxy {
+  app: TestApp;
+  served: Served;
+  client: OpenAI;
+  close(): Promise<void>;
+}
+
+export interface MemoryProxyOptions {
+  /** The fake upstream's base URL (ends in /v1). */
+  upstreamUrl: string;
+  /** Reuse a DATA_DIR (restarts); a fresh temp folder otherwise. */
+  dataDir?: string;
+  env?: Record<string, string>;
+  /** Wraps the real memory service (a deliberately slow search or save). */
+  wrap?: (memory: MemoryService) => MemoryService;
+  startQueue?: boolean;
+}
+
+export async function startMemoryProxy(options: MemoryProxyOptions): Promise<MemoryProxy> {
+  const dataDir = options.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'memory-proxy-'));
+  const app = await buildTestApp(
+    {
+      UPSTREAM_BASE_URL: options.upstreamUrl,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      DATA_DIR: dataDir,
+      EMBEDDING_DIMS: '64',
+      ...GENEROUS_LIMITS,
+      ...options.env,
+    },
+    {
+      memory: async (config, logger) => {
+        const real = await createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } });
+        return options.wrap ? options.wrap(real) : real;
+      },
+      queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000 },
+      ...(options.startQueue === undefined ? {} : { startQueue: options.startQueue }),
+    },
+  );
+  const served = await serve(app.app);
+  const client = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `${served.url}/v1`, maxRetries: 0, timeout: 10_000 });
+  return {
+    app,
+    served,
+    client,
+    close: async () => {
+      await served.close();
+      await app.close();
+      if (options.dataDir === undefined) fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
