@@ -121,3 +121,9 @@ describe('config/env.example', () => {
     expect(() => loadConfig({ env: parsed })).not.toThrow();
   });
 });
+
+it("lists every variable in the README's configuration table", () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', '..', 'README.md'), 'utf8');
+  const table = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('\n## ', readme.indexOf('## Configuration') + 1));
+  expect(ENV_VARIABLES.filter((name) => !table.includes(`\`${name}\``))).toEqual([]);
+});
