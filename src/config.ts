@@ -145,7 +145,8 @@ const envSchema = z.object({
   SERVER_PORT: intVar(0, 65535),
   DEBUG: boolVar,
   TRUST_PROXY: boolVar,
-  UPSTREAM_BASE_URL: urlVar(['http:', 'https:']),
+  // The request's own path and query are appended to it, so the base carries neither.
+  UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
   UPSTREAM_TIMEOUT_MS: intVar(1, 24 * 3600 * 1000),
   MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
   DATA_DIR: optionalString,

@@ -18,8 +18,20 @@ function header(headers: IncomingHttpHeaders, name: string): string | undefined 
   return v === undefined || v.trim() === '' ? undefined : v.trim();
 }
 
+/**
+ * Why `value` cannot name a memory scope, or undefined when it can. The memory engine refuses ids
+ * with whitespace, and `*` is a wildcard to vector stores: as a user id it would reach everyone.
+ */
+export function memoryIdProblem(value: string): string | undefined {
+  if (value.length > MAX_ID_LENGTH) return `must be at most ${MAX_ID_LENGTH} characters`;
+  if (/\s/.test(value)) return 'must not contain whitespace';
+  if (value === '*') return 'must not be "*"';
+  return undefined;
+}
+
 function checkId(name: string, value: string | undefined): string | undefined {
-  if (value !== undefined && value.length > MAX_ID_LENGTH) throw new BadRequestError(`${name} is too long`, `${name} must be at most ${MAX_ID_LENGTH} characters`);
+  const problem = value === undefined ? undefined : memoryIdProblem(value);
+  if (problem !== undefined) throw new BadRequestError(`${name} ${problem}`, [{ field: name, message: problem }]);
   return value;
 }
 
@@ -40,18 +52,23 @@ export function adminScope(caller: Caller, body: { user_id?: string | undefined;
 
 /**
  * The chat path's user: the bound one; else `X-Mem0-User-Id`; else the body's `user`; else
- * `default`. A bound caller naming another user by header or body is refused.
+ * `default`. A bound caller naming another user by header or body is refused (403); a bad
+ * `X-Mem0-*` header is the caller's mistake (400).
+ *
+ * Returns undefined when the memory user would be the body's `user` and that cannot name a memory
+ * scope (OpenAI allows any string there, e.g. "John Smith"): the chat then goes on without memory
+ * rather than failing, or mixing that user into `default`.
  */
-export function chatScope(caller: Caller, headers: IncomingHttpHeaders, bodyUser: string | undefined): MemoryScope {
+export function chatScope(caller: Caller, headers: IncomingHttpHeaders, bodyUser: string | undefined): MemoryScope | undefined {
   const fromHeader = checkId('X-Mem0-User-Id', header(headers, 'x-mem0-user-id'));
-  const fromBody = checkId('user', bodyUser?.trim() === '' ? undefined : bodyUser);
+  const trimmed = bodyUser?.trim();
+  const fromBody = trimmed === '' ? undefined : trimmed;
   if (caller.userId !== undefined && !caller.admin) {
     for (const requested of [fromHeader, fromBody]) bound(caller, requested);
   }
+  const agentId = checkId('X-Mem0-Agent-Id', header(headers, 'x-mem0-agent-id'));
+  const runId = checkId('X-Mem0-Run-Id', header(headers, 'x-mem0-run-id'));
   const userId = (caller.admin ? undefined : caller.userId) ?? fromHeader ?? fromBody ?? caller.userId ?? DEFAULT_CHAT_USER;
-  return {
-    userId,
-    agentId: checkId('X-Mem0-Agent-Id', header(headers, 'x-mem0-agent-id')),
-    runId: checkId('X-Mem0-Run-Id', header(headers, 'x-mem0-run-id')),
-  };
+  if (memoryIdProblem(userId) !== undefined) return undefined;
+  return { userId, agentId, runId };
 }

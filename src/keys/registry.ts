@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import { z } from 'zod';
 import type { RateLimitedEndpoint } from '../config';
 import type { Caller } from '../http/context';
+import { memoryIdProblem } from '../http/identity';
 import type { Logger } from '../logger';
 
 /** Endpoint paths as operators write them in `limits`, and the rate limiter each one names. */
@@ -52,7 +53,12 @@ const entrySchema = z
       .regex(ID_PATTERN, 'must be 1-64 characters of letters, digits, ".", "_" or "-", starting with a letter or digit')
       .refine((id) => id !== 'token', '"token" is reserved for AUTH_TOKEN'),
     sha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be the 64 hex digits of a SHA-256 digest'),
-    user_id: z.string().trim().min(1, 'must not be empty').max(256, 'must be at most 256 characters').optional(),
+    user_id: z
+      .string()
+      .trim()
+      .min(1, 'must not be empty')
+      .refine((v) => memoryIdProblem(v) === undefined, (v) => ({ message: memoryIdProblem(v) ?? 'invalid' }))
+      .optional(),
     admin: z.boolean().optional(),
     limits: limitsSchema.optional(),
     expires_at: z.string().datetime({ offset: true, message: 'must be an ISO 8601 date-time, e.g. 2027-01-01T00:00:00Z' }).optional(),

@@ -170,6 +170,8 @@ function checkScope(scope: MemoryScope): void {
     if (value !== undefined && /\s/.test(value)) {
       throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
     }
+    // Vector stores read "*" as "any value": as a scope it would reach every user.
+    if (value === '*') throw new BadRequestError(`${name} must not be "*"`, [{ field: name, message: 'must not be "*"' }]);
   }
 }
 

@@ -100,6 +100,13 @@ export class Upstream {
       return;
     }
     const { logger, metrics, timeoutMs, maxBodyBytes } = this.options;
+    if (res.closed || res.destroyed) {
+      // The client left while an earlier step (memory recall, a shared rate-limit store) ran:
+      // nothing to send upstream, and the close event this module listens for has been and gone.
+      metrics.upstreamErrors.inc({ reason: 'client_abort' });
+      opts.onEnd?.(false);
+      return;
+    }
     if (!opts.body && Number(req.headers['content-length'] ?? 0) > maxBodyBytes) {
       next(new PayloadTooLargeError(`Request body exceeds ${maxBodyBytes} bytes`));
       return;

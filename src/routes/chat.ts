@@ -49,11 +49,11 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const bodyUser = typeof body['user'] === 'string' ? body['user'] : undefined;
     // Checked even with memory off: a bound caller may not name another user anywhere.
     const scope = chatScope(caller, req.headers, bodyUser);
-    const userText = chatMemory.enabled ? (kind === 'chat' ? lastUserText(body) : lastUserInputText(body)) : undefined;
+    const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body) : lastUserInputText(body)) : undefined;
 
     let forwardBody = raw;
     let injected = 0;
-    if (userText !== undefined && reads(mode)) {
+    if (scope !== undefined && userText !== undefined && reads(mode)) {
       const memories = await chatMemory.recall(scope, userText, req.id);
       const block = buildMemoryBlock(memories, options.maxBlockChars);
       if (block) {
@@ -66,7 +66,7 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     res.setHeader('X-Mem0-Memories', String(injected));
 
     const forwardOptions: ForwardOptions = { body: forwardBody };
-    if (userText !== undefined && writes(mode)) {
+    if (scope !== undefined && userText !== undefined && writes(mode)) {
       let capture: ReplyCapture | undefined;
       let status = 0;
       forwardOptions.onResponse = (upstreamRes) => {

@@ -5,6 +5,7 @@
  * the durable save queue across outages and restarts, aborts, and the search budget.
  */
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -301,6 +302,62 @@ describe('saving exchanges', () => {
       await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'My scarf is brown.' }], user: 'kim' });
       await waitForMemories(p, 'kim');
       expect(await memoriesOf(p, 'jo')).toEqual([]);
+      expect(p.app.queue?.depth()).toBe(0);
+    } finally {
+      await p.close();
+    }
+  });
+});
+
+describe('identity on the chat path', () => {
+  beforeEach(() => fake.reset());
+
+  it('answers a chat whose body user cannot name a memory scope, without memory, and saves nothing', async () => {
+    const p = await startProxy();
+    try {
+      const { response } = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'My kite is red.' }], user: 'John Smith' }).withResponse();
+      expect(response.status).toBe(200);
+      expect(response.headers.get('x-mem0-memories')).toBe('0');
+      expect(p.app.queue?.depth()).toBe(0);
+      expect(fake.requestsTo('/v1/embeddings')).toHaveLength(0);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('refuses "*" or whitespace in X-Mem0-User-Id with 400', async () => {
+    const p = await startProxy();
+    try {
+      for (const bad of ['*', 'a b']) {
+        const err = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'X-Mem0-User-Id': bad } }).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      }
+      expect(forwardedChats()).toHaveLength(0);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('does not forward a chat whose client left during memory recall', async () => {
+    const p = await startProxy({
+      wrap: (real) =>
+        Object.assign(Object.create(real) as MemoryService, {
+          search: async (...args: Parameters<MemoryService['search']>) => {
+            await new Promise((r) => setTimeout(r, 400));
+            return real.search(...args);
+          },
+        }),
+    });
+    try {
+      const req = http.request(`${p.served.url}/v1/chat/completions`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' } });
+      req.on('error', () => undefined);
+      req.end(JSON.stringify({ model: 'm', user: 'zoe', messages: [{ role: 'user', content: 'My drum is loud.' }] }));
+      await new Promise((r) => setTimeout(r, 100));
+      req.destroy();
+      await new Promise((r) => setTimeout(r, 700));
+      expect(forwardedChats()).toHaveLength(0);
+      const metrics = await request(p.app.app).get('/metrics').set(auth);
+      expect(metrics.text).toMatch(/proxy_upstream_errors_total\{reason="client_abort"\} 1/);
       expect(p.app.queue?.depth()).toBe(0);
     } finally {
       await p.close();

@@ -234,6 +234,16 @@ describe('memory admin API with the embedded backend', () => {
     expect(res.body).toMatchObject({ error: 'Invalid request' });
   });
 
+  it('refuses "*" as a user, agent or run id, and deletes nothing', async () => {
+    await remember(app, { user_id: 'star-a', content: 'Star A keeps this', infer: false });
+    for (const body of [{ user_id: '*' }, { user_id: 'star-a', agent_id: '*' }, { user_id: 'star-a', run_id: '*' }]) {
+      await post(app, '/forget', body).expect(400);
+      await post(app, '/list', body).expect(400);
+      await post(app, '/search', { ...body, query: 'keeps' }).expect(400);
+    }
+    expect((await list(app, { user_id: 'star-a' })).count).toBe(1);
+  });
+
   it('answers 404 for a memory id that does not exist or is not a memory id', async () => {
     for (const memoryId of ['6f1c1b7e-9a1d-4f6e-8a57-0c5d1e2f3a4b', 'not-a-uuid']) {
       const res = await post(app, '/forget', { user_id: 'alice', memory_id: memoryId }).expect(404);

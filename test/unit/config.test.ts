@@ -50,6 +50,10 @@ describe('loadConfig', () => {
     expect(message).not.toContain('short');
   });
 
+  it('refuses an upstream base URL with a query string, which would be lost', () => {
+    expect(() => loadConfig({ env: { UPSTREAM_BASE_URL: 'https://x.example/openai/v1?api-version=1' } })).toThrow(/UPSTREAM_BASE_URL: must not have a query string/);
+  });
+
   it('refuses AUTH_TOKEN without OPENAI_API_KEY', () => {
     expect(() => loadConfig({ env: { AUTH_TOKEN: TEST_AUTH_TOKEN } })).toThrow(/OPENAI_API_KEY/);
   });
