@@ -4,7 +4,8 @@
  * Read the body (within the limit; it must be a JSON object) → find the memory user → recall the
  * user's memories for the last user text, within the time budget → inject them as one block →
  * forward → tap the reply as it streams back → queue the completed exchange for saving. With no
- * memory found, the body is forwarded byte for byte as the caller sent it.
+ * memory found (or a body holding an integer JavaScript would round), the body is forwarded byte
+ * for byte as the caller sent it.
  */
 import { BadRequestError } from '../errors';
 import { chatScope } from '../http/identity';
@@ -13,6 +14,7 @@ import { readBody } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
 import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
+import { hasUnsafeInteger } from '../memory/unsafe-numbers';
 import { createReplyCapture, type ReplyCapture } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
 
@@ -56,7 +58,9 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     if (scope !== undefined && userText !== undefined && reads(mode)) {
       const memories = await chatMemory.recall(scope, userText, req.id);
       const block = buildMemoryBlock(memories, options.maxBlockChars);
-      if (block) {
+      // Re-serialising would round an integer beyond 2^53 the caller sent: forward such a body as
+      // sent, without memories, rather than change one of its values.
+      if (block && !hasUnsafeInteger(raw.toString('utf8'))) {
         const rewritten = kind === 'chat' ? injectChat(body, block.text, options.placement) : injectResponses(body, block.text);
         forwardBody = Buffer.from(JSON.stringify(rewritten));
         injected = block.count;

@@ -120,6 +120,13 @@ describe('recall and injection', () => {
     expect(forwardedChats()[0]?.body.toString()).toBe(raw);
   });
 
+  it('forwards a body holding an integer beyond 2^53 byte for byte, without memories', async () => {
+    const raw = `{"model":"m","seed":9007199254740993,"user":"alice","messages":${JSON.stringify(history)}}`;
+    const res = await request(p.served.server).post('/v1/chat/completions').set(auth).set('Content-Type', 'application/json').send(raw).expect(200);
+    expect(res.headers['x-mem0-memories']).toBe('0');
+    expect(forwardedChats()[0]?.body.toString()).toBe(raw);
+  });
+
   it('puts the block in the first system message when configured', async () => {
     const q = await startProxy({ env: { MEMORY_INJECTION_PLACEMENT: 'first_system' } });
     try {
