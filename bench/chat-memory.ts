@@ -39,6 +39,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { fakeEmbedding } from '../test/fakes/openai-upstream';
+import { seededRandom } from '../test/helpers/random';
 import { EmbeddedVectorStore, closeAllEmbeddedVectorStores } from '../src/memory/vector-store/embedded-store';
 import {
   BENCH_TOKEN,
@@ -86,17 +87,6 @@ const SEARCH_MATCH_TOLERANCE_RATIO = 0.25;
 // Deterministic text: memories and chat queries over one vocabulary
 // ---------------------------------------------------------------------------------------------
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const NAMES = ['Anna', 'Ben', 'Carla', 'David', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ines', 'Jonas', 'Kira', 'Liam', 'Maya', 'Noah', 'Olga', 'Pedro', 'Quinn', 'Rosa', 'Sam', 'Tara'];
 const RELATIONS = ['sister', 'brother', 'mother', 'father', 'cousin', 'friend', 'colleague', 'neighbor', 'partner', 'daughter', 'son', 'uncle', 'aunt'];
 const PLACES = ['Lisbon', 'Berlin', 'Kyoto', 'Denver', 'Oslo', 'Naples', 'Austin', 'Seoul', 'Dublin', 'Porto', 'Quebec', 'Lima', 'Zurich', 'Hanoi', 'Vienna', 'Madrid', 'Boston', 'Prague', 'Cairo', 'Sydney'];
@@ -127,7 +117,7 @@ const FACT_TEMPLATES: Array<(p: Pick) => string> = [
 
 /** `count` distinct facts, deterministic. */
 function generateFacts(count: number): string[] {
-  const p = picker(rng(20240601));
+  const p = picker(seededRandom(20240601));
   const seen = new Set<string>();
   const out: string[] = [];
   for (let i = 0; out.length < count; i++) {
@@ -152,7 +142,7 @@ const QUERY_TEMPLATES: Array<(p: Pick) => string> = [
 ];
 
 function makeQueries(count: number): string[] {
-  const p = picker(rng(777));
+  const p = picker(seededRandom(777));
   return Array.from({ length: count }, (_, i) => (QUERY_TEMPLATES[i % QUERY_TEMPLATES.length] ?? QUERY_TEMPLATES[0]!)(p));
 }
 
@@ -208,7 +198,7 @@ const FALLBACK_INTERNALS: Mem0Internals = {
 
 /** Deterministic v4-shaped UUIDs (mem0 ids are v4 UUIDs), so parent and seeding child agree. */
 function seededIds(count: number, seed: number): string[] {
-  const next = rng(seed);
+  const next = seededRandom(seed);
   return Array.from({ length: count }, () => {
     const b = Array.from({ length: 16 }, () => Math.floor(next() * 256));
     b[6] = ((b[6] ?? 0) & 0x0f) | 0x40;
@@ -571,7 +561,7 @@ async function waitDrained(origin: string, agent: http.Agent, timeoutMs: number)
 async function runPhase(rows: Row[], phase: Phase, queries: string[], origin: string, collect: boolean): Promise<void> {
   const agents = rows.map(() => keepAliveAgent(1));
   const healthAgent = keepAliveAgent(1);
-  const shuffle = rng(phase.offset + 17);
+  const shuffle = seededRandom(phase.offset + 17);
   try {
     for (let i = 0; i < phase.rounds; i++) {
       const body = chatBody(queries[(phase.offset + i) % queries.length] ?? 'Hello', phase.stream);

@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { VectorStore } from 'mem0ai/oss';
 import { EmbeddedVectorStore, closeAllEmbeddedVectorStores, embeddedVectorStoreKernel } from '../src/memory/vector-store/embedded-store';
+import { seededRandom } from '../test/helpers/random';
 
 export interface MemoryStoreBenchOptions {
   dimension?: number;
@@ -59,18 +60,6 @@ interface InsertRow {
   fileMB: number;
 }
 
-/** Deterministic PRNG so runs are comparable. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function unitVector(dim: number, next: () => number): number[] {
   const v = new Array<number>(dim);
   let sum = 0;
@@ -100,7 +89,7 @@ function owners(total: number, userSizes: number[], seed: number): string[] {
   for (const size of userSizes) for (let i = 0; i < size; i++) out.push(`user-${size}`);
   for (let i = 0; out.length < total; i++) out.push(`other-${Math.floor(i / 100)}`);
   out.length = Math.min(out.length, total);
-  const next = rng(seed);
+  const next = seededRandom(seed);
   for (let i = out.length - 1; i > 0; i--) {
     const j = Math.floor(next() * (i + 1));
     [out[i], out[j]] = [out[j]!, out[i]!];
@@ -121,7 +110,7 @@ function payloadFor(userId: string, i: number): Record<string, unknown> {
 }
 
 async function load(store: VectorStore, rowOwners: string[], dim: number, batchSize: number, seed: number): Promise<number> {
-  const next = rng(seed);
+  const next = seededRandom(seed);
   const started = nowMs();
   for (let b = 0; b < rowOwners.length; b += batchSize) {
     const n = Math.min(batchSize, rowOwners.length - b);
@@ -134,7 +123,7 @@ async function load(store: VectorStore, rowOwners: string[], dim: number, batchS
 }
 
 async function timeSingleInserts(store: VectorStore, count: number, dim: number): Promise<number[]> {
-  const next = rng(99);
+  const next = seededRandom(99);
   const times: number[] = [];
   for (let i = 0; i < count; i++) {
     const v = unitVector(dim, next);
@@ -155,7 +144,7 @@ async function timeSearches(
   topK: number,
 ): Promise<SearchRow[]> {
   const rows: SearchRow[] = [];
-  const next = rng(1234);
+  const next = seededRandom(1234);
   for (const size of userSizes) {
     const filters = { user_id: `user-${size}` };
     const t0 = nowMs();

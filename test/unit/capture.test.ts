@@ -9,6 +9,7 @@ import { PassThrough, Writable } from 'node:stream';
 import zlib from 'node:zlib';
 import { createReplyCapture, type CaptureOptions, type CapturedReply, type ReplyKind } from '../../src/proxy/capture';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
+import { rawPost as rawPostTo, type RawResponse } from '../helpers/raw-http';
 
 const UNICODE_REPLY = 'Grüße aus Köln 😀 — naïve 日本語 text';
 
@@ -24,30 +25,8 @@ afterAll(async () => {
   await fake.close();
 });
 
-interface Raw {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
 /** POSTs to the fake and returns the raw response bytes. */
-function rawPost(path: string, body: unknown): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
-    const req = http.request(
-      `http://127.0.0.1:${fake.port}${path}`,
-      { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
+const rawPost = (path: string, body: unknown): Promise<RawResponse> => rawPostTo(`http://127.0.0.1:${fake.port}${path}`, body);
 
 /** An IncomingMessage stand-in: a PassThrough with a status and headers. */
 function fakeResponse(status: number, headers: http.IncomingHttpHeaders): PassThrough & http.IncomingMessage {

@@ -18,6 +18,7 @@ import {
   type SearchKernel,
 } from '../../src/memory/vector-store/embedded-store';
 import { registerEmbeddedVectorStore } from '../../src/memory/vector-store/register';
+import { seededRandom } from '../helpers/random';
 
 let tmp: string;
 let fileCounter = 0;
@@ -32,17 +33,6 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-/** Deterministic pseudo-random generator, so failures reproduce. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomVector(dim: number, next: () => number): number[] {
   return Array.from({ length: dim }, () => next() * 2 - 1);
@@ -109,7 +99,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('matches brute-force cosine top-k on random data, with and without a residual filter', async () => {
     const dim = 37; // not a multiple of 8: exercises the zero padding
     const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel });
-    const next = rng(7);
+    const next = seededRandom(7);
     const vectors = Array.from({ length: 700 }, () => randomVector(dim, next));
     const ids = vectors.map((_, i) => `id-${i}`);
     const payloads = vectors.map((_, i) => ({ user_id: i % 7 === 0 ? 'other' : 'u', parity: i % 2 }));
@@ -220,7 +210,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('keeps a big partition consistent across many inserts and deletes (block boundaries)', async () => {
     const dim = 1536; // 10 rows per block: deletes move rows across blocks
     const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel });
-    const next = rng(11);
+    const next = seededRandom(11);
     const vectors = Array.from({ length: 95 }, () => randomVector(dim, next));
     const ids = vectors.map((_, i) => `v${i}`);
     await store.insert(vectors.slice(0, 50), ids.slice(0, 50), ids.slice(0, 50).map(() => ({ user_id: 'u' })));

@@ -1,10 +1,10 @@
 /** Drives the fake OpenAI upstream with the official `openai` client, as the proxy and mem0ai will. */
 import OpenAI from 'openai';
-import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cosineSimilarity, defaultExtract, startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
+import { rawPost as rawPostTo, type RawResponse } from '../helpers/raw-http';
 
 let fake: FakeUpstream;
 let client: OpenAI;
@@ -20,24 +20,8 @@ afterAll(async () => {
   await fake.close();
 });
 
-/** Raw POST with node:http, for checks the SDK hides (SSE framing, status codes). */
-function rawPost(path: string, body: unknown): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }> {
-  return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
-    const req = http.request(
-      `http://127.0.0.1:${fake.port}${path}`,
-      { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
+/** Raw POST to the fake, for checks the SDK hides (SSE framing, status codes). */
+const rawPost = (path: string, body: unknown): Promise<RawResponse> => rawPostTo(`http://127.0.0.1:${fake.port}${path}`, body);
 
 describe('fake OpenAI upstream', () => {
   test('chat completion JSON: echoes the last user message, records the request and its Authorization', async () => {
