@@ -22,6 +22,8 @@ import { z } from 'zod';
 import type { Config } from '../config';
 import { BadRequestError, MemoryUnavailableError, NotFoundError } from '../errors';
 import type { Logger } from '../logger';
+import { BatchingEmbedder, type EmbedderLike } from './batching-embedder';
+import { EntityOracle } from './entity-oracle';
 import { EngineGuard, withTimeout, type GuardTuning } from './resilience';
 import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions } from './types';
 import { UnavailableMemoryService } from './unavailable';
@@ -188,6 +190,8 @@ export interface Mem0ServiceOptions {
   onAvailabilityChange?: ((available: boolean) => void) | undefined;
   /** Called after every successful engine call (pgvector: guard new connections). */
   afterSuccess?: (() => void) | undefined;
+  /** The engine's embedder, when it batches an operation's embeddings into one request. */
+  batching?: BatchingEmbedder | undefined;
 }
 
 /**
@@ -239,7 +243,9 @@ export class Mem0MemoryService implements MemoryService {
       topK: options.limit,
       ...(options.threshold !== undefined ? { threshold: options.threshold } : {}),
     };
-    const result = await this.call('read', 'search', 'all', () => this.engine().search(query, config));
+    const batching = this.options.batching;
+    const search = (): ReturnType<Mem0Engine['search']> => this.engine().search(query, config);
+    const result = await this.call('read', 'search', 'all', () => (batching ? batching.duringSearch(query, search) : search()));
     return toUserItems(result.results, scope.userId);
   }
 
@@ -269,7 +275,9 @@ export class Mem0MemoryService implements MemoryService {
       }
     } else {
       const messages = input.messages.map((m) => ({ role: m.role, content: m.content }));
-      const result = await this.call('write', 'add', 'all', () => this.engine().add(messages, { ...base, metadata: { ...metadata }, infer: true }));
+      const batching = this.options.batching;
+      const add = (): ReturnType<Mem0Engine['add']> => this.engine().add(messages, { ...base, metadata: { ...metadata }, infer: true });
+      const result = await this.call('write', 'add', 'all', () => (batching ? batching.duringAdd(add) : add()));
       added.push(...result.results);
     }
     // mem0's add answers with {id, memory, metadata:{event}} only: read each memory back for the
@@ -484,11 +492,35 @@ function guardConnectionErrors(engine: EngineInternals, logger: Logger): () => v
   };
 }
 
+function isEmbedder(value: unknown): value is EmbedderLike {
+  return isRecord(value) && typeof value['embed'] === 'function' && typeof value['embedBatch'] === 'function';
+}
+
+/**
+ * Puts a BatchingEmbedder in front of the engine's embedder, so a search or an add makes one
+ * embedding request instead of two. Without an entity oracle (a mem0ai whose `Memory` it cannot
+ * drive) the engine keeps its own embedder, logged once.
+ */
+async function batchEmbeddings(oss: typeof import('mem0ai/oss'), internals: EngineInternals, logger: Logger): Promise<BatchingEmbedder | undefined> {
+  const inner = internals.embedder;
+  if (!isEmbedder(inner)) return undefined;
+  const oracle = await EntityOracle.create(oss);
+  if (!oracle) {
+    logger.warn('memory engine: entity prediction unavailable; each search and save makes two embedding requests');
+    return undefined;
+  }
+  const batching = new BatchingEmbedder(inner, oracle, logger);
+  internals.embedder = batching;
+  return batching;
+}
+
 export interface CreateMem0Options {
   tuning?: Partial<GuardTuning> | undefined;
   onAvailabilityChange?: ((available: boolean) => void) | undefined;
   /** How long start-up waits for the store to open (default 15 s). */
   startupTimeoutMs?: number | undefined;
+  /** One embedding request per search and per save (default true; false keeps mem0's two, for comparisons). */
+  batchEmbeddings?: boolean | undefined;
 }
 
 /**
@@ -526,6 +558,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   const internals = memory as unknown as EngineInternals;
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
+  const batching = options.batchEmbeddings === false ? undefined : await batchEmbeddings(oss, internals, logger);
 
   const release = async (): Promise<void> => {
     // The stores are reference-counted per file, so closing our own instances (not every store
@@ -542,6 +575,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     tuning: options.tuning,
     onAvailabilityChange: options.onAvailabilityChange,
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
+    batching,
   });
 
   const failure = await service.startupCheck(options.startupTimeoutMs ?? 15_000);

@@ -1,0 +1,134 @@
+/**
+ * An embedder wrapper that folds mem0's sequential embedding requests into one round trip.
+ *
+ * mem0ai's `Memory.search` embeds the query, searches, then embeds the query's entities; its
+ * `add` embeds the extracted memory texts, stores them, then embeds their entities. Each pair is
+ * two requests one after the other (~120 ms each against OpenAI). The entities depend only on
+ * texts known at the first request, so this wrapper asks the entity oracle for them and sends
+ * everything in the first request; the second `embedBatch` is then answered from what the first
+ * brought back. The vectors are the same ones the engine would have fetched (same model, same
+ * texts), so results do not change.
+ *
+ * The wrapper only batches inside an operation it was told about (`duringSearch`, `duringAdd`),
+ * tracked with AsyncLocalStorage so concurrent operations never see each other's vectors; any
+ * other call goes straight to the inner embedder. A missed prediction costs the second request
+ * it would have cost anyway.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { EntityOracle } from './entity-oracle';
+
+type MemoryAction = 'add' | 'update' | 'search';
+
+/** mem0ai's embedder interface. */
+export interface EmbedderLike {
+  embed(text: string, memoryAction?: MemoryAction): Promise<number[]>;
+  embedBatch(texts: string[], memoryAction?: MemoryAction): Promise<number[][]>;
+}
+
+/** Minimal logger shape (a winston logger fits). */
+export interface BatchingLogger {
+  warn(message: string, meta?: object): void;
+}
+
+interface Operation {
+  kind: 'search' | 'add';
+  /** search: the query whose embedding carries the entities along. */
+  query?: string;
+  /** Vectors fetched ahead of being asked for, by text. */
+  prefetched: Map<string, number[]>;
+  /** add: whether the batch of extracted memory texts went out already. */
+  memoryBatchSent: boolean;
+}
+
+/** mem0's entity key: two entity texts that normalise alike are one entity. */
+function entityKey(text: string): string {
+  return text.trim().toLowerCase();
+}
+
+export class BatchingEmbedder implements EmbedderLike {
+  private readonly operations = new AsyncLocalStorage<Operation>();
+  private warned = false;
+
+  constructor(
+    private readonly inner: EmbedderLike,
+    private readonly oracle: EntityOracle,
+    private readonly logger?: BatchingLogger,
+  ) {}
+
+  /** Runs `fn` (one `Memory.search(query)`) so its query and entity embeddings go out as one request. */
+  duringSearch<T>(query: string, fn: () => Promise<T>): Promise<T> {
+    return this.operations.run({ kind: 'search', query, prefetched: new Map(), memoryBatchSent: false }, fn);
+  }
+
+  /** Runs `fn` (one `Memory.add`) so its memory-text and entity embeddings go out as one request. */
+  duringAdd<T>(fn: () => Promise<T>): Promise<T> {
+    return this.operations.run({ kind: 'add', prefetched: new Map(), memoryBatchSent: false }, fn);
+  }
+
+  async embed(text: string, memoryAction?: MemoryAction): Promise<number[]> {
+    const op = this.operations.getStore();
+    if (op?.kind === 'search' && text === op.query && !op.prefetched.has(text)) {
+      const entities = await this.predict([text]);
+      await this.fetchInto(op, [text, ...entities], memoryAction);
+    }
+    return op?.prefetched.get(text) ?? this.inner.embed(text, memoryAction);
+  }
+
+  async embedBatch(texts: string[], memoryAction?: MemoryAction): Promise<number[][]> {
+    const op = this.operations.getStore();
+    if (!op) return this.inner.embedBatch(texts, memoryAction);
+    if (op.kind === 'add' && !op.memoryBatchSent) {
+      // The first batch of an add is the extracted memory texts: their entities come along.
+      op.memoryBatchSent = true;
+      const entities = await this.predict(texts);
+      await this.fetchInto(op, [...texts, ...entities], memoryAction);
+    } else {
+      await this.fetchInto(op, texts, memoryAction);
+    }
+    return texts.map((text) => {
+      const vector = op.prefetched.get(text);
+      if (!vector) throw new Error('embedding missing from the batch answer');
+      return vector;
+    });
+  }
+
+  /** Fetches, in one batch, the texts of `texts` the operation does not hold yet. */
+  private async fetchInto(op: Operation, texts: readonly string[], memoryAction: MemoryAction | undefined): Promise<void> {
+    const missing = [...new Set(texts)].filter((text) => !op.prefetched.has(text));
+    if (missing.length === 0) return;
+    const vectors = await this.inner.embedBatch(missing, memoryAction);
+    if (vectors.length !== missing.length) throw new Error(`embedder returned ${vectors.length} vectors for ${missing.length} texts`);
+    missing.forEach((text, i) => {
+      const vector = vectors[i];
+      if (vector) op.prefetched.set(text, vector);
+    });
+  }
+
+  /**
+   * The entity texts mem0 will ask for next, for these source texts: deduplicated by mem0's
+   * entity key, first spelling kept, texts already in `sources` left out. Empty when the oracle
+   * fails (logged once): the engine then fetches them itself.
+   */
+  private async predict(sources: readonly string[]): Promise<string[]> {
+    const seen = new Set(sources);
+    const keys = new Set<string>();
+    const out: string[] = [];
+    try {
+      for (const source of sources) {
+        for (const entity of await this.oracle.searchEntities(source)) {
+          const key = entityKey(entity);
+          if (!key || keys.has(key)) continue;
+          keys.add(key);
+          if (!seen.has(entity)) out.push(entity);
+        }
+      }
+    } catch (err) {
+      if (!this.warned) {
+        this.warned = true;
+        this.logger?.warn('entity prediction failed; embeddings fall back to two requests', { err });
+      }
+      return [];
+    }
+    return out;
+  }
+}

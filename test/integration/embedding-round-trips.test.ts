@@ -1,0 +1,105 @@
+/**
+ * One embedding round trip per recall and per save's entity batch, counted at the fake upstream,
+ * with the real mem0 engine on the embedded store. The same engine with batching turned off is
+ * the control: it makes mem0's own two requests, and its results and scores are the ones the
+ * batched engine must give.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig } from '../../src/config';
+import { createMem0Service } from '../../src/memory/mem0-service';
+import type { MemoryService } from '../../src/memory/types';
+import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
+import { captureLogger } from '../helpers/app';
+import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+
+const EMBEDDINGS = '/v1/embeddings';
+
+let fake: FakeUpstream;
+let dataDir: string;
+let batched: MemoryService;
+let control: MemoryService;
+
+/** The texts of one recorded embeddings request. */
+function inputsOf(body: Buffer): string[] {
+  const parsed = JSON.parse(body.toString()) as { input: string | string[] };
+  return Array.isArray(parsed.input) ? parsed.input : [parsed.input];
+}
+
+async function embeddingRequestsDuring(fn: () => Promise<unknown>): Promise<string[][]> {
+  const before = fake.requestsTo(EMBEDDINGS).length;
+  await fn();
+  return fake.requestsTo(EMBEDDINGS).slice(before).map((r) => inputsOf(r.body));
+}
+
+beforeAll(async () => {
+  fake = await startFakeUpstream({ embeddingDimensions: 64 });
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'round-trips-'));
+  const config = loadConfig({
+    env: {
+      UPSTREAM_BASE_URL: fake.url,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      DATA_DIR: dataDir,
+      EMBEDDING_DIMS: '64',
+    },
+  });
+  const { logger } = captureLogger(config);
+  batched = await createMem0Service(config, logger);
+  control = await createMem0Service(config, logger, { batchEmbeddings: false });
+});
+
+afterAll(async () => {
+  await batched?.close();
+  await control?.close();
+  await fake?.close();
+  fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('embedding round trips', () => {
+  const scope = { userId: 'alice' };
+
+  it('a save sends the extracted memories and their entities in one request (mem0 alone: two)', async () => {
+    const messages = [{ role: 'user' as const, content: 'My sister Maria Lopez lives in Buenos Aires. I work at Acme Robotics.' }];
+    const requests = await embeddingRequestsDuring(() => batched.add(scope, { messages, infer: true }));
+    // 1: the exchange, to find existing memories; 2: memory texts + entities together.
+    expect(requests).toHaveLength(2);
+    const batch = requests[1] ?? [];
+    expect(batch).toEqual(expect.arrayContaining(['My sister Maria Lopez lives in Buenos Aires', 'Maria Lopez', 'Buenos Aires', 'Acme Robotics']));
+
+    const controlRequests = await embeddingRequestsDuring(() =>
+      control.add({ userId: 'bob' }, { messages: [{ role: 'user', content: 'My brother Tom Baker lives in Cape Town.' }], infer: true }),
+    );
+    expect(controlRequests).toHaveLength(3);
+  });
+
+  it('a recall sends the query and its entities in one request, and ranks and scores exactly as mem0 does alone', async () => {
+    const query = 'Where does Maria Lopez live these days?';
+    let got: Awaited<ReturnType<MemoryService['search']>> = [];
+    const requests = await embeddingRequestsDuring(async () => {
+      got = await batched.search(scope, query, { limit: 5 });
+    });
+    expect(requests).toHaveLength(1);
+    expect(requests[0]).toEqual([query, 'Maria Lopez']);
+
+    let expected: typeof got = [];
+    const controlRequests = await embeddingRequestsDuring(async () => {
+      expected = await control.search(scope, query, { limit: 5 });
+    });
+    expect(controlRequests).toEqual([[query], ['Maria Lopez']]);
+    expect(got.length).toBeGreaterThan(0);
+    expect(got.map((m) => [m.id, m.score])).toEqual(expected.map((m) => [m.id, m.score]));
+    // The entity boost is in the score: the memory naming Maria Lopez ranks first.
+    expect(got[0]?.memory).toContain('Maria Lopez');
+  });
+
+  it('a query without entities makes one request too, and concurrent recalls never mix their vectors', async () => {
+    const queries = ['what about my sister', 'Acme Robotics office', 'Buenos Aires weather', 'my job'];
+    const requests = await embeddingRequestsDuring(() => Promise.all(queries.map((q) => batched.search(scope, q, { limit: 3 }))));
+    expect(requests).toHaveLength(queries.length);
+    const controls = await Promise.all(queries.map((q) => control.search(scope, q, { limit: 3 })));
+    const results = await Promise.all(queries.map((q) => batched.search(scope, q, { limit: 3 })));
+    expect(results.map((r) => r.map((m) => [m.id, m.score]))).toEqual(controls.map((r) => r.map((m) => [m.id, m.score])));
+  });
+});
