@@ -372,6 +372,22 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     },
   };
 
+  return sealConfig(data, secrets);
+}
+
+/** The configuration's plain data: what `{...config}` copies and a worker thread receives. */
+export type ConfigData = Omit<Config, 'secrets' | 'safeDump'>;
+
+/**
+ * Rebuilds a configuration from its data and secrets, as `loadConfig` made it (masking methods,
+ * frozen). For a worker thread, which receives the data by structured clone: the data was
+ * validated by the `loadConfig` that produced it.
+ */
+export function configFromData(data: ConfigData, secrets: readonly string[]): Config {
+  return sealConfig(data, [...secrets]);
+}
+
+function sealConfig(data: ConfigData, secrets: string[]): Config {
   const safeDump = (): Record<string, unknown> => {
     const mask = (s: string | undefined): string | undefined => (s === undefined ? undefined : MASK);
     const maskU = (s: string | undefined): string | undefined => (s === undefined ? undefined : maskUrl(s));

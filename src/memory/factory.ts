@@ -1,7 +1,7 @@
 /**
  * Builds the memory service the configuration asks for (MEMORY_BACKEND):
- *   embedded / pgvector / qdrant -> mem0 OSS (mem0-service.ts), platform -> Mem0 Platform
- *   (platform-service.ts).
+ *   embedded / pgvector / qdrant -> mem0 OSS (mem0-service.ts) in its worker thread
+ *   (worker/worker-service.ts), platform -> Mem0 Platform (platform-service.ts).
  * A backend that cannot be built (no key, a missing package, bad configuration) leaves the proxy
  * running with memory unavailable: 503 "Memory service is unavailable" on the memory endpoints,
  * `degraded` health, and one start-up log line saying why.
@@ -14,12 +14,18 @@ import { createPlatformService } from './platform-service';
 import type { GuardTuning } from './resilience';
 import type { MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
+import { WorkerMemoryService } from './worker/worker-service';
 
 export interface MemoryServiceOptions {
   /** When given, `proxy_memory_service_available` follows every change of availability. */
   metrics?: Metrics | undefined;
   /** Deadlines, retries and health-cache times (tests shorten them). */
   tuning?: Partial<GuardTuning> | undefined;
+  /**
+   * Run the mem0 OSS engine in this thread instead of its worker thread (default false). The
+   * worker keeps extraction, embeddings, search and SQLite commits off the thread that serves HTTP.
+   */
+  inProcess?: boolean | undefined;
 }
 
 export async function createMemoryService(config: Config, logger: Logger, options: MemoryServiceOptions = {}): Promise<MemoryService> {
@@ -30,7 +36,9 @@ export async function createMemoryService(config: Config, logger: Logger, option
 
   let service: MemoryService;
   try {
-    service = backend === 'platform' ? await createPlatformService(config, logger, common) : await createMem0Service(config, logger, common);
+    if (backend === 'platform') service = await createPlatformService(config, logger, common);
+    else if (options.inProcess) service = await createMem0Service(config, logger, common);
+    else service = await WorkerMemoryService.start(config, logger, common);
   } catch (err) {
     // Anything unforeseen while building must not stop the process: /v1/* still works.
     service = new UnavailableMemoryService(backend, `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}`);
