@@ -388,6 +388,81 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   });
 });
 
+describe('keyword index (FTS5)', () => {
+  /** A file as the previous version of the store wrote it: no keyword index, no triggers. */
+  function writePreviousVersionFile(dbPath: string): void {
+    const db = new Database(dbPath);
+    db.pragma('journal_mode = WAL');
+    db.exec(`
+      CREATE TABLE evs_collections (name TEXT PRIMARY KEY, dimension INTEGER NOT NULL);
+      CREATE TABLE evs_vectors (collection TEXT NOT NULL, id TEXT NOT NULL, user_id TEXT, agent_id TEXT, run_id TEXT,
+        vector BLOB NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (collection, id));
+      CREATE INDEX evs_vectors_user ON evs_vectors (collection, user_id);
+      CREATE TABLE evs_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      INSERT INTO evs_collections VALUES ('memories', 3);
+    `);
+    const insert = db.prepare('INSERT INTO evs_vectors (collection, id, user_id, vector, payload) VALUES (?, ?, ?, ?, ?)');
+    const rows: Array<[string, string, [number, number, number], Record<string, unknown>]> = [
+      ['p1', 'u', [1, 0, 0], { user_id: 'u', data: 'Loves hiking in the mountains', textLemmatized: 'love hike mountain' }],
+      ['p2', 'u', [0, 1, 0], { user_id: 'u', data: 'Eats sushi on Fridays', textLemmatized: 'eat sushi friday' }],
+      ['p3', 'u', [0.9, 0.1, 0], { user_id: 'u', data: 'Hiking, always hiking', textLemmatized: 'hike always hike' }],
+      ['p4', 'v', [1, 0, 0], { user_id: 'v', data: 'Hiking too', textLemmatized: 'hike too' }],
+    ];
+    for (const [id, user, vector, payload] of rows) insert.run('memories', id, user, Buffer.from(new Float32Array(vector).buffer), JSON.stringify(payload));
+    db.close();
+  }
+
+  it('indexes a file written by the previous version when it is opened, and searches it as before', async () => {
+    const dbPath = freshPath();
+    writePreviousVersionFile(dbPath);
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const hits = (await store.keywordSearch('hike', 10, { user_id: 'u' }))!;
+    expect(hits.map((h) => h.id)).toEqual(['p3', 'p1']);
+    expect(hits[0]!.score).toBeGreaterThan(hits[1]!.score!);
+    expect(hits[0]!.payload).toMatchObject({ data: 'Hiking, always hiking' });
+    // Vector search reads the migrated rows unchanged.
+    const near = await store.search([1, 0, 0], 2, { user_id: 'u' });
+    expect(near.map((n) => n.id)).toEqual(['p1', 'p3']);
+    expect(near[0]!.score).toBeCloseTo(1, 6);
+    store.close();
+    // Opening again does not index twice.
+    const again = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    expect((await again.keywordSearch('hike', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['p3', 'p1']);
+    again.close();
+    const db = new Database(dbPath, { readonly: true });
+    expect((db.prepare('SELECT COUNT(*) AS n FROM evs_keywords').get() as { n: number }).n).toBe(4);
+    db.close();
+  });
+
+  it('follows inserts, replacements, updates and deletes, leaving no stale entries', async () => {
+    const dbPath = freshPath();
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3 });
+    await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [
+      { user_id: 'u', data: 'plays chess', textLemmatized: 'play chess' },
+      { user_id: 'u', data: 'plays tennis', textLemmatized: 'play tennis' },
+    ]);
+    expect((await store.keywordSearch('chess', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['a']);
+    // Re-inserting an id replaces its text in the index.
+    await store.insert([[1, 0, 0]], ['a'], [{ user_id: 'u', data: 'plays go', textLemmatized: 'play go' }]);
+    expect(await store.keywordSearch('chess', 10, { user_id: 'u' })).toEqual([]);
+    expect((await store.keywordSearch('go', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['a']);
+    await store.update('b', [0, 1, 0], { user_id: 'u', data: 'plays squash', textLemmatized: 'play squash' });
+    expect(await store.keywordSearch('tennis', 10, { user_id: 'u' })).toEqual([]);
+    expect((await store.keywordSearch('squash', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['b']);
+    await store.delete('a');
+    expect((await store.keywordSearch('play', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['b']);
+    // Residual filters apply to the matches; quotes and FTS operators in a query are only text.
+    expect(await store.keywordSearch('play', 10, { user_id: 'u', data: 'nothing' })).toEqual([]);
+    expect((await store.keywordSearch('"play OR NEAR( AND', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['b']);
+    expect(await store.keywordSearch('NOT "" * ^', 10, { user_id: 'u' })).toEqual([]);
+    await store.deleteCol();
+    store.close();
+    const db = new Database(dbPath, { readonly: true });
+    expect((db.prepare('SELECT COUNT(*) AS n FROM evs_keywords').get() as { n: number }).n).toBe(0);
+    db.close();
+  });
+});
+
 describe('matchesFilters', () => {
   it('treats an undefined condition as "field absent" (a missing user id never matches everyone)', () => {
     expect(matchesFilters({ user_id: 'u' }, { user_id: undefined })).toBe(false);

@@ -12,7 +12,8 @@
  * Layout:
  * - SQLite (better-sqlite3, WAL): table `evs_vectors` keyed by (collection, id), with the scope
  *   columns user_id / agent_id / run_id indexed, the raw vector as a Float32 BLOB and the payload
- *   as JSON. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
+ *   as JSON; an FTS5 index `evs_keywords` over each row's lemmatized text, kept in step by
+ *   triggers. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
  *   one connection per process. Every write is committed before its promise resolves.
  * - Memory: per (collection, scope) "partitions" loaded lazily on the first search of that scope,
  *   kept coherent with this process's writes, dropped when another connection commits (detected
@@ -22,8 +23,8 @@
  * (higher is better), `list` returns `[rows in insertion order, total count]`, filters support
  * plain equality, `"*"`, arrays (one of), operator objects (eq, ne, gt, gte, lt, lte, in, nin,
  * contains, icontains) and AND / OR / NOT (also spelled $and / $or / $not), camelCase
- * userId/agentId/runId payload keys are normalized to snake_case, and `keywordSearch` scores with
- * the same BM25 formula so mem0's hybrid ranking sees the same score scale.
+ * userId/agentId/runId payload keys are normalized to snake_case, and `keywordSearch` answers
+ * BM25 scores (higher is better) from the index, reading only the matching rows.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -265,67 +266,11 @@ function parsePayload(json: string): Payload {
 }
 
 // ---------------------------------------------------------------------------------------------
-// BM25 keyword scoring (same formula and tokenizer as the built-in, whose raw scores mem0
-// squashes with a fixed sigmoid: another scale would change the hybrid ranking)
+// Keyword queries: whitespace tokens of mem0's lemmatized query (the index is FTS5, below)
 // ---------------------------------------------------------------------------------------------
-
-const BM25_K1 = 1.5;
-const BM25_B = 0.75;
-
-interface TermStats {
-  tf: Map<string, number>;
-  length: number;
-}
 
 function tokenize(text: string): string[] {
   return text.toLowerCase().split(/\s+/).filter(Boolean);
-}
-
-function termStatsOf(payload: Payload): TermStats {
-  const source = typeof payload.textLemmatized === 'string' && payload.textLemmatized
-    ? payload.textLemmatized
-    : typeof payload.data === 'string'
-      ? payload.data
-      : '';
-  const tokens = tokenize(source);
-  const tf = new Map<string, number>();
-  for (const t of tokens) tf.set(t, (tf.get(t) ?? 0) + 1);
-  return { tf, length: tokens.length };
-}
-
-interface KeywordCandidate<T> {
-  item: T;
-  stats: TermStats;
-}
-
-function bm25Rank<T>(query: string, candidates: KeywordCandidate<T>[], topK: number): Array<{ item: T; score: number }> {
-  const queryTokens = tokenize(query);
-  if (candidates.length === 0 || queryTokens.length === 0 || topK <= 0) return [];
-  const n = candidates.length;
-  let totalLength = 0;
-  for (const c of candidates) totalLength += c.stats.length;
-  const avgLength = totalLength / n;
-  const idf = new Map<string, number>();
-  for (const term of queryTokens) {
-    if (idf.has(term)) continue;
-    let df = 0;
-    for (const c of candidates) if (c.stats.tf.has(term)) df++;
-    idf.set(term, Math.log((n - df + 0.5) / (df + 0.5) + 1));
-  }
-  const scored: Array<{ item: T; score: number }> = [];
-  for (const c of candidates) {
-    let score = 0;
-    // Duplicated query terms count once per occurrence, as in the built-in.
-    for (const term of queryTokens) {
-      const tf = c.stats.tf.get(term);
-      if (!tf) continue;
-      const norm = avgLength > 0 ? c.stats.length / avgLength : 0;
-      score += ((idf.get(term) ?? 0) * tf * (BM25_K1 + 1)) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * norm));
-    }
-    if (score > 0) scored.push({ item: c.item, score });
-  }
-  scored.sort((a, b) => b.score - a.score);
-  return scored.slice(0, topK);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,7 +661,6 @@ class Partition {
   readonly ids: string[] = [];
   readonly json: string[] = [];
   private readonly parsed: (Payload | undefined)[] = [];
-  private readonly terms: (TermStats | undefined)[] = [];
   private readonly blocks: number[] = [];
   private readonly rowOf = new Map<string, number>();
   private payloadChars = 0;
@@ -744,15 +688,6 @@ class Partition {
     return p;
   }
 
-  termStats(row: number): TermStats {
-    let t = this.terms[row];
-    if (!t) {
-      t = termStatsOf(this.payload(row));
-      this.terms[row] = t;
-    }
-    return t;
-  }
-
   upsert(id: string, normalized: Float32Array, json: string): void {
     let row = this.rowOf.get(id);
     if (row === undefined) {
@@ -761,13 +696,11 @@ class Partition {
       this.ids.push(id);
       this.json.push(json);
       this.parsed.push(undefined);
-      this.terms.push(undefined);
       this.rowOf.set(id, row);
     } else {
       this.payloadChars -= this.json[row]!.length;
       this.json[row] = json;
       this.parsed[row] = undefined;
-      this.terms[row] = undefined;
     }
     this.payloadChars += json.length;
     const blockRows = this.arena.blockRows;
@@ -790,13 +723,11 @@ class Partition {
       this.ids[row] = movedId;
       this.json[row] = this.json[last]!;
       this.parsed[row] = this.parsed[last];
-      this.terms[row] = this.terms[last];
       this.rowOf.set(movedId, row);
     }
     this.ids.pop();
     this.json.pop();
     this.parsed.pop();
-    this.terms.pop();
     this.rowOf.delete(id);
     if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
   }
@@ -807,7 +738,6 @@ class Partition {
     this.ids.length = 0;
     this.json.length = 0;
     this.parsed.length = 0;
-    this.terms.length = 0;
     this.rowOf.clear();
     this.payloadChars = 0;
   }
@@ -1001,6 +931,7 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
         value TEXT NOT NULL
       );
     `);
+    createKeywordIndex(db);
   } catch (err) {
     db.close();
     throw err;
@@ -1009,6 +940,44 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
   shared.synchronous = synchronous;
   openFiles.set(key, shared);
   return shared;
+}
+
+/**
+ * The keyword index: an FTS5 table over each row's `textLemmatized` (else `data`), kept in step
+ * with `evs_vectors` by triggers, so every write path (and any other connection) maintains it in
+ * the same transaction. Contentless: the text lives in the payload already. A file written before
+ * the index existed is indexed once, when first opened (`evs_meta` keywords_version).
+ * `recursive_triggers` makes INSERT OR REPLACE fire the delete trigger for the row it replaces.
+ */
+function createKeywordIndex(db: Database.Database): void {
+  db.pragma('recursive_triggers = ON');
+  const text = (row: 'new' | 'old'): string =>
+    `coalesce(nullif(json_extract(${row}.payload, '$.textLemmatized'), ''), json_extract(${row}.payload, '$.data'), '')`;
+  db.transaction(() => {
+    db.exec(`
+      CREATE VIRTUAL TABLE IF NOT EXISTS evs_keywords USING fts5(terms, content='', contentless_delete=1);
+      CREATE TRIGGER IF NOT EXISTS evs_keywords_insert AFTER INSERT ON evs_vectors BEGIN
+        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new')});
+      END;
+      CREATE TRIGGER IF NOT EXISTS evs_keywords_delete AFTER DELETE ON evs_vectors BEGIN
+        DELETE FROM evs_keywords WHERE rowid = old.rowid;
+      END;
+      CREATE TRIGGER IF NOT EXISTS evs_keywords_update AFTER UPDATE OF payload ON evs_vectors BEGIN
+        DELETE FROM evs_keywords WHERE rowid = old.rowid;
+        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new')});
+      END;
+    `);
+    const version = db.prepare("SELECT value FROM evs_meta WHERE key = 'keywords_version'").get() as { value: string } | undefined;
+    if (version?.value !== '1') {
+      db.exec(`DELETE FROM evs_keywords; INSERT INTO evs_keywords (rowid, terms) SELECT rowid, ${text('new').replace(/new\./g, '')} FROM evs_vectors;`);
+      db.prepare("INSERT OR REPLACE INTO evs_meta (key, value) VALUES ('keywords_version', '1')").run();
+    }
+  }).immediate();
+}
+
+/** An FTS5 query matching any of the tokens (each quoted, so punctuation in a token is never syntax). */
+function keywordQuery(tokens: readonly string[]): string {
+  return [...new Set(tokens)].map((t) => `"${t.replace(/"/g, '""')}"`).join(' OR ');
 }
 
 function releaseShared(shared: SharedDb): void {
@@ -1233,42 +1202,35 @@ export class EmbeddedVectorStore implements VectorStore {
     return this.scanSearch(q, k, f);
   }
 
+  /**
+   * BM25 from the FTS5 index (SQLite's bm25(): k1 1.2, b 0.75, statistics over the whole file),
+   * negated so that higher is better, as mem0 expects. Only matching rows are read: no scan of the
+   * scope. Scope columns narrow in SQL; other filters are checked on the matching rows, best first.
+   */
   async keywordSearch(query: string, topK?: number, filters?: Record<string, unknown>): Promise<VectorStoreResult[] | null> {
     this.assertOpen();
     if (typeof query !== 'string') return [];
     const k = normalizeTopK(topK, 10);
     const f = asFilters(filters);
-    if (k === 0 || tokenize(query).length === 0) return [];
+    const tokens = tokenize(query);
+    if (k === 0 || tokens.length === 0) return [];
     const scope = pickScope(f);
-    let partition: Partition | null = null;
-    if (scope) {
-      try {
-        partition = this.partitionFor(scope);
-      } catch (err) {
-        if (!(err instanceof ArenaFullError)) throw err;
-      }
-    }
-    if (partition) {
-      const p = partition;
-      const residual = scope !== null && hasResidualFilter(f, scope.field);
-      const candidates: KeywordCandidate<number>[] = [];
-      for (let row = 0; row < p.count; row++) {
-        if (residual && !matchesFilters(p.payload(row), f)) continue;
-        candidates.push({ item: row, stats: p.termStats(row) });
-      }
-      return bm25Rank(query, candidates, k).map(({ item, score }) => ({
-        id: p.ids[item]!,
-        payload: parsePayload(p.json[item]!),
-        score,
-      }));
-    }
-    const candidates: KeywordCandidate<{ id: string; json: string }>[] = [];
-    for (const row of this.iterateRows(f, false) as IterableIterator<RowForList>) {
+    const scopeSql = scope ? ` AND v.${scope.field} = ?` : '';
+    const params: unknown[] = [keywordQuery(tokens), this.collectionName, ...(scope ? [scope.value] : [])];
+    const rows = this.shared
+      .stmt(
+        `SELECT v.id AS id, v.payload AS payload, -k.rank AS score FROM evs_keywords k JOIN evs_vectors v ON v.rowid = k.rowid
+         WHERE evs_keywords MATCH ? AND v.collection = ?${scopeSql} ORDER BY k.rank`,
+      )
+      .iterate(...params) as IterableIterator<RowForList & { score: number }>;
+    const out: VectorStoreResult[] = [];
+    for (const row of rows) {
       const payload = parsePayload(row.payload);
       if (!matchesFilters(payload, f)) continue;
-      candidates.push({ item: { id: row.id, json: row.payload }, stats: termStatsOf(payload) });
+      out.push({ id: row.id, payload, score: row.score });
+      if (out.length >= k) break;
     }
-    return bm25Rank(query, candidates, k).map(({ item, score }) => ({ id: item.id, payload: parsePayload(item.json), score }));
+    return out;
   }
 
   async get(vectorId: string): Promise<VectorStoreResult | null> {
