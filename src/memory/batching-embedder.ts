@@ -1,18 +1,17 @@
 /**
- * An embedder wrapper that folds mem0's sequential embedding requests into one round trip.
+ * An embedder wrapper that folds the two embedding requests of mem0's `add` into one.
  *
- * mem0ai's `Memory.search` embeds the query, searches, then embeds the query's entities; its
- * `add` embeds the extracted memory texts, stores them, then embeds their entities. Each pair is
- * two requests one after the other (~120 ms each against OpenAI). The entities depend only on
- * texts known at the first request, so this wrapper asks the entity oracle for them and sends
- * everything in the first request; the second `embedBatch` is then answered from what the first
- * brought back. The vectors are the same ones the engine would have fetched (same model, same
- * texts), so results do not change.
+ * mem0ai's `Memory.add` embeds the extracted memory texts, stores them, then embeds their
+ * entities: two requests one after the other (~120 ms each against OpenAI). The entities depend
+ * only on the memory texts, so this wrapper asks the entity oracle for them and sends everything
+ * with the memory texts; the entity `embedBatch` is then answered from what the first request
+ * brought back. The vectors are the ones the engine would have fetched (same model, same texts),
+ * so results do not change. (Searches get the same from recall.ts.)
  *
- * The wrapper only batches inside an operation it was told about (`duringSearch`, `duringAdd`),
- * tracked with AsyncLocalStorage so concurrent operations never see each other's vectors; any
- * other call goes straight to the inner embedder. A missed prediction costs the second request
- * it would have cost anyway.
+ * The wrapper only batches inside an add it was told about (`duringAdd`), tracked with
+ * AsyncLocalStorage so concurrent adds never see each other's vectors; any other call goes
+ * straight to the inner embedder. A missed prediction costs the second request it would have
+ * cost anyway.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { EntityOracle } from './entity-oracle';
@@ -31,12 +30,9 @@ export interface BatchingLogger {
 }
 
 interface Operation {
-  kind: 'search' | 'add';
-  /** search: the query whose embedding carries the entities along. */
-  query?: string;
   /** Vectors fetched ahead of being asked for, by text. */
   prefetched: Map<string, number[]>;
-  /** add: whether the batch of extracted memory texts went out already. */
+  /** Whether the batch of extracted memory texts went out already. */
   memoryBatchSent: boolean;
 }
 
@@ -55,29 +51,19 @@ export class BatchingEmbedder implements EmbedderLike {
     private readonly logger?: BatchingLogger,
   ) {}
 
-  /** Runs `fn` (one `Memory.search(query)`) so its query and entity embeddings go out as one request. */
-  duringSearch<T>(query: string, fn: () => Promise<T>): Promise<T> {
-    return this.operations.run({ kind: 'search', query, prefetched: new Map(), memoryBatchSent: false }, fn);
-  }
-
   /** Runs `fn` (one `Memory.add`) so its memory-text and entity embeddings go out as one request. */
   duringAdd<T>(fn: () => Promise<T>): Promise<T> {
-    return this.operations.run({ kind: 'add', prefetched: new Map(), memoryBatchSent: false }, fn);
+    return this.operations.run({ prefetched: new Map(), memoryBatchSent: false }, fn);
   }
 
   async embed(text: string, memoryAction?: MemoryAction): Promise<number[]> {
-    const op = this.operations.getStore();
-    if (op?.kind === 'search' && text === op.query && !op.prefetched.has(text)) {
-      const entities = await this.predict([text]);
-      await this.fetchInto(op, [text, ...entities], memoryAction);
-    }
-    return op?.prefetched.get(text) ?? this.inner.embed(text, memoryAction);
+    return this.operations.getStore()?.prefetched.get(text) ?? this.inner.embed(text, memoryAction);
   }
 
   async embedBatch(texts: string[], memoryAction?: MemoryAction): Promise<number[][]> {
     const op = this.operations.getStore();
     if (!op) return this.inner.embedBatch(texts, memoryAction);
-    if (op.kind === 'add' && !op.memoryBatchSent) {
+    if (!op.memoryBatchSent) {
       // The first batch of an add is the extracted memory texts: their entities come along.
       op.memoryBatchSent = true;
       const entities = await this.predict(texts);

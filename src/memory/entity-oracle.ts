@@ -1,5 +1,6 @@
 /**
- * Which entity texts mem0's `Memory.search` will embed for a query, known before the search runs.
+ * What mem0's `Memory.search` derives from a query (its entity texts and its lemmatized keyword
+ * query), known before any search runs.
  *
  * mem0ai's search embeds the query, searches, and only then embeds the query's entities: two
  * embedding round trips, one after the other. The entities come from the query text alone
@@ -15,13 +16,30 @@ import type { Memory, VectorStore, VectorStoreResult } from 'mem0ai/oss';
 
 type Oss = typeof import('mem0ai/oss');
 
+/** What one oracle run saw of mem0's search. */
+interface Observed {
+  batches: string[][];
+  lemmatized: string | undefined;
+}
+
+/** What mem0's search derives from a query before it touches a store. */
+export interface QueryAnalysis {
+  /** The query as mem0 lemmatizes it for keyword search. */
+  lemmatized: string;
+  /** The entity texts mem0 embeds for the entity boost (deduplicated, at most 8, in its order). */
+  entities: string[];
+}
+
 /** A vector store that holds nothing: every search is empty, every write is dropped. */
 class EmptyStore implements VectorStore {
+  constructor(private readonly runs: AsyncLocalStorage<Observed>) {}
   async insert(): Promise<void> {}
   async search(): Promise<VectorStoreResult[]> {
     return [];
   }
-  async keywordSearch(): Promise<VectorStoreResult[] | null> {
+  async keywordSearch(query: string): Promise<VectorStoreResult[] | null> {
+    const run = this.runs.getStore();
+    if (run) run.lemmatized = query;
     return null;
   }
   async get(): Promise<VectorStoreResult | null> {
@@ -45,12 +63,12 @@ class EmptyStore implements VectorStore {
  * the oracle call it runs for, and answers with zeros.
  */
 class RecordingEmbedder {
-  readonly calls = new AsyncLocalStorage<string[][]>();
+  constructor(private readonly runs: AsyncLocalStorage<Observed>) {}
   async embed(): Promise<number[]> {
     return [0];
   }
   async embedBatch(texts: string[]): Promise<number[][]> {
-    this.calls.getStore()?.push([...texts]);
+    this.runs.getStore()?.batches.push([...texts]);
     return texts.map(() => [0]);
   }
 }
@@ -72,7 +90,7 @@ function fieldsOf(memory: Memory): MemoryFields | undefined {
 export class EntityOracle {
   private constructor(
     private readonly memory: Memory,
-    private readonly recorder: RecordingEmbedder,
+    private readonly runs: AsyncLocalStorage<Observed>,
   ) {}
 
   /**
@@ -91,17 +109,17 @@ export class EntityOracle {
       });
       const fields = fieldsOf(memory);
       if (!fields) return undefined;
-      const recorder = new RecordingEmbedder();
-      const empty = new EmptyStore();
-      fields.embedder = recorder;
+      const runs = new AsyncLocalStorage<Observed>();
+      const empty = new EmptyStore(runs);
+      fields.embedder = new RecordingEmbedder(runs);
       fields.telemetryId = 'entity-oracle';
       await fields._initPromise;
       fields.vectorStore = empty;
       fields._entityStore = empty;
-      const oracle = new EntityOracle(memory, recorder);
-      // Self-check: a query with a proper name must yield it, or the oracle is of no use.
-      const probe = await oracle.searchEntities('Where does Alice Smith live?');
-      return probe.some((text) => text.includes('Alice')) ? oracle : undefined;
+      const oracle = new EntityOracle(memory, runs);
+      // Self-check: a query with a proper name must yield it, and a lemmatized text, or the oracle is of no use.
+      const probe = await oracle.analyse('Where does Alice Smith live?');
+      return probe?.entities.some((text) => text.includes('Alice')) && probe.lemmatized.length > 0 ? oracle : undefined;
     } catch {
       return undefined;
     }
@@ -109,8 +127,22 @@ export class EntityOracle {
 
   /** The entity texts `Memory.search(query)` sends to `embedBatch`, in its order (empty when the query has none). */
   async searchEntities(query: string): Promise<string[]> {
-    const batches: string[][] = [];
-    await this.recorder.calls.run(batches, () => this.memory.search(query, { filters: { user_id: 'entity-oracle' }, topK: 1 }));
-    return batches[0] ?? [];
+    return (await this.observe(query)).batches[0] ?? [];
+  }
+
+  /**
+   * Both things mem0's search derives from the query text, or undefined when mem0 did not reach
+   * its keyword search (a mem0ai whose search works otherwise).
+   */
+  async analyse(query: string): Promise<QueryAnalysis | undefined> {
+    const seen = await this.observe(query);
+    if (seen.lemmatized === undefined) return undefined;
+    return { lemmatized: seen.lemmatized, entities: seen.batches[0] ?? [] };
+  }
+
+  private async observe(query: string): Promise<Observed> {
+    const seen: Observed = { batches: [], lemmatized: undefined };
+    await this.runs.run(seen, () => this.memory.search(query, { filters: { user_id: 'entity-oracle' }, topK: 1 }));
+    return seen;
   }
 }

@@ -17,13 +17,14 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Memory, MemoryConfig } from 'mem0ai/oss';
+import type { Memory, MemoryConfig, VectorStore } from 'mem0ai/oss';
 import { z } from 'zod';
 import type { Config } from '../config';
 import { BadRequestError, MemoryUnavailableError, NotFoundError } from '../errors';
 import type { Logger } from '../logger';
 import { BatchingEmbedder, type EmbedderLike } from './batching-embedder';
 import { EntityOracle } from './entity-oracle';
+import { Recall, type RecallStores } from './recall';
 import { EngineGuard, withTimeout, type GuardTuning } from './resilience';
 import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions } from './types';
 import { UnavailableMemoryService } from './unavailable';
@@ -192,6 +193,8 @@ export interface Mem0ServiceOptions {
   afterSuccess?: (() => void) | undefined;
   /** The engine's embedder, when it batches an operation's embeddings into one request. */
   batching?: BatchingEmbedder | undefined;
+  /** mem0's search run by us with one embedding request (recall.ts); mem0's own search otherwise. */
+  recall?: Recall | undefined;
 }
 
 /**
@@ -243,9 +246,12 @@ export class Mem0MemoryService implements MemoryService {
       topK: options.limit,
       ...(options.threshold !== undefined ? { threshold: options.threshold } : {}),
     };
-    const batching = this.options.batching;
-    const search = (): ReturnType<Mem0Engine['search']> => this.engine().search(query, config);
-    const result = await this.call('read', 'search', 'all', () => (batching ? batching.duringSearch(query, search) : search()));
+    const recall = this.options.recall;
+    const search = (): ReturnType<Mem0Engine['search']> => {
+      const engine = this.engine();
+      return recall ? recall.search(query, config) : engine.search(query, config);
+    };
+    const result = await this.call('read', 'search', 'all', search);
     return toUserItems(result.results, scope.userId);
   }
 
@@ -444,6 +450,8 @@ interface EngineInternals {
   db?: unknown;
   vectorStore?: unknown;
   _entityStore?: unknown;
+  _ensureInitialized?: unknown;
+  getEntityStore?: unknown;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -496,22 +504,54 @@ function isEmbedder(value: unknown): value is EmbedderLike {
   return isRecord(value) && typeof value['embed'] === 'function' && typeof value['embedBatch'] === 'function';
 }
 
+function isVectorStore(value: unknown): value is VectorStore {
+  return isRecord(value) && typeof value['search'] === 'function' && typeof value['insert'] === 'function';
+}
+
+/** The engine's stores, for recall: they exist once mem0 has initialised (it retries a failed start). */
+function engineStores(memory: Memory, internals: EngineInternals): RecallStores {
+  const ready = async (): Promise<void> => {
+    const ensure = internals._ensureInitialized;
+    if (typeof ensure === 'function') await (ensure as () => Promise<void>).call(memory);
+  };
+  return {
+    memories: async () => {
+      await ready();
+      if (!isVectorStore(internals.vectorStore)) throw new Error('the memory engine has no vector store');
+      return internals.vectorStore;
+    },
+    entities: async () => {
+      await ready();
+      const get = internals.getEntityStore;
+      const store: unknown = typeof get === 'function' ? await (get as () => Promise<unknown>).call(memory) : undefined;
+      if (!isVectorStore(store)) throw new Error('the memory engine has no entity store');
+      return store;
+    },
+  };
+}
+
 /**
- * Puts a BatchingEmbedder in front of the engine's embedder, so a search or an add makes one
- * embedding request instead of two. Without an entity oracle (a mem0ai whose `Memory` it cannot
- * drive) the engine keeps its own embedder, logged once.
+ * One embedding round trip per search and per save: a BatchingEmbedder in front of the engine's
+ * embedder (saves) and Recall in place of mem0's search, both driven by the entity oracle.
+ * Without an oracle (a mem0ai whose `Memory` it cannot drive) the engine keeps its own embedder
+ * and search, logged once.
  */
-async function batchEmbeddings(oss: typeof import('mem0ai/oss'), internals: EngineInternals, logger: Logger): Promise<BatchingEmbedder | undefined> {
+async function batchEmbeddings(
+  oss: typeof import('mem0ai/oss'),
+  memory: Memory,
+  internals: EngineInternals,
+  logger: Logger,
+): Promise<{ batching?: BatchingEmbedder; recall?: Recall }> {
   const inner = internals.embedder;
-  if (!isEmbedder(inner)) return undefined;
+  if (!isEmbedder(inner)) return {};
   const oracle = await EntityOracle.create(oss);
   if (!oracle) {
     logger.warn('memory engine: entity prediction unavailable; each search and save makes two embedding requests');
-    return undefined;
+    return {};
   }
   const batching = new BatchingEmbedder(inner, oracle, logger);
   internals.embedder = batching;
-  return batching;
+  return { batching, recall: new Recall(oracle, inner, engineStores(memory, internals), logger) };
 }
 
 export interface CreateMem0Options {
@@ -558,7 +598,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   const internals = memory as unknown as EngineInternals;
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
-  const batching = options.batchEmbeddings === false ? undefined : await batchEmbeddings(oss, internals, logger);
+  const { batching, recall } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
 
   const release = async (): Promise<void> => {
     // The stores are reference-counted per file, so closing our own instances (not every store
@@ -576,6 +616,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     onAvailabilityChange: options.onAvailabilityChange,
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
     batching,
+    recall,
   });
 
   const failure = await service.startupCheck(options.startupTimeoutMs ?? 15_000);

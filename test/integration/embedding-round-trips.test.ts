@@ -102,4 +102,32 @@ describe('embedding round trips', () => {
     const results = await Promise.all(queries.map((q) => batched.search(scope, q, { limit: 3 })));
     expect(results.map((r) => r.map((m) => [m.id, m.score]))).toEqual(controls.map((r) => r.map((m) => [m.id, m.score])));
   });
+
+  it('ranks and scores exactly as mem0 does across many memories, entities, thresholds, limits and an expired memory', async () => {
+    const user = { userId: 'gail' };
+    const facts = [
+      'My manager Priya Natarajan runs the Lisbon office. I meet Priya every Monday.',
+      'My favourite food is ramen. I cook ramen on Fridays. My brother Ken prefers sushi.',
+      'I play chess at the Oxford Chess Club. My rating is 1800. I also like hiking in Wales.',
+      'My daughter Ana studies physics at Porto University. I visit Porto every spring.',
+    ];
+    for (const fact of facts) await batched.add(user, { messages: [{ role: 'user', content: fact }], infer: true });
+    await batched.add(user, { messages: [{ role: 'user', content: 'My old phone is a Nokia.' }], infer: false, metadata: { expiration_date: '2020-01-01' } });
+    const queries: Array<[string, { limit: number; threshold?: number }]> = [
+      ['Who runs the Lisbon office?', { limit: 5 }],
+      ['What does Priya Natarajan do on Mondays?', { limit: 3 }],
+      ['ramen or sushi for dinner', { limit: 10 }],
+      ['chess club in Oxford', { limit: 10, threshold: 0.3 }],
+      ['Tell me about Ana and Porto University', { limit: 2 }],
+      ['Nokia phone', { limit: 10 }],
+      ['hello there', { limit: 10 }],
+    ];
+    for (const [query, options] of queries) {
+      const ours = await batched.search(user, query, options);
+      const theirs = await control.search(user, query, options);
+      expect({ query, ranked: ours.map((m) => [m.memory, m.score]) }).toEqual({ query, ranked: theirs.map((m) => [m.memory, m.score]) });
+      expect(ours.map((m) => m.metadata)).toEqual(theirs.map((m) => m.metadata));
+    }
+    expect((await batched.search(user, 'Nokia phone', { limit: 10 })).map((m) => m.memory)).not.toContain('My old phone is a Nokia.');
+  });
 });
