@@ -53,6 +53,15 @@ const ENTITY_CANDIDATES = 500;
 /** Payload keys that are not metadata (mem0 returns them as fields of their own, or not at all). */
 const NOT_METADATA = new Set(['user_id', 'agent_id', 'run_id', 'hash', 'data', 'createdAt', 'updatedAt', 'textLemmatized', 'attributedTo']);
 
+/** A store that can leave out results below a score (the embedded store). */
+interface SearchAbove {
+  searchAbove(query: number[], topK: number, filters: Record<string, unknown>, minScore: number): Promise<VectorStoreResult[]>;
+}
+
+function hasSearchAbove(store: VectorStore): store is VectorStore & SearchAbove {
+  return typeof (store as Partial<SearchAbove>).searchAbove === 'function';
+}
+
 /** Sigmoid midpoint and steepness for a query of this many (lemmatized) terms. */
 function bm25Curve(lemmatized: string): [number, number] {
   const terms = lemmatized.trim().split(/\s+/).filter(Boolean).length || 1;
@@ -177,7 +186,11 @@ export class Recall {
       this.logger?.debug('recall: entity store unavailable; ranking without entity boosts', { err });
       return boosts;
     }
-    const searches = await Promise.allSettled(vectors.map((v) => store.search(v, ENTITY_CANDIDATES, { ...filters })));
+    // Only matches at or above the floor count, and a store that can skip the rest (ours) is told so.
+    const search = hasSearchAbove(store)
+      ? (v: number[]) => store.searchAbove(v, ENTITY_CANDIDATES, { ...filters }, ENTITY_MATCH_FLOOR)
+      : (v: number[]) => store.search(v, ENTITY_CANDIDATES, { ...filters });
+    const searches = await Promise.allSettled(vectors.map(search));
     for (const outcome of searches) {
       if (outcome.status === 'rejected') {
         this.logger?.debug('recall: an entity search failed', { err: outcome.reason });

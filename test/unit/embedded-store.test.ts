@@ -431,7 +431,19 @@ describe('keyword index (FTS5)', () => {
     again.close();
     const db = new Database(dbPath, { readonly: true });
     expect((db.prepare('SELECT COUNT(*) AS n FROM evs_keywords').get() as { n: number }).n).toBe(4);
+    // Every row got its int8 copy, which partitions load instead of the float32 vector.
+    expect((db.prepare('SELECT COUNT(*) AS n FROM evs_vectors WHERE length(qvector) = 4 + 3').get() as { n: number }).n).toBe(4);
     db.close();
+  });
+
+  it('searchAbove returns only rows at or above the score, with exact cosine scores', async () => {
+    const dbPath = freshPath();
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3 });
+    await store.insert([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [-1, 0, 0]], ['a', 'b', 'c', 'd'], [{ user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }]);
+    const hits = await store.searchAbove([1, 0, 0], 10, { user_id: 'u' }, 0.5);
+    expect(hits.map((h) => [h.id, h.score])).toEqual([['a', 1], ['b', expect.closeTo(0.8, 6)]]);
+    expect(await store.searchAbove([1, 0, 0], 10, { user_id: 'nobody' }, 0.5)).toEqual([]);
+    store.close();
   });
 
   it('follows inserts, replacements, updates and deletes, leaving no stale entries', async () => {

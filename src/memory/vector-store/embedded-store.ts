@@ -31,6 +31,21 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
+import {
+  ArenaFullError,
+  Partition,
+  TopK,
+  arenaFor,
+  candidateCount,
+  decodeQuantized,
+  encodeQuantized,
+  quantize,
+  type Int8Arena,
+  type Quantized,
+  type SearchKernel,
+} from './quantized-index';
+
+export { embeddedVectorStoreKernel, type SearchKernel } from './quantized-index';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -40,8 +55,6 @@ import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 export interface EmbeddedStoreLogger {
   warn(message: string, meta?: object): void;
 }
-
-export type SearchKernel = 'auto' | 'wasm' | 'js';
 
 /**
  * Configuration, in the shape of mem0ai's `VectorStoreConfig` (extra keys mem0 passes along,
@@ -274,496 +287,6 @@ function tokenize(text: string): string[] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Top-k selection: a binary min-heap holding the best k (score, item) pairs
-// ---------------------------------------------------------------------------------------------
-
-class TopK<T> {
-  private readonly scores: number[] = [];
-  private readonly items: T[] = [];
-
-  constructor(private readonly k: number) {}
-
-  /** Scores at or below this cannot enter the heap. */
-  get floor(): number {
-    return this.scores.length < this.k ? -Infinity : this.scores[0]!;
-  }
-
-  push(score: number, item: T): void {
-    const s = this.scores;
-    const it = this.items;
-    if (s.length < this.k) {
-      s.push(score);
-      it.push(item);
-      let i = s.length - 1;
-      while (i > 0) {
-        const parent = (i - 1) >> 1;
-        if (s[parent]! <= s[i]!) break;
-        this.swap(i, parent);
-        i = parent;
-      }
-      return;
-    }
-    if (score <= s[0]!) return;
-    s[0] = score;
-    it[0] = item;
-    let i = 0;
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let m = i;
-      if (l < s.length && s[l]! < s[m]!) m = l;
-      if (r < s.length && s[r]! < s[m]!) m = r;
-      if (m === i) break;
-      this.swap(i, m);
-      i = m;
-    }
-  }
-
-  /** Best first. */
-  sorted(): Array<{ score: number; item: T }> {
-    return this.scores.map((score, i) => ({ score, item: this.items[i]! })).sort((a, b) => b.score - a.score);
-  }
-
-  private swap(a: number, b: number): void {
-    const s = this.scores;
-    const it = this.items;
-    const ts = s[a]!;
-    s[a] = s[b]!;
-    s[b] = ts;
-    const ti = it[a]!;
-    it[a] = it[b]!;
-    it[b] = ti;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dot-product kernels
-// ---------------------------------------------------------------------------------------------
-
-/*
- * The WASM kernel is assembled here from opcodes rather than shipped as a binary or built with a
- * toolchain, so the source stays reviewable. It exports its memory ("mem") and
- *   scores(q, v, rows, strideBytes, out)
- * which, for `rows` consecutive rows of `strideBytes` bytes starting at byte offset v, stores
- * dot(q, row) as f32 at out, out+4, ... . strideBytes must be a positive multiple of 32: each loop
- * step consumes 8 floats into two f32x4 accumulators (two of them to hide add latency).
- */
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  let v = n >>> 0;
-  do {
-    let byte = v & 0x7f;
-    v >>>= 7;
-    if (v !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (v !== 0);
-  return out;
-}
-
-function sleb(n: number): number[] {
-  const out: number[] = [];
-  let v = n | 0;
-  for (;;) {
-    const byte = v & 0x7f;
-    v >>= 7;
-    if ((v === 0 && (byte & 0x40) === 0) || (v === -1 && (byte & 0x40) !== 0)) {
-      out.push(byte);
-      return out;
-    }
-    out.push(byte | 0x80);
-  }
-}
-
-function buildDotKernelWasm(): Uint8Array {
-  const I32 = 0x7f;
-  const V128 = 0x7b;
-  const section = (id: number, bytes: number[]): number[] => [id, ...uleb(bytes.length), ...bytes];
-  const name = (s: string): number[] => [...uleb(s.length), ...Array.from(Buffer.from(s, 'utf8'))];
-  const get = (i: number): number[] => [0x20, i];
-  const set = (i: number): number[] => [0x21, i];
-  const tee = (i: number): number[] => [0x22, i];
-  const i32Const = (n: number): number[] => [0x41, ...sleb(n)];
-  const simd = (op: number, ...imm: number[]): number[] => [0xfd, ...uleb(op), ...imm];
-  const v128Load = (offset: number): number[] => simd(0x00, 4, ...uleb(offset)); // align 2^4
-  const v128Zero = simd(0x0c, ...new Array<number>(16).fill(0));
-  const F32X4_ADD = 0xe4;
-  const F32X4_MUL = 0xe6;
-  const F32X4_EXTRACT_LANE = 0x1f;
-  const I32_ADD = 0x6a;
-  const I32_SHL = 0x74;
-  const I32_LT_U = 0x49;
-  const I32_EQZ = 0x45;
-  const F32_ADD = 0x92;
-  const F32_STORE = 0x38;
-  const BLOCK = 0x02;
-  const LOOP = 0x03;
-  const BR_IF = 0x0d;
-  const END = 0x0b;
-  const VOID = 0x40;
-  // params 0..4, then locals
-  const Q = 0, V = 1, ROWS = 2, STRIDE = 3, OUT = 4, ROW_END = 5, OUT_END = 6, QP = 7, ACC0 = 8, ACC1 = 9;
-  const body = [
-    ...get(OUT), ...get(ROWS), ...i32Const(2), I32_SHL, I32_ADD, ...set(OUT_END),
-    BLOCK, VOID,
-    ...get(ROWS), I32_EQZ, BR_IF, 0,
-    LOOP, VOID, // one row per iteration
-    ...v128Zero, ...set(ACC0),
-    ...v128Zero, ...set(ACC1),
-    ...get(Q), ...set(QP),
-    ...get(V), ...get(STRIDE), I32_ADD, ...set(ROW_END),
-    LOOP, VOID, // 8 floats per iteration
-    ...get(ACC0), ...get(QP), ...v128Load(0), ...get(V), ...v128Load(0), ...simd(F32X4_MUL), ...simd(F32X4_ADD), ...set(ACC0),
-    ...get(ACC1), ...get(QP), ...v128Load(16), ...get(V), ...v128Load(16), ...simd(F32X4_MUL), ...simd(F32X4_ADD), ...set(ACC1),
-    ...get(QP), ...i32Const(32), I32_ADD, ...set(QP),
-    ...get(V), ...i32Const(32), I32_ADD, ...tee(V),
-    ...get(ROW_END), I32_LT_U, BR_IF, 0,
-    END,
-    ...get(OUT),
-    ...get(ACC0), ...get(ACC1), ...simd(F32X4_ADD), ...tee(ACC0), ...simd(F32X4_EXTRACT_LANE, 0),
-    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 1), F32_ADD,
-    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 2), F32_ADD,
-    ...get(ACC0), ...simd(F32X4_EXTRACT_LANE, 3), F32_ADD,
-    F32_STORE, 2, 0,
-    ...get(OUT), ...i32Const(4), I32_ADD, ...tee(OUT),
-    ...get(OUT_END), I32_LT_U, BR_IF, 0,
-    END,
-    END,
-    END,
-  ];
-  const func = [2, 3, I32, 2, V128, ...body]; // locals: 3 x i32, 2 x v128
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [1, 0x60, 5, I32, I32, I32, I32, I32, 0]), // type: (i32 x5) -> ()
-    ...section(3, [1, 0]), // one function of type 0
-    ...section(5, [1, 0x01, 1, ...uleb(65536)]), // memory: min 1 page, max 4 GiB
-    ...section(7, [2, ...name('scores'), 0x00, 0, ...name('mem'), 0x02, 0]),
-    ...section(10, [1, ...uleb(func.length), ...func]),
-  ]);
-}
-
-interface WasmMemoryLike {
-  readonly buffer: ArrayBuffer;
-  grow(deltaPages: number): number;
-}
-interface WasmKernel {
-  scores(q: number, v: number, rows: number, strideBytes: number, out: number): void;
-  mem: WasmMemoryLike;
-}
-interface WasmApi {
-  validate(bytes: Uint8Array): boolean;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: unknown };
-}
-
-// @types/node does not declare WebAssembly, so reach it through globalThis with a narrow shape.
-const wasmApi = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
-let kernelModule: object | null | undefined;
-
-function kernelModuleOrNull(): object | null {
-  if (kernelModule === undefined) {
-    kernelModule = null;
-    try {
-      const bytes = buildDotKernelWasm();
-      if (wasmApi && wasmApi.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
-    } catch {
-      kernelModule = null; // no WebAssembly or no SIMD (e.g. --jitless): the JS kernel is used
-    }
-  }
-  return kernelModule;
-}
-
-/** A new kernel instance with its own memory (one per arena). */
-function instantiateKernel(): WasmKernel | null {
-  const mod = kernelModuleOrNull();
-  if (!mod || !wasmApi) return null;
-  const exports = new wasmApi.Instance(mod, {}).exports as Partial<WasmKernel>;
-  if (typeof exports.scores !== 'function' || !exports.mem) return null;
-  return { scores: exports.scores, mem: exports.mem };
-}
-
-/** Which kernel "auto" resolves to in this process. */
-export function embeddedVectorStoreKernel(): 'wasm' | 'js' {
-  return kernelModuleOrNull() ? 'wasm' : 'js';
-}
-
-/** Scores `rows` rows of `stride` floats at float offset `v` against the query at float offset `q`. */
-function jsScores(f32: Float32Array, q: number, v: number, rows: number, stride: number, out: Float32Array): void {
-  for (let r = 0; r < rows; r++) {
-    let s0 = 0;
-    let s1 = 0;
-    let off = v + r * stride;
-    // stride is a multiple of 8; two partial sums keep the dependency chains short.
-    for (let i = q, end = q + stride; i < end; i += 8, off += 8) {
-      s0 += f32[i]! * f32[off]! + f32[i + 1]! * f32[off + 1]! + f32[i + 2]! * f32[off + 2]! + f32[i + 3]! * f32[off + 3]!;
-      s1 += f32[i + 4]! * f32[off + 4]! + f32[i + 5]! * f32[off + 5]! + f32[i + 6]! * f32[off + 6]! + f32[i + 7]! * f32[off + 7]!;
-    }
-    out[r] = s0 + s1;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Vector arena: fixed-size blocks of normalized, zero-padded rows in one growable buffer
-// ---------------------------------------------------------------------------------------------
-
-const WASM_PAGE = 65536;
-const TARGET_BLOCK_BYTES = 65536;
-
-class ArenaFullError extends Error {}
-
-/**
- * One arena per (padded dimension, kernel) per process, shared by all stores: a partition owns a
- * list of blocks, so growing, shrinking and evicting partitions never moves other partitions'
- * vectors, and a block holds enough rows (~64 KiB) that the per-call overhead of the kernel is
- * negligible. Memory is reused through a free list; a WASM memory never shrinks.
- */
-class VectorArena {
-  readonly stride: number; // floats per row (dimension rounded up to a multiple of 8)
-  readonly strideBytes: number;
-  readonly blockRows: number;
-  readonly blockBytes: number;
-  private readonly headerBytes: number; // query row + score scratch
-  private readonly scoresByteOffset: number;
-  private readonly wasm: WasmKernel | null;
-  private jsBuffer: ArrayBuffer | null;
-  private view: Float32Array;
-  private scoresView: Float32Array;
-  private capacityBlocks = 0;
-  private nextBlock = 0;
-  private readonly freeBlocks: number[] = [];
-
-  constructor(paddedDimension: number, wasm: WasmKernel | null) {
-    this.stride = Math.ceil(paddedDimension / 8) * 8;
-    this.strideBytes = this.stride * 4;
-    this.blockRows = Math.max(1, Math.floor(TARGET_BLOCK_BYTES / this.strideBytes));
-    this.blockBytes = this.blockRows * this.strideBytes;
-    this.scoresByteOffset = this.strideBytes;
-    this.headerBytes = this.strideBytes + Math.ceil((this.blockRows * 4) / 32) * 32;
-    this.wasm = wasm;
-    if (wasm) {
-      this.jsBuffer = null;
-      const needPages = Math.ceil(this.headerBytes / WASM_PAGE) - wasm.mem.buffer.byteLength / WASM_PAGE;
-      if (needPages > 0) wasm.mem.grow(needPages);
-      this.view = new Float32Array(wasm.mem.buffer);
-    } else {
-      this.jsBuffer = new ArrayBuffer(this.headerBytes);
-      this.view = new Float32Array(this.jsBuffer);
-    }
-    this.scoresView = new Float32Array(this.view.buffer, this.scoresByteOffset, this.blockRows);
-  }
-
-  get kernel(): 'wasm' | 'js' {
-    return this.wasm ? 'wasm' : 'js';
-  }
-
-  /** The current Float32 view (a grown WASM memory detaches the old ArrayBuffer). */
-  f32(): Float32Array {
-    if (this.wasm && this.view.buffer !== this.wasm.mem.buffer) {
-      this.view = new Float32Array(this.wasm.mem.buffer);
-      this.scoresView = new Float32Array(this.view.buffer, this.scoresByteOffset, this.blockRows);
-    }
-    return this.view;
-  }
-
-  allocBlock(): number {
-    const reused = this.freeBlocks.pop();
-    if (reused !== undefined) return reused;
-    if (this.nextBlock >= this.capacityBlocks) this.grow(Math.max(16, Math.ceil(this.capacityBlocks * 0.5)));
-    return this.nextBlock++;
-  }
-
-  freeBlock(block: number): void {
-    this.freeBlocks.push(block);
-  }
-
-  /** Float offset of a row slot. */
-  rowOffset(block: number, slot: number): number {
-    return (this.headerBytes + block * this.blockBytes + slot * this.strideBytes) / 4;
-  }
-
-  writeRow(block: number, slot: number, normalized: Float32Array): void {
-    const f32 = this.f32();
-    const off = this.rowOffset(block, slot);
-    f32.set(normalized, off);
-    // Padding lanes must be zero so they add nothing to dot products.
-    if (this.stride > normalized.length) f32.fill(0, off + normalized.length, off + this.stride);
-  }
-
-  copyRow(fromBlock: number, fromSlot: number, toBlock: number, toSlot: number): void {
-    const f32 = this.f32();
-    const from = this.rowOffset(fromBlock, fromSlot);
-    f32.copyWithin(this.rowOffset(toBlock, toSlot), from, from + this.stride);
-  }
-
-  /** Writes the (normalized) query into the query row. */
-  setQuery(normalized: Float32Array): void {
-    const f32 = this.f32();
-    f32.set(normalized, 0);
-    if (this.stride > normalized.length) f32.fill(0, normalized.length, this.stride);
-  }
-
-  /** Scores the first `rows` rows of a block against the query; the returned view is overwritten by the next call. */
-  scoreBlock(block: number, rows: number): Float32Array {
-    const vOffset = this.headerBytes + block * this.blockBytes;
-    if (this.wasm) {
-      this.wasm.scores(0, vOffset, rows, this.strideBytes, this.scoresByteOffset);
-    } else {
-      jsScores(this.view, 0, vOffset / 4, rows, this.stride, this.scoresView);
-    }
-    return this.scoresView;
-  }
-
-  private grow(extraBlocks: number): void {
-    const newCapacity = this.capacityBlocks + extraBlocks;
-    const needBytes = this.headerBytes + newCapacity * this.blockBytes;
-    try {
-      if (this.wasm) {
-        const havePages = this.wasm.mem.buffer.byteLength / WASM_PAGE;
-        const needPages = Math.ceil(needBytes / WASM_PAGE);
-        if (needPages > havePages) this.wasm.mem.grow(needPages - havePages);
-        this.f32();
-      } else {
-        const next = new ArrayBuffer(needBytes);
-        new Uint8Array(next).set(new Uint8Array(this.jsBuffer!));
-        this.jsBuffer = next;
-        this.view = new Float32Array(next);
-        this.scoresView = new Float32Array(next, this.scoresByteOffset, this.blockRows);
-      }
-    } catch (err) {
-      throw new ArenaFullError(`in-memory vector index cannot grow to ${needBytes} bytes: ${String(err)}`);
-    }
-    this.capacityBlocks = newCapacity;
-  }
-}
-
-const arenas = new Map<string, VectorArena>();
-
-function arenaFor(dimension: number, kernel: SearchKernel): VectorArena {
-  const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
-  if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
-  const stride = Math.ceil(dimension / 8) * 8;
-  const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
-  let arena = arenas.get(key);
-  if (!arena) {
-    arena = new VectorArena(stride, useWasm ? instantiateKernel() : null);
-    arenas.set(key, arena);
-  }
-  return arena;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Partitions: the rows of one (collection, scope) held in the arena
-// ---------------------------------------------------------------------------------------------
-
-/** Fixed per-partition overhead counted against the cache budget, so many tiny partitions also get evicted. */
-const PARTITION_OVERHEAD_BYTES = 4096;
-
-class Partition {
-  readonly ids: string[] = [];
-  readonly json: string[] = [];
-  private readonly parsed: (Payload | undefined)[] = [];
-  private readonly blocks: number[] = [];
-  private readonly rowOf = new Map<string, number>();
-  private payloadChars = 0;
-
-  constructor(readonly key: string, readonly arena: VectorArena) {}
-
-  get count(): number {
-    return this.ids.length;
-  }
-
-  bytes(): number {
-    return PARTITION_OVERHEAD_BYTES + this.blocks.length * this.arena.blockBytes + this.payloadChars * 2;
-  }
-
-  has(id: string): boolean {
-    return this.rowOf.has(id);
-  }
-
-  payload(row: number): Payload {
-    let p = this.parsed[row];
-    if (!p) {
-      p = parsePayload(this.json[row]!);
-      this.parsed[row] = p;
-    }
-    return p;
-  }
-
-  upsert(id: string, normalized: Float32Array, json: string): void {
-    let row = this.rowOf.get(id);
-    if (row === undefined) {
-      row = this.ids.length;
-      if (row % this.arena.blockRows === 0) this.blocks.push(this.arena.allocBlock());
-      this.ids.push(id);
-      this.json.push(json);
-      this.parsed.push(undefined);
-      this.rowOf.set(id, row);
-    } else {
-      this.payloadChars -= this.json[row]!.length;
-      this.json[row] = json;
-      this.parsed[row] = undefined;
-    }
-    this.payloadChars += json.length;
-    const blockRows = this.arena.blockRows;
-    this.arena.writeRow(this.blocks[Math.floor(row / blockRows)]!, row % blockRows, normalized);
-  }
-
-  /** Removes a row by moving the last row into its place, keeping rows dense. */
-  remove(id: string): void {
-    const row = this.rowOf.get(id);
-    if (row === undefined) return;
-    const last = this.ids.length - 1;
-    const blockRows = this.arena.blockRows;
-    this.payloadChars -= this.json[row]!.length;
-    if (row !== last) {
-      this.arena.copyRow(
-        this.blocks[Math.floor(last / blockRows)]!, last % blockRows,
-        this.blocks[Math.floor(row / blockRows)]!, row % blockRows,
-      );
-      const movedId = this.ids[last]!;
-      this.ids[row] = movedId;
-      this.json[row] = this.json[last]!;
-      this.parsed[row] = this.parsed[last];
-      this.rowOf.set(movedId, row);
-    }
-    this.ids.pop();
-    this.json.pop();
-    this.parsed.pop();
-    this.rowOf.delete(id);
-    if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
-  }
-
-  release(): void {
-    for (const b of this.blocks) this.arena.freeBlock(b);
-    this.blocks.length = 0;
-    this.ids.length = 0;
-    this.json.length = 0;
-    this.parsed.length = 0;
-    this.rowOf.clear();
-    this.payloadChars = 0;
-  }
-
-  /** Visits rows whose score may enter `top`, best-first selection done by the caller's heap. */
-  search(query: Float32Array, top: TopK<number>, accept: ((row: number) => boolean) | null): void {
-    const n = this.ids.length;
-    if (n === 0) return;
-    this.arena.setQuery(query);
-    const blockRows = this.arena.blockRows;
-    for (let b = 0; b < this.blocks.length; b++) {
-      const first = b * blockRows;
-      const rows = Math.min(blockRows, n - first);
-      const scores = this.arena.scoreBlock(this.blocks[b]!, rows);
-      for (let s = 0; s < rows; s++) {
-        const score = scores[s]!;
-        // The cheap score test first: the (possibly costly) filter only runs for rows that could enter the top k.
-        if (score <= top.floor) continue;
-        if (accept && !accept(first + s)) continue;
-        top.push(score, first + s);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Shared per-file state: one connection, prepared statements, loaded partitions, LRU budget
 // ---------------------------------------------------------------------------------------------
 
@@ -771,6 +294,11 @@ interface RowForLoad {
   id: string;
   vector: Buffer;
   payload: string;
+}
+interface RowForPartition {
+  id: string;
+  qvector: Buffer | null;
+  vector: Buffer | null;
 }
 interface RowForList {
   id: string;
@@ -919,6 +447,7 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
         run_id TEXT,
         vector BLOB NOT NULL,
         payload TEXT NOT NULL,
+        qvector BLOB,
         PRIMARY KEY (collection, id)
       );
       -- agent_id / run_id are often absent: partial indexes skip those rows (an equality lookup
@@ -931,6 +460,7 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
         value TEXT NOT NULL
       );
     `);
+    addQuantizedColumn(db);
     createKeywordIndex(db);
   } catch (err) {
     db.close();
@@ -940,6 +470,33 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
   shared.synchronous = synchronous;
   openFiles.set(key, shared);
   return shared;
+}
+
+/**
+ * The int8 copy of each vector (quantized-index.ts) that partitions load, in its own column so a
+ * start reads a quarter of the bytes and no payloads. A file of the previous version gets the
+ * column and has it filled once, here, in one transaction (about a second per 10,000 rows).
+ */
+function addQuantizedColumn(db: Database.Database): void {
+  const columns = db.prepare("SELECT name FROM pragma_table_info('evs_vectors')").all() as Array<{ name: string }>;
+  if (!columns.some((c) => c.name === 'qvector')) db.exec('ALTER TABLE evs_vectors ADD COLUMN qvector BLOB');
+  const missing = db.prepare('SELECT 1 FROM evs_vectors WHERE qvector IS NULL LIMIT 1').get();
+  if (!missing) return;
+  const dims = new Map((db.prepare('SELECT name, dimension FROM evs_collections').all() as Array<{ name: string; dimension: number }>).map((c) => [c.name, c.dimension]));
+  const batch = db.prepare('SELECT rowid AS rowid, collection, vector FROM evs_vectors WHERE qvector IS NULL AND rowid > ? ORDER BY rowid LIMIT 1000');
+  const fill = db.prepare('UPDATE evs_vectors SET qvector = ? WHERE rowid = ?');
+  db.transaction(() => {
+    for (let after = -Infinity; ; ) {
+      const rows = batch.all(after) as Array<{ rowid: number; collection: string; vector: Buffer }>;
+      if (rows.length === 0) break;
+      for (const row of rows) {
+        after = row.rowid;
+        const dimension = dims.get(row.collection) ?? row.vector.byteLength / 4;
+        if (row.vector.byteLength !== dimension * 4) continue; // left to the loader, which reports it
+        fill.run(encodeQuantized(quantize(normalized(vectorFromBlob(row.vector, dimension, String(row.rowid)))), dimension), row.rowid);
+      }
+    }
+  }).immediate();
 }
 
 /**
@@ -1029,6 +586,17 @@ function normalized(v: Float32Array): Float32Array {
   return out;
 }
 
+/** cos(u, v) for a unit vector u (0 for a zero v). */
+function cosineToUnit(unit: Float32Array, v: Float32Array): number {
+  let dot = 0;
+  let norm = 0;
+  for (let i = 0; i < v.length; i++) {
+    dot += unit[i]! * v[i]!;
+    norm += v[i]! * v[i]!;
+  }
+  return norm === 0 ? 0 : dot / Math.sqrt(norm);
+}
+
 function blobOf(v: Float32Array): Buffer {
   return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 }
@@ -1068,7 +636,7 @@ export class EmbeddedVectorStore implements VectorStore {
   readonly dbPath: string;
   private readonly shared: SharedDb;
   private readonly state: CollectionState;
-  private readonly arena: VectorArena;
+  private readonly arena: Int8Arena;
   private readonly logger: EmbeddedStoreLogger | undefined;
   private closed = false;
 
@@ -1150,29 +718,40 @@ export class EmbeddedVectorStore implements VectorStore {
       const rawPayload = payloads[i];
       const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
       const json = JSON.stringify(payload);
-      return { id, vector, json, cols: scopeColumns(parsePayload(json)) };
+      return { id, vector, quantized: quantize(normalized(vector)), json, cols: scopeColumns(parsePayload(json)) };
     });
     const trackOld = this.state.partitions.size > 0;
     const oldScopes = new Map<string, ScopeRow | undefined>();
     const write = this.shared.db.transaction(() => {
       this.registerCollection();
       const upsert = this.shared.stmt(
-        'INSERT OR REPLACE INTO evs_vectors (collection, id, user_id, agent_id, run_id, vector, payload) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT OR REPLACE INTO evs_vectors (collection, id, user_id, agent_id, run_id, vector, qvector, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       );
       for (const r of rows) {
         // The scope before this batch (an id repeated within the batch must not see its own first write).
         if (trackOld && !oldScopes.has(r.id)) oldScopes.set(r.id, this.readScope(r.id));
-        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), r.json);
+        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), encodeQuantized(r.quantized, this.dimension), r.json);
       }
     });
     write();
     if (trackOld) {
       const finalRows = new Map(rows.map((r) => [r.id, r])); // last write of an id wins, as in SQLite
-      for (const r of finalRows.values()) this.applyToPartitions(r.id, oldScopes.get(r.id), r.cols, r.vector, r.json);
+      for (const r of finalRows.values()) this.applyToPartitions(r.id, oldScopes.get(r.id), r.cols, r.quantized);
     }
   }
 
   async search(query: number[], topK?: number, filters?: Record<string, unknown>): Promise<VectorStoreResult[]> {
+    return this.searchAbove(query, topK, filters, -Infinity);
+  }
+
+  /**
+   * `search`, keeping only rows whose similarity is at least `minScore`: the entity boost of
+   * recall reads only matches ≥ 0.5, and this spares rescoring the hundreds of candidates below.
+   *
+   * The scope's quantized partition picks `candidateCount(k)` candidates; their float32 vectors
+   * are read from SQLite and rescored exactly, so every returned score is the exact cosine.
+   */
+  async searchAbove(query: number[], topK: number | undefined, filters: Record<string, unknown> | undefined, minScore: number): Promise<VectorStoreResult[]> {
     this.assertOpen();
     const q = toFloat32(query, this.dimension, 'search');
     const k = normalizeTopK(topK, 10);
@@ -1188,18 +767,17 @@ export class EmbeddedVectorStore implements VectorStore {
         this.logger?.warn('embedded vector store: index full, searching from disk', { error: err.message });
       }
       if (partition) {
-        const top = new TopK<number>(k);
+        const unit = normalized(q);
+        const top = new TopK<number>(candidateCount(k));
         const p = partition;
-        const accept = hasResidualFilter(f, scope.field) ? (row: number) => matchesFilters(p.payload(row), f) : null;
-        p.search(normalized(q), top, accept);
-        return top.sorted().map(({ score, item }) => ({
-          id: p.ids[item]!,
-          payload: parsePayload(p.json[item]!), // a copy: mem0 mutates returned payloads before update()
-          score: clampScore(score),
-        }));
+        const accept = hasResidualFilter(f, scope.field) ? (row: number) => this.rowMatches(p.ids[row]!, f) : null;
+        p.search(quantize(unit), top, accept);
+        // Quantization moves a score by far less than this margin: nothing at or above minScore is cut.
+        const ids = top.sorted().filter((c) => c.score >= minScore - 0.05).map((c) => p.ids[c.item]!);
+        return this.rescore(unit, ids, k, minScore);
       }
     }
-    return this.scanSearch(q, k, f);
+    return this.scanSearch(q, k, f).filter((r) => (r.score ?? 0) >= minScore);
   }
 
   /**
@@ -1244,6 +822,7 @@ export class EmbeddedVectorStore implements VectorStore {
   async update(vectorId: string, vector: number[], payload: Record<string, unknown>): Promise<void> {
     this.assertOpen();
     const v = toFloat32(vector, this.dimension, 'update');
+    const quantized = quantize(normalized(v));
     const json = JSON.stringify(normalizePayload(isPlainObject(payload) ? payload : {}));
     const cols = scopeColumns(parsePayload(json));
     let old: ScopeRow | undefined;
@@ -1251,8 +830,8 @@ export class EmbeddedVectorStore implements VectorStore {
       old = this.readScope(vectorId);
       if (!old) return;
       this.shared
-        .stmt('UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, payload = ? WHERE collection = ? AND id = ?')
-        .run(cols[0], cols[1], cols[2], blobOf(v), json, this.collectionName, vectorId);
+        .stmt('UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, qvector = ?, payload = ? WHERE collection = ? AND id = ?')
+        .run(cols[0], cols[1], cols[2], blobOf(v), encodeQuantized(quantized, this.dimension), json, this.collectionName, vectorId);
     });
     write();
     if (!old) {
@@ -1260,7 +839,7 @@ export class EmbeddedVectorStore implements VectorStore {
       this.logger?.warn('embedded vector store: update of a missing id ignored', { collection: this.collectionName, id: vectorId });
       return;
     }
-    this.applyToPartitions(vectorId, old, cols, v, json);
+    this.applyToPartitions(vectorId, old, cols, quantized);
   }
 
   async delete(vectorId: string): Promise<void> {
@@ -1271,7 +850,7 @@ export class EmbeddedVectorStore implements VectorStore {
       if (old) this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ? AND id = ?').run(this.collectionName, vectorId);
     });
     write();
-    if (old) this.applyToPartitions(vectorId, old, null, null, null);
+    if (old) this.applyToPartitions(vectorId, old, null, null);
   }
 
   /** Deletes every row of this collection (other collections in the file are untouched). */
@@ -1366,13 +945,7 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   /** Keeps loaded partitions in step with a committed write (new* null = deleted). */
-  private applyToPartitions(
-    id: string,
-    old: ScopeRow | undefined,
-    newCols: readonly (string | null)[] | null,
-    vector: Float32Array | null,
-    json: string | null,
-  ): void {
+  private applyToPartitions(id: string, old: ScopeRow | undefined, newCols: readonly (string | null)[] | null, quantized: Quantized | null): void {
     const partitions = this.state.partitions;
     if (partitions.size === 0) return;
     const newKeys = newCols ? scopeKeysOf(newCols) : [];
@@ -1381,9 +954,8 @@ export class EmbeddedVectorStore implements VectorStore {
         if (!newKeys.includes(key)) partitions.get(key)?.remove(id);
       }
     }
-    if (vector && json !== null) {
-      const unit = normalized(vector);
-      for (const key of newKeys) partitions.get(key)?.upsert(id, unit, json);
+    if (quantized) {
+      for (const key of newKeys) partitions.get(key)?.upsert(id, quantized);
     }
   }
 
@@ -1395,11 +967,13 @@ export class EmbeddedVectorStore implements VectorStore {
     if (!partition) {
       partition = new Partition(scope.key, this.arena);
       try {
+        // The compact int8 column only; the float32 vector just for a row some older writer left without it.
         const rows = shared
-          .stmt(`SELECT id, vector, payload FROM evs_vectors WHERE collection = ? AND ${scope.field} = ?`)
-          .iterate(this.collectionName, scope.value) as IterableIterator<RowForLoad>;
+          .stmt(`SELECT id, qvector, CASE WHEN qvector IS NULL THEN vector END AS vector FROM evs_vectors WHERE collection = ? AND ${scope.field} = ?`)
+          .iterate(this.collectionName, scope.value) as IterableIterator<RowForPartition>;
         for (const row of rows) {
-          partition.upsert(row.id, normalized(vectorFromBlob(row.vector, this.dimension, row.id)), row.payload);
+          const q = row.qvector ? decodeQuantized(row.qvector, this.dimension) : undefined;
+          partition.upsert(row.id, q ?? quantize(normalized(vectorFromBlob(row.vector ?? Buffer.alloc(0), this.dimension, row.id))));
         }
       } catch (err) {
         partition.release();
@@ -1437,6 +1011,28 @@ export class EmbeddedVectorStore implements VectorStore {
     return this.shared.stmt(`SELECT ${columns} FROM evs_vectors WHERE ${where}`).iterate(...params) as IterableIterator<RowForLoad | RowForList>;
   }
 
+  private rowMatches(id: string, f: Filters | undefined): boolean {
+    const row = this.shared.stmt('SELECT payload FROM evs_vectors WHERE collection = ? AND id = ?').get(this.collectionName, id) as
+      | { payload: string }
+      | undefined;
+    return row !== undefined && matchesFilters(parsePayload(row.payload), f);
+  }
+
+  /** Exact cosine of each candidate from its stored float32 vector; the best `k` at or above `minScore`. */
+  private rescore(unit: Float32Array, ids: readonly string[], k: number, minScore: number): VectorStoreResult[] {
+    if (ids.length === 0) return [];
+    const rows = this.shared
+      .stmt('SELECT id, vector, payload FROM evs_vectors WHERE collection = ? AND id IN (SELECT value FROM json_each(?))')
+      .all(this.collectionName, JSON.stringify(ids)) as RowForLoad[];
+    const top = new TopK<RowForLoad>(k);
+    for (const row of rows) {
+      const score = clampScore(cosineToUnit(unit, vectorFromBlob(row.vector, this.dimension, row.id)));
+      if (score >= minScore) top.push(score, row);
+    }
+    // A fresh payload per result: mem0 mutates returned payloads before update().
+    return top.sorted().map(({ score, item }) => ({ id: item.id, payload: parsePayload(item.payload), score }));
+  }
+
   /** Slow path for filters without a plain scope equality (e.g. user_id "*" or an OR of users): scans the collection. */
   private scanSearch(q: Float32Array, k: number, f: Filters | undefined): VectorStoreResult[] {
     const unitQuery = normalized(q);
@@ -1444,14 +1040,7 @@ export class EmbeddedVectorStore implements VectorStore {
     for (const row of this.iterateRows(f, true) as IterableIterator<RowForLoad>) {
       const payload = parsePayload(row.payload);
       if (!matchesFilters(payload, f)) continue;
-      const v = vectorFromBlob(row.vector, this.dimension, row.id);
-      let dot = 0;
-      let norm = 0;
-      for (let i = 0; i < v.length; i++) {
-        dot += unitQuery[i]! * v[i]!;
-        norm += v[i]! * v[i]!;
-      }
-      top.push(norm === 0 ? 0 : dot / Math.sqrt(norm), { id: row.id, json: row.payload });
+      top.push(cosineToUnit(unitQuery, vectorFromBlob(row.vector, this.dimension, row.id)), { id: row.id, json: row.payload });
     }
     return top.sorted().map(({ score, item }) => ({ id: item.id, payload: parsePayload(item.json), score: clampScore(score) }));
   }
