@@ -34,6 +34,7 @@ interface Pending {
 
 const RESTART_DELAY_MS = 1000;
 const CLOSE_TIMEOUT_MS = 10_000;
+const AVAILABILITY_REFRESH_MS = 1000;
 
 /**
  * Starts a worker thread on engine-thread: the compiled `.js` next to this file, or the `.ts`
@@ -56,6 +57,9 @@ export class WorkerMemoryService implements MemoryService {
   private closing: Promise<void> | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
   private alive = true;
+  /** Last known availability (pushed by the worker on every change, refreshed in the background). */
+  private known = { available: true, at: Date.now() };
+  private refreshing: Promise<void> | undefined;
 
   private constructor(
     readonly backend: string,
@@ -136,13 +140,29 @@ export class WorkerMemoryService implements MemoryService {
     await this.call({ op: 'deleteAll', scope });
   }
 
+  /**
+   * Answers at once from the last known state, so `/health` never queues behind engine work in
+   * the worker: the worker pushes every change of its health state, and a state older than a
+   * second is refreshed in the background (the worker's guard probes the engine when its own
+   * state is stale, which is how an outage's end is noticed).
+   */
   async available(): Promise<boolean> {
     if (!this.alive || this.closing) return false;
-    try {
-      return (await this.call({ op: 'available' })) === true;
-    } catch {
-      return false;
+    if (Date.now() - this.known.at > AVAILABILITY_REFRESH_MS && !this.refreshing) {
+      this.refreshing = this.call({ op: 'available' })
+        .then(
+          (value) => this.remember(value === true),
+          () => this.remember(false),
+        )
+        .finally(() => {
+          this.refreshing = undefined;
+        });
     }
+    return this.known.available;
+  }
+
+  private remember(available: boolean): void {
+    this.known = { available, at: Date.now() };
   }
 
   /** The engine thread's id (tells tests and logs which thread serves memory). */
@@ -197,6 +217,7 @@ export class WorkerMemoryService implements MemoryService {
     worker.on('exit', (code) => {
       if (worker !== this.worker) return;
       this.alive = false;
+      this.remember(false);
       this.failPending();
       if (this.closing) return;
       this.logger.error('memory engine thread exited; starting it again', { code });
@@ -218,6 +239,7 @@ export class WorkerMemoryService implements MemoryService {
       this.attach(worker);
       if (ready.unavailableReason === undefined) {
         this.alive = true;
+        this.remember(true);
         this.logger.info('memory engine thread started again');
       } else {
         this.logger.error('memory engine thread could not start again', { reason: ready.unavailableReason });
@@ -237,6 +259,7 @@ export class WorkerMemoryService implements MemoryService {
         return;
       }
       case 'availability':
+        this.remember(message.available);
         this.options.onAvailabilityChange?.(message.available);
         return;
       case 'log':
