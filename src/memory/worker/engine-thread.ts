@@ -85,7 +85,10 @@ async function main(): Promise<void> {
       (err: unknown) => send({ type: 'result', id, ok: false, error: toWire(err) }),
     );
   });
-  send({ type: 'ready', backend: service.backend, unavailableReason: service instanceof UnavailableMemoryService ? service.reason : undefined });
+  const unavailableReason = service instanceof UnavailableMemoryService ? service.reason : undefined;
+  // The state the engine starts in (a remote store down at start: unavailable), before any change is pushed.
+  const available = unavailableReason === undefined ? await service.available() : false;
+  send({ type: 'ready', backend: service.backend, unavailableReason, available });
 }
 
 void main().catch((err: unknown) => {

@@ -95,10 +95,13 @@ export class WorkerMemoryService implements MemoryService {
       await worker.terminate();
       return new UnavailableMemoryService(ready.backend, ready.unavailableReason);
     }
-    return new WorkerMemoryService(ready.backend, data, logger, options, worker);
+    const service = new WorkerMemoryService(ready.backend, data, logger, options, worker);
+    service.remember(ready.available ?? true);
+    if (ready.available === false) options.onAvailabilityChange?.(false);
+    return service;
   }
 
-  private static waitReady(worker: Worker, logger: Logger): Promise<{ backend: string; unavailableReason?: string | undefined }> {
+  private static waitReady(worker: Worker, logger: Logger): Promise<{ backend: string; unavailableReason?: string | undefined; available?: boolean | undefined }> {
     return new Promise((resolve) => {
       const onMessage = (message: FromWorker): void => {
         if (message.type === 'log') logger.log({ level: message.level, message: message.message, ...message.meta });
@@ -239,7 +242,7 @@ export class WorkerMemoryService implements MemoryService {
       this.attach(worker);
       if (ready.unavailableReason === undefined) {
         this.alive = true;
-        this.remember(true);
+        this.remember(ready.available ?? true);
         this.logger.info('memory engine thread started again');
       } else {
         this.logger.error('memory engine thread could not start again', { reason: ready.unavailableReason });
