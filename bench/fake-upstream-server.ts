@@ -3,15 +3,26 @@
  * benchmarks, so its CPU never mixes with the load generator's or a proxy's.
  *
  *   node --import tsx bench/fake-upstream-server.ts [--port=0] [--first-token-ms=0] [--chunk-interval-ms=0] [--response-delay-ms=0]
+ *                                                   [--embedding-delay-ms=0]
+ *
+ * `--embedding-delay-ms` (or env FAKE_EMBEDDING_DELAY_MS; the flag wins) delays every
+ * /v1/embeddings answer, as a real embeddings round trip would (OpenAI's take ~120 ms).
  *
  * Prints `BENCH_READY {"url":"http://127.0.0.1:PORT/v1","port":PORT}` once listening; exits on
- * SIGTERM/SIGINT. Requests are not recorded (memory stays flat under load).
+ * SIGTERM/SIGINT. Requests are not recorded (memory stays flat under load), only counted:
+ * `GET /__stats` (outside /v1) answers `{"requests", "byPath", "embeddings": {"requests", "inputs"}}`.
  */
 import { startFakeUpstream } from '../test/fakes/openai-upstream';
 
 function arg(name: string, fallback: number): number {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));
   const n = hit === undefined ? NaN : Number(hit.slice(name.length + 3));
+  return Number.isFinite(n) ? n : fallback;
+}
+
+function envNumber(name: string, fallback: number): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
   return Number.isFinite(n) ? n : fallback;
 }
 
@@ -22,6 +33,8 @@ async function main(): Promise<void> {
     firstTokenDelayMs: arg('first-token-ms', 0),
     chunkIntervalMs: arg('chunk-interval-ms', 0),
     responseDelayMs: arg('response-delay-ms', 0),
+    embeddingDelayMs: arg('embedding-delay-ms', envNumber('FAKE_EMBEDDING_DELAY_MS', 0)),
+    statsEndpoint: true,
   });
   const stop = (): void => {
     fake.close().then(

@@ -310,6 +310,8 @@ export interface FakePacing {
   firstTokenDelayMs?: number;
   chunkIntervalMs?: number;
   responseDelayMs?: number;
+  /** Extra delay before every /v1/embeddings answer (a real embeddings round trip is ~120 ms). */
+  embeddingDelayMs?: number;
 }
 
 /** The fake OpenAI upstream (test/fakes/openai-upstream.ts) in its own process. */
@@ -319,6 +321,7 @@ export async function startFakeUpstreamChild(pacing: FakePacing = {}): Promise<F
     `--first-token-ms=${pacing.firstTokenDelayMs ?? 0}`,
     `--chunk-interval-ms=${pacing.chunkIntervalMs ?? 0}`,
     `--response-delay-ms=${pacing.responseDelayMs ?? 0}`,
+    `--embedding-delay-ms=${pacing.embeddingDelayMs ?? 0}`,
   ];
   const child = spawnNode('fake-upstream', args, { env: baseEnv({ NODE_ENV: 'production' }) });
   const info = await waitForReadyLine(child);

@@ -8,6 +8,8 @@
  *   npm run bench -- --strict              exit 1 when a bar fails
  *   npm run bench -- --ours=bare           a second bare proxy stands in for ours (checks the bench)
  *   npm run bench -- --proxy-root=<dir>    benchmark the proxy of another checkout (with node_modules)
+ *   npm run bench -- --sizes=1000,10000    chat-memory: memories of the user per size (default
+ *                                          1000,10000,100000; with --quick 1000,10000; "10k" works too)
  *
  * Table "proxy": direct to the fake upstream vs a bare node:http pass-through proxy vs our proxy
  * (auth + rate limits on). The fake upstream, the bare proxy and our proxy each run in their own
@@ -56,6 +58,20 @@ export interface BenchArgs {
   oursStandIn: boolean;
   /** `--proxy-root=<dir>`: benchmark the proxy of another checkout (default: this one). */
   proxyRoot: string | undefined;
+  /** `--sizes=1000,10000,100000`: the chat-memory table's user sizes (undefined: the table's default). */
+  sizes: number[] | undefined;
+}
+
+/** "1000,10k,100000" -> [1000, 10000, 100000] (sorted, distinct, positive integers). */
+function parseSizes(raw: string | undefined): number[] | undefined {
+  if (raw === undefined) return undefined;
+  const sizes = raw.split(',').map((part) => {
+    const m = /^\s*(\d+)\s*(k?)\s*$/i.exec(part);
+    const n = m ? Number(m[1]) * (m[2] ? 1000 : 1) : NaN;
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--sizes: "${part}" is not a positive integer (e.g. --sizes=1000,10000,100000)`);
+    return n;
+  });
+  return [...new Set(sizes)].sort((a, b) => a - b);
 }
 
 function parseArgs(argv: readonly string[]): BenchArgs {
@@ -66,7 +82,15 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   }
   const ours = get('ours');
   if (ours !== undefined && ours !== 'bare') throw new Error(`--ours accepts only "bare" (got ${ours})`);
-  return { only: get('only'), proxyRuntime: runtime ?? 'auto', quick: argv.includes('--quick'), strict: argv.includes('--strict'), oursStandIn: ours === 'bare', proxyRoot: get('proxy-root') };
+  return {
+    only: get('only'),
+    proxyRuntime: runtime ?? 'auto',
+    quick: argv.includes('--quick'),
+    strict: argv.includes('--strict'),
+    oursStandIn: ours === 'bare',
+    proxyRoot: get('proxy-root'),
+    sizes: parseSizes(get('sizes')),
+  };
 }
 
 /** What a table reports back: bars it checked (name -> passed). */

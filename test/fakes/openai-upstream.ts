@@ -61,7 +61,11 @@
  *                                       JSON reply, send truncated JSON
  * Stream pacing (benchmarks): `behaviour.firstTokenDelayMs` (after the headers, before the first
  * SSE event), `behaviour.chunkIntervalMs` (between events), `behaviour.responseDelayMs` (before
- * headers, every request), `behaviour.wordsPerChunk`.
+ * headers, every request), `behaviour.wordsPerChunk`, `behaviour.embeddingDelayMs` (extra wait before
+ * every /v1/embeddings answer, like a real embeddings round trip; default 0).
+ * Counters: `fake.requestCount` (all requests) and `fake.stats()` (per path, embedding inputs) are
+ * kept even with `record: false`; with `statsEndpoint: true` the same figures are also served as
+ * JSON on `GET /__stats` (not counted itself; off by default, so that path is a 404 otherwise).
  */
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -126,6 +130,8 @@ export interface FakeBehaviour {
   chunkIntervalMs: number;
   /** Streams: words of content per delta event. */
   wordsPerChunk: number;
+  /** Extra delay before every /v1/embeddings answer (after responseDelayMs). Default 0. */
+  embeddingDelayMs?: number;
   /** Default embedding dimension when the request has no `dimensions`. */
   embeddingDimensions: number;
   /** mem0ai fact extractor: gets the "## New Messages" text ("role: content" lines), returns facts. */
@@ -165,6 +171,18 @@ export interface FakeUpstreamOptions extends Partial<FakeBehaviour> {
   requireApiKey?: string;
   /** Keep RecordedRequest entries (default true; benchmarks turn it off). */
   record?: boolean;
+  /** Serve `stats()` as JSON on `GET /__stats` (default false). */
+  statsEndpoint?: boolean;
+}
+
+/** Request counters, kept also when `record` is false (`GET /__stats` is never counted). */
+export interface FakeUpstreamStats {
+  /** Total requests handled (same as `requestCount`). */
+  requests: number;
+  /** Requests by path without the query, e.g. `{"/v1/embeddings": 12}`. */
+  byPath: Record<string, number>;
+  /** POST /v1/embeddings requests, and the input texts they carried in total. */
+  embeddings: { requests: number; inputs: number };
 }
 
 export interface FakeUpstream {
@@ -186,6 +204,8 @@ export interface FakeUpstream {
   waitForRequests(count: number, opts?: { path?: string; timeoutMs?: number }): Promise<RecordedRequest[]>;
   /** Total requests handled (also counted when record is false). */
   readonly requestCount: number;
+  /** A snapshot of the request counters (also kept when record is false). */
+  stats(): FakeUpstreamStats;
   /** Clears recorded requests and faults, and restores the initial behaviour. */
   reset(): void;
   /** Stops the server and destroys every open socket. */
@@ -936,6 +956,7 @@ function defaultBehaviour(opts: FakeUpstreamOptions): FakeBehaviour {
     firstTokenDelayMs: opts.firstTokenDelayMs ?? 0,
     chunkIntervalMs: opts.chunkIntervalMs ?? 0,
     wordsPerChunk: opts.wordsPerChunk ?? 1,
+    embeddingDelayMs: opts.embeddingDelayMs ?? 0,
     embeddingDimensions: opts.embeddingDimensions ?? 1536,
     extract: opts.extract ?? defaultExtract,
     models: opts.models ?? ['gpt-4o-mini', 'gpt-4.1-mini', 'gpt-5-mini', 'text-embedding-3-small', 'text-embedding-3-large'],
@@ -950,6 +971,9 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   let faults: QueuedFault[] = [];
   let seq = 0;
   let handled = 0;
+  const byPath = new Map<string, number>();
+  let embeddingRequests = 0;
+  let embeddingInputs = 0;
   let closing = false;
   const waiters = new Set<() => void>();
 
@@ -965,6 +989,12 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
 
   const state: { behaviour: FakeBehaviour } = { behaviour: defaultBehaviour(opts) };
 
+  const stats = (): FakeUpstreamStats => ({
+    requests: handled,
+    byPath: Object.fromEntries(byPath),
+    embeddings: { requests: embeddingRequests, inputs: embeddingInputs },
+  });
+
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
@@ -978,6 +1008,19 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       } catch {
         json = undefined;
       }
+    }
+    if (opts.statsEndpoint === true && req.method === 'GET' && path === '/__stats') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(stats()));
+      return;
+    }
+    byPath.set(path, (byPath.get(path) ?? 0) + 1);
+    if (req.method === 'POST' && path === '/v1/embeddings') {
+      embeddingRequests++;
+      const input = isObject(json) ? json['input'] : undefined;
+      // A string or one token array is one input; an array of strings / token arrays is one each.
+      if (typeof input === 'string') embeddingInputs += 1;
+      else if (Array.isArray(input)) embeddingInputs += input.length > 0 && input.every((x) => typeof x === 'number') ? 1 : input.length;
     }
     const rec: RecordedRequest = {
       seq: ++seq,
@@ -1007,6 +1050,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     const fault = takeFault(path);
 
     if (!(await ex.wait(behaviour.responseDelayMs))) return;
+    if (path === '/v1/embeddings' && !(await ex.wait(behaviour.embeddingDelayMs ?? 0))) return;
     if (opts.requireApiKey !== undefined && req.headers.authorization !== `Bearer ${opts.requireApiKey}`) {
       ex.sendError(401, 'Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.', 'invalid_request_error', 'invalid_api_key');
       return;
@@ -1091,6 +1135,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     get requestCount(): number {
       return handled;
     },
+    stats,
     setBehaviour(patch: Partial<FakeBehaviour>): void {
       const next: FakeBehaviour = { ...state.behaviour };
       for (const key of Object.keys(patch) as Array<keyof FakeBehaviour>) {
