@@ -9,7 +9,6 @@
 import type { Config } from '../config';
 import type { Logger } from '../logger';
 import type { Metrics } from '../metrics';
-import { createMem0Service } from './mem0-service';
 import { createPlatformService } from './platform-service';
 import type { GuardTuning } from './resilience';
 import type { MemoryService } from './types';
@@ -21,11 +20,6 @@ export interface MemoryServiceOptions {
   metrics?: Metrics | undefined;
   /** Deadlines, retries and health-cache times (tests shorten them). */
   tuning?: Partial<GuardTuning> | undefined;
-  /**
-   * Run the mem0 OSS engine in this thread instead of its worker thread (default false). The
-   * worker keeps extraction, embeddings, search and SQLite commits off the thread that serves HTTP.
-   */
-  inProcess?: boolean | undefined;
 }
 
 export async function createMemoryService(config: Config, logger: Logger, options: MemoryServiceOptions = {}): Promise<MemoryService> {
@@ -36,9 +30,9 @@ export async function createMemoryService(config: Config, logger: Logger, option
 
   let service: MemoryService;
   try {
-    if (backend === 'platform') service = await createPlatformService(config, logger, common);
-    else if (options.inProcess) service = await createMem0Service(config, logger, common);
-    else service = await WorkerMemoryService.start(config, logger, common);
+    // The mem0 OSS engine runs in its worker thread (extraction, embeddings, search and SQLite
+    // commits off the thread that serves HTTP); the Platform backend is HTTP calls only.
+    service = backend === 'platform' ? await createPlatformService(config, logger, common) : await WorkerMemoryService.start(config, logger, common);
   } catch (err) {
     // Anything unforeseen while building must not stop the process: /v1/* still works.
     service = new UnavailableMemoryService(backend, `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}`);
