@@ -332,6 +332,11 @@ export class Mem0MemoryService implements MemoryService {
     return this.guard.available();
   }
 
+  /** The availability last observed, without a probe (undefined before any call). */
+  knownAvailability(): boolean | undefined {
+    return this.closed ? false : this.guard.known();
+  }
+
   /** Stops new calls, lets running ones finish (bounded), then closes the stores. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {

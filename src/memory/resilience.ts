@@ -191,6 +191,11 @@ export class EngineGuard {
     return this.probing;
   }
 
+  /** The health state as last observed, without probing (undefined before any call or probe). */
+  known(): boolean | undefined {
+    return this.healthy;
+  }
+
   /** Records an outcome observed outside `read`/`write` (e.g. a start-up check). */
   record(ok: boolean, reason?: unknown): void {
     this.setHealth(ok, reason);

@@ -9,7 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import Transport from 'winston-transport';
 import winston from 'winston';
 import { configFromData } from '../../config';
-import { createMem0Service } from '../mem0-service';
+import { Mem0MemoryService, createMem0Service } from '../mem0-service';
 import type { MemoryService } from '../types';
 import { UnavailableMemoryService } from '../unavailable';
 import { plainMeta, toWire, type EngineCall, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol';
@@ -86,8 +86,9 @@ async function main(): Promise<void> {
     );
   });
   const unavailableReason = service instanceof UnavailableMemoryService ? service.reason : undefined;
-  // The state the engine starts in (a remote store down at start: unavailable), before any change is pushed.
-  const available = unavailableReason === undefined ? await service.available() : false;
+  // The state the engine starts in (a remote store down at start: unavailable), observed without a
+  // probe of its own, before any change is pushed.
+  const available = service instanceof Mem0MemoryService ? service.knownAvailability() : unavailableReason === undefined ? undefined : false;
   send({ type: 'ready', backend: service.backend, unavailableReason, available });
 }
 

@@ -37,7 +37,7 @@ export type WireError =
   | { kind: 'other'; name: string; message: string };
 
 export type FromWorker =
-  | { type: 'ready'; backend: string; unavailableReason?: string | undefined; available?: boolean }
+  | { type: 'ready'; backend: string; unavailableReason?: string | undefined; available?: boolean | undefined }
   | { type: 'result'; id: number; ok: true; value: unknown }
   | { type: 'result'; id: number; ok: false; error: WireError }
   | { type: 'availability'; available: boolean }
