@@ -81,7 +81,16 @@ function clkTck(): number {
 
 /** User + system CPU time of a process (all its threads), in ms, from /proc/PID/stat. */
 export function procCpuMs(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return statCpuMs(`/proc/${pid}/stat`);
+}
+
+/** CPU time of the process's main thread only (the thread that serves HTTP), from /proc/PID/task/PID/stat. */
+export function mainThreadCpuMs(pid: number): number {
+  return statCpuMs(`/proc/${pid}/task/${pid}/stat`);
+}
+
+function statCpuMs(file: string): number {
+  const stat = fs.readFileSync(file, 'utf8');
   // The command name (field 2) may contain spaces: split after its closing parenthesis.
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // rest[0] is field 3 (state); utime is field 14, stime field 15.
