@@ -243,6 +243,7 @@ export class WorkerMemoryService implements MemoryService {
       if (ready.unavailableReason === undefined) {
         this.alive = true;
         this.remember(ready.available ?? true);
+        this.options.onAvailabilityChange?.(ready.available ?? true);
         this.logger.info('memory engine thread started again');
       } else {
         this.logger.error('memory engine thread could not start again', { reason: ready.unavailableReason });
