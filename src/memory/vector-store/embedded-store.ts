@@ -5,9 +5,9 @@
  * Why it exists: mem0ai's built-in `memory` store reads, JSON-parses and converts every row of the
  * table on each search and filters by user in JavaScript, so search time grows with the total
  * number of memories of all users (~2 s at 10k x 1536). Here a search only touches the vectors of
- * the scope it is filtered by (user_id, else agent_id, else run_id), which are kept normalized in
- * contiguous Float32 blocks and scored with a WebAssembly SIMD dot-product kernel (plain JS when
- * WebAssembly is unavailable).
+ * the scope it is filtered by (user_id, else agent_id, else run_id), held as int8 codes of the
+ * unit vectors and scored with a WebAssembly SIMD kernel (quantized-index.ts); the best
+ * candidates are rescored exactly from the float32 vectors on disk.
  *
  * Layout:
  * - SQLite (better-sqlite3, WAL): table `evs_vectors` keyed by (collection, id), with the scope
@@ -15,7 +15,8 @@
  *   as JSON; an FTS5 index `evs_keywords` over each row's lemmatized text, kept in step by
  *   triggers. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
  *   one connection per process. Every write is committed before its promise resolves.
- * - Memory: per (collection, scope) "partitions" loaded lazily on the first search of that scope,
+ * - Memory: per (collection, scope) "partitions" (ids and int8 codes, read from the `qvector`
+ *   column; payloads stay on disk) loaded lazily on the first search of that scope,
  *   kept coherent with this process's writes, dropped when another connection commits (detected
  *   with `PRAGMA data_version`), and evicted least-recently-used past a byte budget.
  *
@@ -493,7 +494,7 @@ function addQuantizedColumn(db: Database.Database): void {
         after = row.rowid;
         const dimension = dims.get(row.collection) ?? row.vector.byteLength / 4;
         if (row.vector.byteLength !== dimension * 4) continue; // left to the loader, which reports it
-        fill.run(encodeQuantized(quantize(normalized(vectorFromBlob(row.vector, dimension, String(row.rowid)))), dimension), row.rowid);
+        fill.run(encodeQuantized(quantizeVector(vectorFromBlob(row.vector, dimension, String(row.rowid))), dimension), row.rowid);
       }
     }
   }).immediate();
@@ -508,25 +509,25 @@ function addQuantizedColumn(db: Database.Database): void {
  */
 function createKeywordIndex(db: Database.Database): void {
   db.pragma('recursive_triggers = ON');
-  const text = (row: 'new' | 'old'): string =>
-    `coalesce(nullif(json_extract(${row}.payload, '$.textLemmatized'), ''), json_extract(${row}.payload, '$.data'), '')`;
+  const text = (payload: string): string =>
+    `coalesce(nullif(json_extract(${payload}, '$.textLemmatized'), ''), json_extract(${payload}, '$.data'), '')`;
   db.transaction(() => {
     db.exec(`
       CREATE VIRTUAL TABLE IF NOT EXISTS evs_keywords USING fts5(terms, content='', contentless_delete=1);
       CREATE TRIGGER IF NOT EXISTS evs_keywords_insert AFTER INSERT ON evs_vectors BEGIN
-        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new')});
+        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new.payload')});
       END;
       CREATE TRIGGER IF NOT EXISTS evs_keywords_delete AFTER DELETE ON evs_vectors BEGIN
         DELETE FROM evs_keywords WHERE rowid = old.rowid;
       END;
       CREATE TRIGGER IF NOT EXISTS evs_keywords_update AFTER UPDATE OF payload ON evs_vectors BEGIN
         DELETE FROM evs_keywords WHERE rowid = old.rowid;
-        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new')});
+        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new.payload')});
       END;
     `);
     const version = db.prepare("SELECT value FROM evs_meta WHERE key = 'keywords_version'").get() as { value: string } | undefined;
     if (version?.value !== '1') {
-      db.exec(`DELETE FROM evs_keywords; INSERT INTO evs_keywords (rowid, terms) SELECT rowid, ${text('new').replace(/new\./g, '')} FROM evs_vectors;`);
+      db.exec(`DELETE FROM evs_keywords; INSERT INTO evs_keywords (rowid, terms) SELECT rowid, ${text('payload')} FROM evs_vectors;`);
       db.prepare("INSERT OR REPLACE INTO evs_meta (key, value) VALUES ('keywords_version', '1')").run();
     }
   }).immediate();
@@ -584,6 +585,11 @@ function normalized(v: Float32Array): Float32Array {
   const inv = 1 / Math.sqrt(sum);
   for (let i = 0; i < v.length; i++) out[i] = v[i]! * inv;
   return out;
+}
+
+/** The int8 codes of a vector's direction, as partitions and the `qvector` column hold them. */
+function quantizeVector(v: Float32Array): Quantized {
+  return quantize(normalized(v));
 }
 
 /** cos(u, v) for a unit vector u (0 for a zero v). */
@@ -718,7 +724,7 @@ export class EmbeddedVectorStore implements VectorStore {
       const rawPayload = payloads[i];
       const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
       const json = JSON.stringify(payload);
-      return { id, vector, quantized: quantize(normalized(vector)), json, cols: scopeColumns(parsePayload(json)) };
+      return { id, vector, quantized: quantizeVector(vector), json, cols: scopeColumns(parsePayload(json)) };
     });
     const trackOld = this.state.partitions.size > 0;
     const oldScopes = new Map<string, ScopeRow | undefined>();
@@ -822,7 +828,7 @@ export class EmbeddedVectorStore implements VectorStore {
   async update(vectorId: string, vector: number[], payload: Record<string, unknown>): Promise<void> {
     this.assertOpen();
     const v = toFloat32(vector, this.dimension, 'update');
-    const quantized = quantize(normalized(v));
+    const quantized = quantizeVector(v);
     const json = JSON.stringify(normalizePayload(isPlainObject(payload) ? payload : {}));
     const cols = scopeColumns(parsePayload(json));
     let old: ScopeRow | undefined;
@@ -973,7 +979,7 @@ export class EmbeddedVectorStore implements VectorStore {
           .iterate(this.collectionName, scope.value) as IterableIterator<RowForPartition>;
         for (const row of rows) {
           const q = row.qvector ? decodeQuantized(row.qvector, this.dimension) : undefined;
-          partition.upsert(row.id, q ?? quantize(normalized(vectorFromBlob(row.vector ?? Buffer.alloc(0), this.dimension, row.id))));
+          partition.upsert(row.id, q ?? quantizeVector(vectorFromBlob(row.vector ?? Buffer.alloc(0), this.dimension, row.id)));
         }
       } catch (err) {
         partition.release();

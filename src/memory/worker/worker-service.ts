@@ -50,6 +50,11 @@ function spawnEngineThread(data: EngineWorkerData): Worker {
   return new Worker(entry, { workerData: data });
 }
 
+/** Writes a log line of the worker through this thread's logger (which redacts it). */
+function forwardLog(logger: Logger, line: Extract<FromWorker, { type: 'log' }>): void {
+  logger.log({ level: line.level, message: line.message, ...line.meta });
+}
+
 export class WorkerMemoryService implements MemoryService {
   private worker: Worker;
   private readonly pending = new Map<number, Pending>();
@@ -104,7 +109,7 @@ export class WorkerMemoryService implements MemoryService {
   private static waitReady(worker: Worker, logger: Logger): Promise<{ backend: string; unavailableReason?: string | undefined; available?: boolean | undefined }> {
     return new Promise((resolve) => {
       const onMessage = (message: FromWorker): void => {
-        if (message.type === 'log') logger.log({ level: message.level, message: message.message, ...message.meta });
+        if (message.type === 'log') forwardLog(logger, message);
         if (message.type !== 'ready') return;
         worker.off('message', onMessage);
         worker.off('exit', onExit);
@@ -267,7 +272,7 @@ export class WorkerMemoryService implements MemoryService {
         this.options.onAvailabilityChange?.(message.available);
         return;
       case 'log':
-        this.logger.log({ level: message.level, message: message.message, ...message.meta });
+        forwardLog(this.logger, message);
         return;
       default:
         return;
