@@ -3,9 +3,12 @@
  * environment; `index.ts` (and the tests, through the same door) pass everything in.
  *
  * A request's way: request id → request log → authenticate → rate limit (per endpoint, per
- * caller) → route. `/v1/chat/completions` reads and checks its body; every other `/v1/*` path is
- * forwarded untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the
- * same memory to MCP clients.
+ * caller) → route. `/v1/*` speaks OpenAI's API or Anthropic's (`proxy/api.ts` tells them apart),
+ * each with its own upstream: `/v1/chat/completions`, `/v1/responses` and Anthropic's
+ * `/v1/messages` read and check their body and carry memory; every other `/v1/*` path is forwarded
+ * untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the same
+ * memory to MCP clients. `HEAD /` and `HEAD /api/hello` (Claude Code's connectivity probe) get an
+ * empty 200 before anything else.
  *
  * `/v1/*` (the traffic) runs through a plain chain of the same middleware without Express;
  * everything else is an Express app. The split is for speed: Express's own per-request work cost
@@ -25,8 +28,10 @@ import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 import type { ChatMemory } from './memory/chat-memory';
 import type { MemoryService } from './memory/types';
+import { apiOf } from './proxy/api';
 import { setOverheadHeader, type Upstream } from './proxy/upstream';
 import { memoryChatRoute } from './routes/chat';
+import { messagesRoute } from './routes/messages';
 import { healthRoute } from './routes/health';
 import { mcpRoutes } from './routes/mcp';
 import { memoryRoutes } from './routes/memory';
@@ -39,7 +44,10 @@ export interface AppDeps {
   metrics: Metrics;
   memory: MemoryService;
   authenticator: Authenticator;
+  /** OpenAI (or an OpenAI-compatible server). */
   upstream: Upstream;
+  /** Anthropic (or an Anthropic-compatible server). */
+  anthropicUpstream: Upstream;
   /** Memory on the chat path (recall and the save queue). */
   chatMemory: ChatMemory;
   /** Save-queue figures for /health; absent when nothing is ever saved. */
@@ -70,7 +78,7 @@ export function createApp(deps: AppDeps): RequestListener {
   const front = chain(
     requestId(),
     (req, _res, next) => {
-      req.routeLabel = routeLabel(pathOf(req));
+      req.routeLabel = routeLabel(pathOf(req), req.api);
       next();
     },
     requestLog(logger, metrics),
@@ -102,11 +110,20 @@ export function createApp(deps: AppDeps): RequestListener {
   const chat = memoryRoute('chat');
   const responses = memoryRoute('responses');
   const passthrough = passthroughRoute(upstream);
+  // Anthropic's API: the same memory on /v1/messages, everything else through untouched.
+  const messages = messagesRoute({
+    upstream: deps.anthropicUpstream,
+    chatMemory: deps.chatMemory,
+    maxBodyBytes: config.maxBodyBytes,
+    maxBlockChars: config.memory.injection.maxChars,
+  });
+  const anthropicPassthrough = passthroughRoute(deps.anthropicUpstream);
   const v1 = chain(
     front,
     limits.v1,
     (req, res, next) => {
       const path = req.method === 'POST' ? pathOf(req) : '';
+      if (req.api === 'anthropic') return path === '/v1/messages' ? messages(req, res, next) : anthropicPassthrough(req, res, next);
       if (path === '/v1/chat/completions') return chat(req, res, next);
       if (path === '/v1/responses') return responses(req, res, next);
       return passthrough(req, res, next);
@@ -136,28 +153,37 @@ export function createApp(deps: AppDeps): RequestListener {
     next(new NotFoundError(`No route for ${req.method} ${req.path}`, 'No such endpoint'));
   });
 
-  /** The one place errors become responses (OpenAI's shape on /v1, the admin shape elsewhere). */
-  const handleError = (err: unknown, req: IncomingMessage, res: ServerResponse, path: string): void => {
+  /** The one place errors become responses (the request's API's shape on /v1, the admin shape elsewhere). */
+  const handleError = (err: unknown, req: IncomingMessage, res: ServerResponse): void => {
     const appError = toAppError(err);
     if (!(err instanceof AppError) && appError.status >= 500) {
       logger.error('unhandled error', { request_id: req.id, route: req.routeLabel, err });
     }
-    sendError(res, path, appError);
+    sendError(res, req.api ?? 'admin', appError);
   };
-  const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next) => handleError(err, req, res, req.originalUrl);
+  const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next) => handleError(err, req, res);
   app.use(errorHandler);
 
   return (req, res) => {
-    if (isV1Target(req.url)) {
+    if (isProbe(req)) {
+      res.writeHead(200, { 'content-length': '0', 'cache-control': 'no-store' });
+      res.end();
+    } else if (isV1Target(req.url)) {
+      req.api = apiOf(pathOf(req), req.headers);
       v1(req, res, (err?: unknown) => {
         // Refused before forwarding (401, 429, 400, 413): the overhead is the time to the refusal.
         setOverheadHeader(req, res, metrics);
-        handleError(err ?? new NotFoundError('Not found'), req, res, pathOf(req));
+        handleError(err ?? new NotFoundError('Not found'), req, res);
       });
     } else {
       app(req, res);
     }
   };
+}
+
+/** A connectivity probe (`HEAD /`, Claude Code's `HEAD /api/hello`): answered empty, without authentication. */
+function isProbe(req: IncomingMessage): boolean {
+  return req.method === 'HEAD' && (req.url === '/' || req.url === '/api/hello');
 }
 
 /** `/v1`, `/v1/...` or `/v1?...` in origin form: the proxy's traffic. */

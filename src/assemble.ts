@@ -1,6 +1,6 @@
 /**
  * Builds everything a running proxy needs around a memory service and an authenticator: the
- * upstream forwarder, the chat path's memory with its save queue, and the app. `index.ts` and the
+ * upstream forwarders (OpenAI's and Anthropic's), the chat path's memory with its save queue, and the app. `index.ts` and the
  * tests both come through here, so they run the same wiring.
  */
 import type { RequestListener } from 'node:http';
@@ -38,13 +38,27 @@ export interface Assembled {
 
 export function assemble(options: AssembleOptions): Assembled {
   const { config, logger, metrics, memory, authenticator } = options;
+  // Only in development mode does a caller's own credential travel upstream.
+  const forwardCallerCredential = !authenticator.required;
   const upstream = new Upstream({
+    api: 'openai',
     baseUrl: config.upstream.baseUrl,
     timeoutMs: config.upstream.timeoutMs,
     maxBodyBytes: config.maxBodyBytes,
     apiKey: config.openaiApiKey,
-    // Only in development mode does a caller's own credential travel upstream.
-    forwardCallerAuthorization: !authenticator.required,
+    forwardCallerCredential,
+    logger,
+    metrics,
+  });
+  const anthropicUpstream = new Upstream({
+    api: 'anthropic',
+    baseUrl: config.anthropic.baseUrl,
+    timeoutMs: config.upstream.timeoutMs,
+    maxBodyBytes: config.maxBodyBytes,
+    apiKey: config.anthropic.apiKey,
+    forwardCallerCredential,
+    // Callers authenticate with the proxy key, which Anthropic would refuse as "invalid x-api-key".
+    missingKeyMessage: 'This proxy has no Anthropic API key: set ANTHROPIC_API_KEY to serve Anthropic requests',
     logger,
     metrics,
   });
@@ -60,13 +74,25 @@ export function assemble(options: AssembleOptions): Assembled {
   });
   if (options.startQueue ?? true) queue?.start();
   const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
-  const app = createApp({ config, logger, metrics, memory, authenticator, upstream, chatMemory, saveQueueStats, rateLimitStore: options.rateLimitStore });
+  const app = createApp({
+    config,
+    logger,
+    metrics,
+    memory,
+    authenticator,
+    upstream,
+    anthropicUpstream,
+    chatMemory,
+    saveQueueStats,
+    rateLimitStore: options.rateLimitStore,
+  });
   return {
     app,
     upstream,
     queue,
     close: async () => {
       upstream.close();
+      anthropicUpstream.close();
       // In-flight saves get a bounded wait; the rest stays durable for the next start.
       await queue?.stop();
       await memory.close();

@@ -33,6 +33,8 @@ export interface Config {
   readonly authToken: string | undefined;
   readonly openaiApiKey: string | undefined;
   readonly upstream: { readonly baseUrl: string; readonly timeoutMs: number };
+  /** Anthropic's API (`/v1/messages`, Claude Code): where it goes, and the proxy's own key for it. */
+  readonly anthropic: { readonly baseUrl: string; readonly apiKey: string | undefined };
   readonly maxBodyBytes: number;
   readonly dataDir: string;
   readonly redisUrl: string | undefined;
@@ -78,7 +80,7 @@ export class ConfigError extends Error {
 }
 
 /** Names of variables whose values are secrets in their own right. */
-const SECRET_VARIABLES = ['OPENAI_API_KEY', 'AUTH_TOKEN', 'MEM0_API_KEY', 'QDRANT_API_KEY'] as const;
+const SECRET_VARIABLES = ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'AUTH_TOKEN', 'MEM0_API_KEY', 'QDRANT_API_KEY'] as const;
 /** Names of variables that are URLs and may carry credentials. */
 const URL_VARIABLES_WITH_CREDENTIALS = ['REDIS_URL', 'DATABASE_URL', 'QDRANT_URL'] as const;
 
@@ -148,6 +150,8 @@ const envSchema = z.object({
   // The request's own path and query are appended to it, so the base carries neither.
   UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
   UPSTREAM_TIMEOUT_MS: intVar(1, 24 * 3600 * 1000),
+  ANTHROPIC_API_KEY: optionalString,
+  ANTHROPIC_UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
   MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
   DATA_DIR: optionalString,
   REDIS_URL: urlVar(['redis:', 'rediss:']),
@@ -338,6 +342,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     authToken: e.AUTH_TOKEN,
     openaiApiKey: e.OPENAI_API_KEY,
     upstream: { baseUrl: upstreamBaseUrl, timeoutMs: e.UPSTREAM_TIMEOUT_MS ?? 600000 },
+    anthropic: { baseUrl: anthropicBaseUrl(e.ANTHROPIC_UPSTREAM_BASE_URL), apiKey: e.ANTHROPIC_API_KEY },
     maxBodyBytes: e.MAX_BODY_BYTES ?? 20971520,
     dataDir: path.resolve(e.DATA_DIR ?? './data'),
     redisUrl: e.REDIS_URL,
@@ -375,6 +380,16 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   return sealConfig(data, secrets);
 }
 
+/**
+ * Anthropic's base URL as its SDK takes it (`https://api.anthropic.com`, paths start with `/v1`),
+ * written down here once with the `/v1` the proxy's request paths are resolved under; a base that
+ * already ends in `/v1` is taken as it is.
+ */
+function anthropicBaseUrl(raw: string | undefined): string {
+  const base = (raw ?? 'https://api.anthropic.com').replace(/\/+$/, '');
+  return base.endsWith('/v1') ? base : `${base}/v1`;
+}
+
 /** The configuration's plain data: what `{...config}` copies and a worker thread receives. */
 export type ConfigData = Omit<Config, 'secrets' | 'safeDump'>;
 
@@ -395,6 +410,7 @@ function sealConfig(data: ConfigData, secrets: string[]): Config {
       ...data,
       authToken: mask(data.authToken),
       openaiApiKey: mask(data.openaiApiKey),
+      anthropic: { ...data.anthropic, apiKey: mask(data.anthropic.apiKey) },
       redisUrl: maskU(data.redisUrl),
       memory: {
         ...data.memory,

@@ -2,14 +2,43 @@
  * Typed errors, and the one place they become HTTP responses.
  *
  * Code throws (or passes to `next`) an `AppError` subclass with a stable `code` and `status`;
- * `sendError` writes OpenAI's error shape on `/v1/*` (so the official SDKs raise the right
- * exception classes) and the contract's admin shape everywhere else. Internal messages and stack
- * traces never reach a response.
+ * `sendError` writes OpenAI's error shape on OpenAI's `/v1/*` traffic and Anthropic's on
+ * Anthropic's (so each official SDK raises its own exception classes), and the contract's admin
+ * shape everywhere else. Internal messages and stack traces never reach a response.
  */
 import type { ServerResponse } from 'node:http';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: string; message: string };
+}
+
+/** Which error body a response gets: the API the request was for, or the proxy's own (admin). */
+export type ErrorShape = 'openai' | 'anthropic' | 'admin';
+
+/** Anthropic's `error.type` for a status (its documented set; other 5xx are `api_error`). */
+function anthropicErrorType(status: number): string {
+  switch (status) {
+    case 400:
+    case 415:
+      return 'invalid_request_error';
+    case 401:
+      return 'authentication_error';
+    case 403:
+      return 'permission_error';
+    case 404:
+      return 'not_found_error';
+    case 413:
+      return 'request_too_large';
+    case 429:
+      return 'rate_limit_error';
+    default:
+      return status < 500 ? 'invalid_request_error' : 'api_error';
+  }
 }
 
 export abstract class AppError extends Error {
@@ -38,6 +67,10 @@ export abstract class AppError extends Error {
 
   openAIBody(): OpenAIErrorBody {
     return { error: { message: this.message, type: this.type, param: null, code: this.code } };
+  }
+
+  anthropicBody(): AnthropicErrorBody {
+    return { type: 'error', error: { type: anthropicErrorType(this.status), message: this.message } };
   }
 }
 
@@ -153,23 +186,18 @@ export class InternalError extends AppError {
   readonly title = 'Internal server error';
 }
 
-/** Whether a path gets OpenAI's error shape. */
-export function isOpenAIPath(path: string): boolean {
-  return path === '/v1' || path.startsWith('/v1/') || path.startsWith('/v1?');
-}
-
 /**
- * Writes `err` as the response. Errors that are not `AppError`s become a generic 500 (or, for
- * errors raised by body parsing, the matching 4xx) without leaking their message.
+ * Writes `err` as the response in `shape`. Errors that are not `AppError`s become a generic 500
+ * (or, for errors raised by body parsing, the matching 4xx) without leaking their message.
  */
-export function sendError(res: ServerResponse, path: string, err: unknown): void {
+export function sendError(res: ServerResponse, shape: ErrorShape, err: unknown): void {
   const appError = toAppError(err);
   if (res.headersSent) {
     // Too late for a status: end the response so the client sees it cut short.
     res.destroy();
     return;
   }
-  const body = JSON.stringify(isOpenAIPath(path) ? appError.openAIBody() : appError.adminBody());
+  const body = JSON.stringify(shape === 'openai' ? appError.openAIBody() : shape === 'anthropic' ? appError.anthropicBody() : appError.adminBody());
   for (const [name, value] of Object.entries(appError.headers)) res.setHeader(name, value);
   res.statusCode = appError.status;
   res.setHeader('Content-Type', 'application/json; charset=utf-8');

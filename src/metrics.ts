@@ -7,10 +7,10 @@ import client from 'prom-client';
 
 export interface Metrics {
   readonly registry: client.Registry;
-  readonly httpRequests: client.Counter<'route' | 'method' | 'status'>;
-  readonly httpDuration: client.Histogram<'route'>;
+  readonly httpRequests: client.Counter<'api' | 'route' | 'method' | 'status'>;
+  readonly httpDuration: client.Histogram<'api' | 'route'>;
   readonly upstreamDuration: client.Histogram<'outcome'>;
-  readonly overhead: client.Histogram<'route'>;
+  readonly overhead: client.Histogram<'api' | 'route'>;
   readonly upstreamErrors: client.Counter<'reason'>;
   readonly rateLimited: client.Counter<'endpoint'>;
   readonly rateLimitStoreErrors: client.Counter<'endpoint'>;
@@ -29,14 +29,14 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     registry,
     httpRequests: new client.Counter({
       name: 'proxy_http_requests_total',
-      help: 'Requests served, by route label, method and status code',
-      labelNames: ['route', 'method', 'status'],
+      help: 'Requests served, by API (openai, anthropic, or proxy for its own routes), route label, method and status code',
+      labelNames: ['api', 'route', 'method', 'status'],
       registers,
     }),
     httpDuration: new client.Histogram({
       name: 'proxy_http_request_duration_seconds',
-      help: 'Time from request arrival to response end, by route label',
-      labelNames: ['route'],
+      help: 'Time from request arrival to response end, by API and route label',
+      labelNames: ['api', 'route'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
       registers,
     }),
@@ -50,7 +50,7 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     overhead: new client.Histogram({
       name: 'proxy_overhead_seconds',
       help: 'Time the proxy spent on a /v1 request before it left for the upstream (auth, limits, memory search, injection), as in X-Mem0-Overhead-Ms',
-      labelNames: ['route'],
+      labelNames: ['api', 'route'],
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     }),

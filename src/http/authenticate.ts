@@ -1,7 +1,9 @@
 /**
  * Authentication: who is calling.
  *
- * With `AUTH_TOKEN` set every endpoint requires `Authorization: Bearer <token>`; the comparison
+ * With `AUTH_TOKEN` set every endpoint requires the proxy key, as `Authorization: Bearer <key>`
+ * (OpenAI's clients) or `x-api-key: <key>` (Anthropic's, Claude Code); when both are sent, either
+ * may carry it. The comparison
  * hashes both sides and compares the digests in constant time, so neither the token's content nor
  * its length leaks through timing. Without it the proxy is in development mode: callers are
  * anonymous and keyed by their socket address (never by `X-Forwarded-For` unless `TRUST_PROXY`).
@@ -52,6 +54,17 @@ function bearer(header: string | undefined): string | undefined {
   return match?.[1];
 }
 
+/** The credentials a request presents, in the order they are tried. */
+function credentials(req: IncomingMessage): string[] {
+  const found: string[] = [];
+  const fromBearer = bearer(req.headers.authorization);
+  if (fromBearer !== undefined) found.push(fromBearer);
+  const raw = req.headers['x-api-key'];
+  const apiKey = (Array.isArray(raw) ? raw[0] : raw)?.trim();
+  if (apiKey) found.push(apiKey);
+  return found;
+}
+
 export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean): Handler {
   return (req, _res, next) => {
     if (!auth.required) {
@@ -59,14 +72,16 @@ export function authenticate(auth: Authenticator, logger: Logger, trustProxy: bo
       next();
       return;
     }
-    const header = req.headers.authorization;
-    if (!header) {
+    if (!req.headers.authorization && !req.headers['x-api-key']) {
       logger.warn('No authorization header provided', { request_id: req.id, path: pathOf(req) });
       next(new UnauthorizedError('No authorization header provided'));
       return;
     }
-    const credential = bearer(header);
-    const caller = credential === undefined ? undefined : auth.identify(credential);
+    let caller: Caller | undefined;
+    for (const credential of credentials(req)) {
+      caller = auth.identify(credential);
+      if (caller) break;
+    }
     if (!caller) {
       logger.warn('Invalid authorization token provided', { request_id: req.id, path: pathOf(req) });
       next(new UnauthorizedError('Invalid authorization token provided'));

@@ -3,6 +3,7 @@
  * the route label used in logs and metrics.
  */
 import type { RateLimitedEndpoint } from '../config';
+import type { Api } from '../proxy/api';
 
 export interface Caller {
   /** Stable id for logs and rate-limit keys: `token`, a registry key id, or `ip:<address>` in development mode. */
@@ -29,5 +30,7 @@ declare module 'node:http' {
     caller?: Caller;
     /** Route label for logs and metrics, set by the route that handles the request. */
     routeLabel?: string;
+    /** The API a `/v1/*` request speaks (its error shape, its upstream); unset on the proxy's own routes. */
+    api?: Api;
   }
 }

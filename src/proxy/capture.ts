@@ -12,15 +12,20 @@
  *   ended cleanly (its terminating chunk arrived; 'end' is never emitted on an aborted
  *   response). Some OpenAI-compatible servers omit [DONE]; a cut connection never passes this.
  * - Responses SSE: a `response.completed` event (not `response.incomplete`/`failed`/`error`).
- * - JSON: the whole body arrived and parses (Responses: `status` is `completed` when present).
+ * - Anthropic Messages SSE: a `message_stop` event (never after an `error` event); the reply
+ *   carries the `stop_reason` from `message_delta`, and only text blocks count (not thinking,
+ *   not tool inputs).
+ * - JSON: the whole body arrived and parses (Responses: `status` is `completed` when present;
+ *   Messages: a `message` object).
  * Anything malformed, an `error` event, a non-2xx status or an unknown content type gives
  * undefined; nothing here throws into the caller's stream.
  */
 import type { IncomingMessage } from 'node:http';
 import { StringDecoder } from 'node:string_decoder';
 import zlib from 'node:zlib';
+import type { ForwardOptions } from './upstream';
 
-export type ReplyKind = 'chat' | 'responses';
+export type ReplyKind = 'chat' | 'responses' | 'messages';
 
 export interface CapturedReply {
   /** The assistant's text (choice 0 for chat), possibly cut at the capture limit. */
@@ -29,6 +34,8 @@ export interface CapturedReply {
   toolCallsOnly: boolean;
   /** The model the upstream says answered, when it says. */
   model?: string;
+  /** Anthropic's `stop_reason` (`end_turn`, `tool_use`, `max_tokens`, …), when it says. */
+  stopReason?: string;
 }
 
 export interface ReplyCapture {
@@ -84,6 +91,7 @@ interface ParseState {
   complete: boolean;
   toolCalls: boolean;
   model: string | undefined;
+  stopReason: string | undefined;
 }
 
 /** Turns SSE lines into events (WHATWG rules: LF, CRLF or CR endings, `:` comments, multi-line data). */
@@ -236,7 +244,18 @@ function parseJsonBody(kind: ReplyKind, body: string, state: ParseState, sink: T
     return;
   }
   if (typeof parsed['model'] === 'string') state.model = parsed['model'];
-  if (kind === 'chat') {
+  if (kind === 'messages') {
+    if (parsed['type'] !== 'message' || !Array.isArray(parsed['content'])) {
+      state.failed = true;
+      return;
+    }
+    for (const block of parsed['content']) {
+      if (!isObject(block)) continue;
+      if (block['type'] === 'text' && typeof block['text'] === 'string') addTextBlock(sink, block['text']);
+      else if (block['type'] === 'tool_use' || block['type'] === 'server_tool_use') state.toolCalls = true;
+    }
+    if (typeof parsed['stop_reason'] === 'string') state.stopReason = parsed['stop_reason'];
+  } else if (kind === 'chat') {
     const choices = parsed['choices'];
     const choice = Array.isArray(choices) ? firstChoice(choices) : undefined;
     const message = choice?.['message'];
@@ -344,6 +363,83 @@ function responsesEvent(eventName: string, data: string, state: ParseState, sink
   }
 }
 
+/** Several text blocks of one Anthropic reply are kept apart by a blank line. */
+function addTextBlock(sink: TextSink, text: string): void {
+  if (text === '') return;
+  if (sink.text !== '') sink.add('\n\n');
+  sink.add(text);
+}
+
+/** Per-stream state of an Anthropic Messages SSE reply. */
+interface MessagesStream {
+  /** Block type by content block index. */
+  blocks: Map<number, string>;
+  /** Whether the current text block has added text yet (for the separator between blocks). */
+  textStarted: boolean;
+}
+
+/** Handles one Anthropic Messages SSE event (its `type` field, else the `event:` name). */
+function messagesEvent(eventName: string, data: string, state: ParseState, sink: TextSink, stream: MessagesStream): void {
+  if (state.complete) return;
+  let payload: unknown;
+  try {
+    payload = JSON.parse(data);
+  } catch {
+    state.failed = true;
+    return;
+  }
+  if (!isObject(payload)) {
+    state.failed = true;
+    return;
+  }
+  const type = typeof payload['type'] === 'string' ? payload['type'] : eventName;
+  switch (type) {
+    case 'message_start': {
+      const message = payload['message'];
+      if (isObject(message) && typeof message['model'] === 'string') state.model = message['model'];
+      return;
+    }
+    case 'content_block_start': {
+      const block = payload['content_block'];
+      const index = typeof payload['index'] === 'number' ? payload['index'] : -1;
+      const blockType = isObject(block) && typeof block['type'] === 'string' ? block['type'] : '';
+      stream.blocks.set(index, blockType);
+      stream.textStarted = false;
+      if (blockType === 'tool_use' || blockType === 'server_tool_use') state.toolCalls = true;
+      if (blockType === 'text' && isObject(block) && typeof block['text'] === 'string' && block['text'] !== '') {
+        addTextBlock(sink, block['text']);
+        stream.textStarted = true;
+      }
+      return;
+    }
+    case 'content_block_delta': {
+      const delta = payload['delta'];
+      const index = typeof payload['index'] === 'number' ? payload['index'] : -1;
+      if (!isObject(delta) || delta['type'] !== 'text_delta' || stream.blocks.get(index) !== 'text') return;
+      const text = delta['text'];
+      if (typeof text !== 'string' || text === '') return;
+      if (!stream.textStarted) {
+        addTextBlock(sink, text);
+        stream.textStarted = true;
+      } else sink.add(text);
+      return;
+    }
+    case 'message_delta': {
+      const delta = payload['delta'];
+      if (isObject(delta) && typeof delta['stop_reason'] === 'string') state.stopReason = delta['stop_reason'];
+      return;
+    }
+    case 'message_stop':
+      state.complete = true;
+      return;
+    case 'error':
+      state.failed = true;
+      return;
+    default:
+      return;
+  }
+}
+
 function contentType(res: IncomingMessage): 'json' | 'sse' | undefined {
   const raw = res.headers['content-type'];
   const value = (Array.isArray(raw) ? raw[0] : raw)?.split(';')[0]?.trim().toLowerCase();
@@ -378,9 +474,10 @@ export function createReplyCapture(kind: ReplyKind, upstreamRes: IncomingMessage
   if (status < 200 || status >= 300 || type === undefined) return NEVER;
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
   const sink = new TextSink(options.maxTextChars ?? DEFAULT_MAX_TEXT);
-  const state: ParseState = { failed: false, complete: false, toolCalls: false, model: undefined };
+  const state: ParseState = { failed: false, complete: false, toolCalls: false, model: undefined, stopReason: undefined };
   const chatFinish = { choice0: false, done: false };
   const seenDelta = { text: false };
+  const messagesStream: MessagesStream = { blocks: new Map(), textStarted: false };
   let ended = false;
 
   const rawCoding = upstreamRes.headers['content-encoding'];
@@ -396,7 +493,8 @@ export function createReplyCapture(kind: ReplyKind, upstreamRes: IncomingMessage
     maxBody,
     (event, data) => {
       if (kind === 'chat') chatEvent(data, state, sink, chatFinish);
-      else responsesEvent(event, data, state, sink, seenDelta);
+      else if (kind === 'responses') responsesEvent(event, data, state, sink, seenDelta);
+      else messagesEvent(event, data, state, sink, messagesStream);
     },
     () => {
       state.failed = true;
@@ -467,15 +565,37 @@ export function createReplyCapture(kind: ReplyKind, upstreamRes: IncomingMessage
         if (ended) finalize();
         else if (whole) return undefined;
         if (state.failed) return undefined;
-        const complete = type === 'json' || kind === 'responses' ? state.complete : chatFinish.done || (chatFinish.choice0 && ended);
+        const complete = type === 'json' || kind !== 'chat' ? state.complete : chatFinish.done || (chatFinish.choice0 && ended);
         if (!complete) return undefined;
         const text = sink.text;
         const reply: CapturedReply = { text, toolCallsOnly: text.trim() === '' && state.toolCalls };
         if (state.model !== undefined) reply.model = state.model;
+        if (state.stopReason !== undefined) reply.stopReason = state.stopReason;
         return reply;
       } catch {
         return undefined;
       }
+    },
+  };
+}
+
+/**
+ * Forwarding hooks that tap the reply and hand it to `onReply` once the exchange ended: only a
+ * completed 2xx response whose reply could be captured whole (aborted, failed or truncated ones
+ * never are).
+ */
+export function tapReply(kind: ReplyKind, onReply: (reply: CapturedReply) => void): Required<Pick<ForwardOptions, 'onResponse' | 'onEnd'>> {
+  let capture: ReplyCapture | undefined;
+  let status = 0;
+  return {
+    onResponse: (upstreamRes) => {
+      status = upstreamRes.statusCode ?? 0;
+      capture = createReplyCapture(kind, upstreamRes);
+    },
+    onEnd: (completed) => {
+      if (!completed || status < 200 || status >= 300) return;
+      const reply = capture?.result();
+      if (reply) onReply(reply);
     },
   };
 }

@@ -3,9 +3,10 @@
  *
  * Requests stream through (or carry a body the chat route rewrote); responses, streamed ones
  * included, are piped back chunk by chunk as they arrive. This module owns what crosses the
- * boundary: which headers leave (no hop-by-hop, no `X-Mem0-*`, the right credentials), the
- * response deadline (504), unreachable upstreams (502), and aborting the upstream request when the
- * client goes away.
+ * boundary: which headers leave (no hop-by-hop, no `X-Mem0-*`, never the caller's credential
+ * unless in development mode with no key of our own, the proxy's key in the header its API reads),
+ * the response deadline (504), unreachable upstreams (502), and aborting the upstream request when
+ * the client goes away. One instance per API (OpenAI's, Anthropic's).
  *
  * Why not http-proxy (which the first version used): on this path it cost about 0.3 ms of CPU per
  * request more than this module (README, "Benchmarks"), its last release is from 2020, it relies
@@ -16,25 +17,38 @@
 import http from 'node:http';
 import https from 'node:https';
 import { Transform, type TransformCallback } from 'node:stream';
-import { BadGatewayError, GatewayTimeoutError, PayloadTooLargeError, sendError } from '../errors';
+import { BadGatewayError, GatewayTimeoutError, PayloadTooLargeError, ServiceUnavailableError, sendError } from '../errors';
 import type { Logger } from '../logger';
 import type { Next } from '../http/pipeline';
 import type { Metrics } from '../metrics';
+import type { Api } from './api';
 import { resolveUpstreamPath } from './target';
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which only makes sense on one connection. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'];
 /** Headers describing the client's connection to us; the upstream learns nothing about callers. */
 const CLIENT_ONLY = ['host', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded'];
+/** Where callers put credentials (OpenAI, Anthropic, Azure OpenAI): never forwarded as they came. */
+const CREDENTIALS = ['authorization', 'x-api-key', 'api-key'];
 
 export interface UpstreamOptions {
+  /** The API this upstream speaks: how the key is sent, and the error shape of refusals. */
+  api: Api;
   baseUrl: string;
   timeoutMs: number;
   maxBodyBytes: number;
-  /** Sent upstream as `Authorization: Bearer …` when set. */
+  /** The proxy's own key, sent as `Authorization: Bearer …` (OpenAI) or `x-api-key` (Anthropic). */
   apiKey: string | undefined;
-  /** Forward the caller's own `Authorization` when there is no `apiKey` (development mode only). */
-  forwardCallerAuthorization: boolean;
+  /**
+   * With no `apiKey`: forward the caller's own credential (development mode only; OpenAI's
+   * `Authorization`, Anthropic's `x-api-key` or `Authorization`).
+   */
+  forwardCallerCredential: boolean;
+  /**
+   * With no `apiKey` and no caller credential to forward: refuse with 503 and this message
+   * instead of sending the upstream a request it can only refuse. Unset: forward without one.
+   */
+  missingKeyMessage?: string | undefined;
   logger: Logger;
   metrics: Metrics;
 }
@@ -99,7 +113,11 @@ export class Upstream {
       next(err);
       return;
     }
-    const { logger, metrics, timeoutMs, maxBodyBytes } = this.options;
+    const { logger, metrics, timeoutMs, maxBodyBytes, api } = this.options;
+    if (this.options.apiKey === undefined && !this.options.forwardCallerCredential && this.options.missingKeyMessage !== undefined) {
+      next(new ServiceUnavailableError(this.options.missingKeyMessage));
+      return;
+    }
     if (res.closed || res.destroyed) {
       // The client left while an earlier step (memory recall, a shared rate-limit store) ran:
       // nothing to send upstream, and the close event this module listens for has been and gone.
@@ -147,9 +165,9 @@ export class Upstream {
       upstreamReq.destroy();
       finish(false);
       if (res.headersSent) res.destroy();
-      else if (reason === 'body_too_large') sendError(res, req.url ?? '', err);
-      else if (reason === 'timeout') sendError(res, req.url ?? '', new GatewayTimeoutError('The upstream did not answer in time'));
-      else sendError(res, req.url ?? '', new BadGatewayError('The upstream could not be reached'));
+      else if (reason === 'body_too_large') sendError(res, api, err);
+      else if (reason === 'timeout') sendError(res, api, new GatewayTimeoutError('The upstream did not answer in time'));
+      else sendError(res, api, new BadGatewayError('The upstream could not be reached'));
     };
 
     // One timer: a deadline for the response headers, then an idle deadline while the body
@@ -215,15 +233,26 @@ export class Upstream {
     }
   }
 
-  /** The headers sent upstream: the caller's, minus hop-by-hop, client-only and `X-Mem0-*`, with the right credentials. */
+  /**
+   * The headers sent upstream: the caller's, minus hop-by-hop, client-only, `X-Mem0-*` and
+   * credential headers, plus the proxy's key (or, in development mode without one, the caller's).
+   */
   private outgoingHeaders(req: http.IncomingMessage, body: Buffer | undefined): http.OutgoingHttpHeaders {
     const headers: http.OutgoingHttpHeaders = { ...req.headers };
     stripHopByHop(headers, req.headers.connection);
     for (const name of CLIENT_ONLY) delete headers[name];
+    for (const name of CREDENTIALS) delete headers[name];
     for (const name of Object.keys(headers)) if (name.startsWith('x-mem0-')) delete headers[name];
     headers.host = this.target.host;
-    if (this.options.apiKey !== undefined) headers.authorization = `Bearer ${this.options.apiKey}`;
-    else if (!this.options.forwardCallerAuthorization) delete headers.authorization;
+    const { api, apiKey, forwardCallerCredential } = this.options;
+    if (apiKey !== undefined) {
+      if (api === 'anthropic') headers['x-api-key'] = apiKey;
+      else headers.authorization = `Bearer ${apiKey}`;
+    } else if (forwardCallerCredential) {
+      if (req.headers.authorization !== undefined) headers.authorization = req.headers.authorization;
+      const callerKey = req.headers['x-api-key'];
+      if (api === 'anthropic' && callerKey !== undefined) headers['x-api-key'] = callerKey;
+    }
     if (body) {
       headers['content-length'] = String(body.length);
       delete headers['content-encoding'];
@@ -244,7 +273,7 @@ export function setOverheadHeader(req: http.IncomingMessage, res: http.ServerRes
   if (res.headersSent || res.hasHeader('x-mem0-overhead-ms')) return;
   const seconds = Number(now - req.receivedAt) / 1e9;
   res.setHeader('X-Mem0-Overhead-Ms', (seconds * 1000).toFixed(2));
-  metrics.overhead.observe({ route: req.routeLabel ?? 'unmatched' }, seconds);
+  metrics.overhead.observe({ api: req.api ?? 'proxy', route: req.routeLabel ?? 'unmatched' }, seconds);
 }
 
 /** The upstream's response headers as the client gets them. */

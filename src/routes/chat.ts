@@ -15,7 +15,7 @@ import type { InjectionPlacement } from '../config';
 import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
-import { createReplyCapture, type ReplyCapture } from '../proxy/capture';
+import { tapReply } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
 
 /** Parses a chat body; anything but a JSON object is the caller's mistake (400). */
@@ -69,27 +69,19 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     }
     res.setHeader('X-Mem0-Memories', String(injected));
 
-    const forwardOptions: ForwardOptions = { body: forwardBody };
+    let forwardOptions: ForwardOptions = { body: forwardBody };
     if (scope !== undefined && userText !== undefined && writes(mode)) {
-      let capture: ReplyCapture | undefined;
-      let status = 0;
-      forwardOptions.onResponse = (upstreamRes) => {
-        status = upstreamRes.statusCode ?? 0;
-        capture = createReplyCapture(kind, upstreamRes);
-      };
-      forwardOptions.onEnd = (completed) => {
-        // Only a completed 2xx exchange is saved: aborted, failed or truncated ones are not.
-        if (!completed || status < 200 || status >= 300) return;
-        const reply = capture?.result();
-        if (!reply) return;
+      const source = kind === 'chat' ? 'chat.completions' : 'responses';
+      const save = tapReply(kind, (reply) =>
         chatMemory.remember({
           id: `${caller.id}:${req.id}`,
           scope,
           userText,
           reply,
-          metadata: { source: kind === 'chat' ? 'chat.completions' : 'responses', model: reply.model ?? body['model'], request_id: req.id },
-        });
-      };
+          metadata: { source, model: reply.model ?? body['model'], request_id: req.id },
+        }),
+      );
+      forwardOptions = { ...forwardOptions, ...save };
     }
     upstream.forward(req, res, next, forwardOptions);
   };

@@ -56,8 +56,8 @@ describe('with AUTH_TOKEN and no memory engine', () => {
     await request(t.app).get('/health').expect(401);
     const res = await request(t.app).get('/metrics').set('Authorization', auth).expect(200);
     expect(res.headers['content-type']).toContain('text/plain');
-    expect(res.text).toMatch(/proxy_http_requests_total\{route="\/health",method="GET",status="401"\} \d+/);
-    expect(res.text).toMatch(/proxy_http_requests_total\{route="\/search",method="POST",status="503"\} \d+/);
+    expect(res.text).toMatch(/proxy_http_requests_total\{api="proxy",route="\/health",method="GET",status="401"\} \d+/);
+    expect(res.text).toMatch(/proxy_http_requests_total\{api="proxy",route="\/search",method="POST",status="503"\} \d+/);
     expect(res.text).toContain('proxy_memory_service_available 0');
     expect(res.text).toContain('proxy_http_request_duration_seconds_bucket');
   });
@@ -94,7 +94,7 @@ describe('rate limits', () => {
     await request(t.app).post('/list').set('Authorization', auth).send({ user_id: 'u' }).expect(503);
     const metrics = await request(t.app).get('/metrics').set('Authorization', auth);
     expect(metrics.text).toMatch(/proxy_rate_limited_total\{endpoint="search"\} 1/);
-    expect(metrics.text).toMatch(/proxy_http_requests_total\{route="\/search",method="POST",status="429"\} 1/);
+    expect(metrics.text).toMatch(/proxy_http_requests_total\{api="proxy",route="\/search",method="POST",status="429"\} 1/);
   });
 
   it('raises RateLimitError in the OpenAI SDK past RATE_LIMIT_V1', async () => {

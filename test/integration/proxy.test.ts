@@ -116,6 +116,21 @@ describe('forwarding', () => {
     expect(JSON.stringify(fake.requests)).not.toContain(TEST_AUTH_TOKEN);
   });
 
+  it("accepts the proxy key as x-api-key too, and never forwards a caller's x-api-key or api-key header", async () => {
+    const res = await rawRequest({ method: 'GET', path: '/v1/models', headers: { 'x-api-key': TEST_AUTH_TOKEN, 'api-key': 'caller-azure-key' } });
+    expect(res.status).toBe(200);
+    const bearerToo = await rawRequest({ method: 'GET', path: '/v1/models', headers: { ...authHeaders, 'x-api-key': 'caller-other-key', 'api-key': 'caller-azure-key' } });
+    expect(bearerToo.status).toBe(200);
+    const seen = fake.requestsTo('/v1/models');
+    expect(seen).toHaveLength(2);
+    for (const request of seen) {
+      expect(request.headers.authorization).toBe(`Bearer ${TEST_OPENAI_KEY}`);
+      expect(request.headers['x-api-key']).toBeUndefined();
+      expect(request.headers['api-key']).toBeUndefined();
+    }
+    expect(JSON.stringify(fake.requests)).not.toMatch(new RegExp(`${TEST_AUTH_TOKEN}|caller-azure-key|caller-other-key`));
+  });
+
   it('keeps the query string and drops hop-by-hop and X-Mem0-* headers', async () => {
     const res = await rawRequest({
       method: 'GET',
@@ -159,8 +174,8 @@ describe('forwarding', () => {
     expect(refused.status).toBe(401);
     expect(overheadOf(refused.headers)).toBeGreaterThanOrEqual(0);
     const metrics = await rawRequest({ method: 'GET', path: '/metrics', headers: authHeaders });
-    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{route="\/v1\/models"\} [1-9]/);
-    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{route="\/v1\/chat\/completions"\} [1-9]/);
+    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{api="openai",route="\/v1\/models"\} [1-9]/);
+    expect(metrics.body).toMatch(/proxy_overhead_seconds_count\{api="openai",route="\/v1\/chat\/completions"\} [1-9]/);
   });
 
   it('passes upstream errors through unchanged: a 500 raises InternalServerError', async () => {

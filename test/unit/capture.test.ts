@@ -286,3 +286,58 @@ describe('on a real upstream response', () => {
     expect(reply).toBeUndefined();
   });
 });
+
+describe('Anthropic Messages replies', () => {
+  const event = (name: string, data: unknown): string => `event: ${name}\ndata: ${JSON.stringify(data)}\n\n`;
+  /** A Messages stream with a thinking block, two text blocks around a tool_use, and `stopReason`. */
+  const stream = (stopReason: string, extra: string[] = []): Buffer =>
+    Buffer.from(
+      [
+        event('message_start', { type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-x', content: [], stop_reason: null, usage: {} } }),
+        event('ping', { type: 'ping' }),
+        event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '' } }),
+        event('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: 'secret reasoning' } }),
+        event('content_block_stop', { type: 'content_block_stop', index: 0 }),
+        event('content_block_start', { type: 'content_block_start', index: 1, content_block: { type: 'text', text: '' } }),
+        event('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: 'Grüße ' } }),
+        event('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: '😀 done' } }),
+        event('content_block_stop', { type: 'content_block_stop', index: 1 }),
+        event('content_block_start', { type: 'content_block_start', index: 2, content_block: { type: 'tool_use', id: 't', name: 'Bash', input: {} } }),
+        event('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: '{"command":"ls"}' } }),
+        event('content_block_stop', { type: 'content_block_stop', index: 2 }),
+        event('content_block_start', { type: 'content_block_start', index: 3, content_block: { type: 'text', text: '' } }),
+        event('content_block_delta', { type: 'content_block_delta', index: 3, delta: { type: 'text_delta', text: 'Second block.' } }),
+        event('content_block_stop', { type: 'content_block_stop', index: 3 }),
+        ...extra,
+        event('message_delta', { type: 'message_delta', delta: { stop_reason: stopReason, stop_sequence: null }, usage: { output_tokens: 9 } }),
+        event('message_stop', { type: 'message_stop' }),
+      ].join(''),
+    );
+
+  it('keeps the text blocks only (no thinking, no tool input), with the model and stop_reason, at any chunking', async () => {
+    const body = stream('end_turn');
+    for (const at of [1, 17, Math.floor(body.length / 2), body.length - 3]) {
+      const reply = await feed('messages', splitAt(body, at));
+      expect(reply).toEqual({ text: 'Grüße 😀 done\n\nSecond block.', toolCallsOnly: false, model: 'claude-x', stopReason: 'end_turn' });
+    }
+    expect((await feed('messages', [stream('tool_use')]))?.stopReason).toBe('tool_use');
+  });
+
+  it('gives nothing for an error event, a stream without message_stop, or a cut connection', async () => {
+    const withError = event('error', { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } });
+    expect(await feed('messages', [stream('end_turn', [withError])])).toBeUndefined();
+    const body = stream('end_turn');
+    const withoutStop = body.subarray(0, body.indexOf('event: message_stop'));
+    expect(await feed('messages', [withoutStop])).toBeUndefined();
+    expect(await feed('messages', [body.subarray(0, 300)], { cut: true })).toBeUndefined();
+  });
+
+  it('reads a whole message object, and refuses an error object', async () => {
+    const message = { id: 'msg', type: 'message', role: 'assistant', model: 'claude-y', content: [{ type: 'thinking', thinking: 'no' }, { type: 'text', text: 'Hello' }], stop_reason: 'end_turn' };
+    expect(await feed('messages', [Buffer.from(JSON.stringify(message))], { contentType: 'application/json' })).toEqual({ text: 'Hello', toolCallsOnly: false, model: 'claude-y', stopReason: 'end_turn' });
+    const toolOnly = { ...message, content: [{ type: 'tool_use', id: 't', name: 'x', input: {} }], stop_reason: 'tool_use' };
+    expect((await feed('messages', [Buffer.from(JSON.stringify(toolOnly))], { contentType: 'application/json' }))?.toolCallsOnly).toBe(true);
+    const error = { type: 'error', error: { type: 'api_error', message: 'x' } };
+    expect(await feed('messages', [Buffer.from(JSON.stringify(error))], { contentType: 'application/json' })).toBeUndefined();
+  });
+});

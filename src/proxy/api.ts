@@ -1,0 +1,19 @@
+/**
+ * Which API a `/v1/*` request speaks: OpenAI's (the default) or Anthropic's.
+ *
+ * Anthropic's own paths (`/v1/messages` and everything under it, the legacy `/v1/complete`) are
+ * Anthropic's whatever the headers say. On paths both APIs have (`/v1/models`, `/v1/files`,
+ * `/v1/batches`, …) the `anthropic-version` header decides: every Anthropic client sends it on
+ * every request (the API refuses requests without it) and no OpenAI client sends it.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+
+export type Api = 'openai' | 'anthropic';
+
+export function isAnthropicPath(path: string): boolean {
+  return path === '/v1/messages' || path.startsWith('/v1/messages/') || path === '/v1/complete';
+}
+
+export function apiOf(path: string, headers: IncomingHttpHeaders): Api {
+  return isAnthropicPath(path) || headers['anthropic-version'] !== undefined ? 'anthropic' : 'openai';
+}

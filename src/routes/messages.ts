@@ -1,0 +1,77 @@
+/**
+ * `POST /v1/messages` (Anthropic's Messages API, Claude Code): the memory-augmented Anthropic route.
+ *
+ * The same steps as the OpenAI chat route, with Anthropic's rules: the memory user is the bound
+ * caller's, else `X-Mem0-User-Id`, else `default` (never `metadata.user_id`); the search text is the
+ * user's prompt, found through tool-loop turns; the block is spliced in after the request's last
+ * block so every cached prefix stays byte-identical; and an exchange is saved once per turn, when
+ * the reply ends it (`stop_reason: end_turn`), with the session in its metadata.
+ */
+import { chatScope } from '../http/identity';
+import type { Handler } from '../http/pipeline';
+import { readBody } from '../http/read-body';
+import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { buildMemoryBlock } from '../memory/injection';
+import { appendMemoryBlock, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
+import { tapReply } from '../proxy/capture';
+import type { ForwardOptions, Upstream } from '../proxy/upstream';
+import { parseChatBody } from './chat';
+
+export interface MessagesRouteOptions {
+  upstream: Upstream;
+  chatMemory: ChatMemory;
+  maxBodyBytes: number;
+  maxBlockChars: number;
+}
+
+export function messagesRoute(options: MessagesRouteOptions): Handler {
+  const { upstream, chatMemory, maxBodyBytes } = options;
+  return async (req, res, next) => {
+    const raw = await readBody(req, maxBodyBytes);
+    const body = parseChatBody(raw);
+    const mode = parseMemoryMode(req.headers['x-mem0-memory']);
+    const caller = req.caller;
+    if (!caller) throw new Error('authenticate must run before the messages route');
+    // Checked even with memory off: a bound caller may not name another user.
+    const scope = chatScope(caller, req.headers, undefined);
+    const prompt = chatMemory.enabled && scope !== undefined ? messagesPromptText(body) : undefined;
+
+    let forwardBody = raw;
+    let injected = 0;
+    if (scope !== undefined && prompt !== undefined && reads(mode)) {
+      const memories = await chatMemory.recall(scope, prompt, req.id);
+      const block = buildMemoryBlock(memories, options.maxBlockChars);
+      const spliced = block && appendMemoryBlock(raw, body, block.text);
+      if (block && spliced) {
+        forwardBody = spliced;
+        injected = block.count;
+      }
+      chatMemory.injected(injected);
+    }
+    res.setHeader('X-Mem0-Memories', String(injected));
+
+    let forwardOptions: ForwardOptions = { body: forwardBody };
+    if (scope !== undefined && prompt !== undefined && writes(mode)) {
+      const sessionId = messagesSessionId(req.headers, body);
+      const save = tapReply('messages', (reply) => {
+        // Tool-loop steps (`tool_use`), cut-off replies (`max_tokens`) and pauses are not the end
+        // of a turn: the turn is saved once, from the request whose reply ends it.
+        if (reply.stopReason !== 'end_turn') return;
+        chatMemory.remember({
+          id: `${caller.id}:${req.id}`,
+          scope,
+          userText: prompt,
+          reply,
+          metadata: {
+            source: 'messages',
+            model: reply.model ?? body['model'],
+            request_id: req.id,
+            ...(sessionId === undefined ? {} : { session_id: sessionId }),
+          },
+        });
+      });
+      forwardOptions = { ...forwardOptions, ...save };
+    }
+    upstream.forward(req, res, next, forwardOptions);
+  };
+}
