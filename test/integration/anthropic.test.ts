@@ -8,19 +8,25 @@
  * with every cached prefix byte-identical (and the fake's prompt cache hitting as it does without
  * the proxy), one save per turn at `end_turn`, nothing saved on aborts or stream errors.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
 import request from 'supertest';
-import type { MemoryItem } from '../../src/memory/types';
+import { loadConfig } from '../../src/config';
+import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { writeKeysFile } from '../../src/keys/file';
+import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
+import { createMemoryService } from '../../src/memory/factory';
+import type { MemoryItem, MemoryService } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
-import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
-import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
-import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
+import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
+import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
 
 /**
  * The SDK, without its default credential chain (it would read a developer's own profile from
@@ -59,11 +65,12 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-function startProxy(env: Record<string, string> = {}): Promise<MemoryProxy> {
+function startProxy(env: Record<string, string> = {}, wrap?: (memory: MemoryService) => MemoryService): Promise<MemoryProxy> {
   return startMemoryProxy({
     upstreamUrl: openai.url,
     dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
     env: { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY, ...env },
+    ...(wrap ? { wrap } : {}),
   });
 }
 
@@ -490,5 +497,81 @@ describe('keys for the Anthropic upstream', () => {
     const res = await send(served.url, 'POST', '/v1/messages', { 'x-api-key': TEST_AUTH_TOKEN, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, Buffer.from('{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'));
     expect(res.status).toBe(502);
     expect(JSON.parse(res.text)).toEqual({ type: 'error', error: { type: 'api_error', message: 'The upstream could not be reached' } });
+  });
+});
+
+describe('memory failing open', () => {
+  it('forwards the request as sent, with X-Mem0-Memories: 0, when the memory search fails', async () => {
+    const p = await startProxy({}, (real) =>
+      Object.assign(Object.create(real) as MemoryService, {
+        search: () => Promise.reject(new Error('engine down')),
+      }),
+    );
+    try {
+      anthropic.reset();
+      const body = escapedBytesOf(firstRequest({ prompt: 'Deploy it with Kubernetes', sessionId: 'sess-down' }));
+      const res = await send(p.served.url, 'POST', '/v1/messages?beta=true', claudeCode('sess-down', 'dana'), body);
+      expect(res.status).toBe(200);
+      expect(res.headers['x-mem0-memories']).toBe('0');
+      expect(Number(res.headers['x-mem0-overhead-ms'])).toBeGreaterThanOrEqual(0);
+      expect(forwardedMessages()[0]?.body.equals(body)).toBe(true);
+      expect(p.app.logs.some((l) => l.includes('memory search failed; answering without memories'))).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+});
+
+describe('a key bound to one user', () => {
+  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
+  runtimeSecrets.push(key);
+  let app: TestApp;
+  let served: Served;
+  beforeAll(async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'keys-'));
+    const keysFile = path.join(dir, 'keys.json');
+    writeKeysFile(keysFile, { keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }] });
+    const env = {
+      UPSTREAM_BASE_URL: openai.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url,
+      ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
+      DATA_DIR: path.join(dir, 'data'),
+      EMBEDDING_DIMS: '64',
+      KEYS_FILE: keysFile,
+      ...GENEROUS_LIMITS,
+    };
+    const registry = KeyRegistry.load({ file: keysFile, logger: captureLogger(loadConfig({ env })).logger });
+    if (!registry) throw new Error('registry missing');
+    app = await buildTestApp(env, {
+      authenticator: combinedAuthenticator(undefined, registry),
+      memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+      queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
+    });
+    served = await serve(app.app);
+  });
+  afterAll(async () => {
+    await served.close();
+    await app.close();
+  });
+
+  it("acts for its own user whatever metadata.user_id says, and may not name another user (403 permission_error)", async () => {
+    anthropic.reset();
+    openai.reset();
+    const client = apiKeyClient(served.url, key);
+    const other = JSON.stringify({ device_id: 'd', account_uuid: '', session_id: 'sess-frank' });
+    await client.messages.create({ model: 'm', max_tokens: 100, metadata: { user_id: other }, messages: [{ role: 'user', content: 'My name is Frank and I use Vim' }] });
+    await waitFor(async () => (app.queue?.depth() === 0 && extractions() === 1 ? true : undefined));
+    const res = await request(app.app).post('/list').set('x-api-key', key).send({}).expect(200);
+    const mine = (res.body as { memories: MemoryItem[] }).memories;
+    expect(mine.length).toBeGreaterThan(0);
+    expect(mine.every((m) => m.user_id === 'frank' && m.metadata?.['session_id'] === 'sess-frank')).toBe(true);
+
+    const refused = await client.messages
+      .create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }, { headers: { 'x-mem0-user-id': 'grace' } })
+      .catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(Anthropic.PermissionDeniedError);
+    expect((refused as InstanceType<typeof Anthropic.APIError>).error).toMatchObject({ type: 'error', error: { type: 'permission_error' } });
+    expect(anthropic.requestsTo('/v1/messages')).toHaveLength(1);
   });
 });
