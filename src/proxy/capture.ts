@@ -310,20 +310,24 @@ function chatEvent(data: string, state: ParseState, sink: TextSink, finish: { ch
   }
 }
 
-/** Handles one Responses SSE event (its `type` field, else the `event:` name). */
-function responsesEvent(eventName: string, data: string, state: ParseState, sink: TextSink, seenDelta: { text: boolean }): void {
-  if (state.complete) return;
+/** An SSE event's JSON object; anything else fails the capture (undefined). */
+function eventPayload(data: string, state: ParseState): Json | undefined {
   let payload: unknown;
   try {
     payload = JSON.parse(data);
   } catch {
-    state.failed = true;
-    return;
+    payload = undefined;
   }
-  if (!isObject(payload)) {
-    state.failed = true;
-    return;
-  }
+  if (isObject(payload)) return payload;
+  state.failed = true;
+  return undefined;
+}
+
+/** Handles one Responses SSE event (its `type` field, else the `event:` name). */
+function responsesEvent(eventName: string, data: string, state: ParseState, sink: TextSink, seenDelta: { text: boolean }): void {
+  if (state.complete) return;
+  const payload = eventPayload(data, state);
+  if (!payload) return;
   const type = typeof payload['type'] === 'string' ? payload['type'] : eventName;
   switch (type) {
     case 'response.output_text.delta':
@@ -381,17 +385,8 @@ interface MessagesStream {
 /** Handles one Anthropic Messages SSE event (its `type` field, else the `event:` name). */
 function messagesEvent(eventName: string, data: string, state: ParseState, sink: TextSink, stream: MessagesStream): void {
   if (state.complete) return;
-  let payload: unknown;
-  try {
-    payload = JSON.parse(data);
-  } catch {
-    state.failed = true;
-    return;
-  }
-  if (!isObject(payload)) {
-    state.failed = true;
-    return;
-  }
+  const payload = eventPayload(data, state);
+  if (!payload) return;
   const type = typeof payload['type'] === 'string' ? payload['type'] : eventName;
   switch (type) {
     case 'message_start': {
