@@ -36,8 +36,17 @@ export interface ChatMemoryOptions {
   timeoutMs: number;
 }
 
+/**
+ * The idempotency key of an exchange: the caller, the memory scope and the request id together,
+ * so one caller's replayed request is saved once while two users' exchanges that happen to carry
+ * the same `X-Request-ID` under one key are both saved.
+ */
+export function exchangeId(callerId: string, scope: MemoryScope, requestId: string): string {
+  return JSON.stringify([callerId, scope.userId, scope.agentId ?? null, scope.runId ?? null, requestId]);
+}
+
 export interface Exchange {
-  /** Idempotency key: the same exchange is saved once. */
+  /** Idempotency key (`exchangeId`): the same exchange is saved once. */
   id: string;
   scope: MemoryScope;
   userText: string;

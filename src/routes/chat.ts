@@ -12,7 +12,7 @@ import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
-import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
 import { tapReply } from '../proxy/capture';
@@ -74,7 +74,7 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
       const source = kind === 'chat' ? 'chat.completions' : 'responses';
       const save = tapReply(kind, (reply) =>
         chatMemory.remember({
-          id: `${caller.id}:${req.id}`,
+          id: exchangeId(caller.id, scope, req.id),
           scope,
           userText,
           reply,

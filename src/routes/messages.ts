@@ -10,7 +10,7 @@
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody } from '../http/read-body';
-import { parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock } from '../memory/injection';
 import { appendMemoryBlock, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
 import { tapReply } from '../proxy/capture';
@@ -58,7 +58,7 @@ export function messagesRoute(options: MessagesRouteOptions): Handler {
         // of a turn: the turn is saved once, from the request whose reply ends it.
         if (reply.stopReason !== 'end_turn') return;
         chatMemory.remember({
-          id: `${caller.id}:${req.id}`,
+          id: exchangeId(caller.id, scope, req.id),
           scope,
           userText: prompt,
           reply,
