@@ -282,7 +282,7 @@ export function removeTempDirLater(dir: string): void {
  * loader, so their RSS and start-up are not inflated by it. Their sources only import node
  * built-ins and each other, so a per-file transpile into a temp tree is enough.
  */
-const CHILD_SOURCES = ['bench/bare-proxy.ts', 'bench/fake-upstream-server.ts', 'test/fakes/openai-upstream.ts'];
+const CHILD_SOURCES = ['bench/bare-proxy.ts', 'bench/fake-upstream-server.ts', 'test/fakes/openai-upstream.ts', 'test/fakes/exchange.ts'];
 let transpiledRoot: string | undefined;
 
 export function transpiledChild(relTsFile: string): string {

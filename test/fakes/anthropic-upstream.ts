@@ -63,8 +63,8 @@
  *     503 ServiceUnavailableError, 529 OverloadedError (core/error.js STATUS_ERROR_CLASSES).
  */
 import * as crypto from 'node:crypto';
-import * as http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type * as http from 'node:http';
+import { Exchange as BaseExchange, RequestLog, ScriptQueue, readBody, recordOf, startFakeHttpServer, type QueuedItem, type RecordedExchange } from './exchange';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -91,28 +91,10 @@ export interface PromptUsage {
   breakpoints: number;
 }
 
-export interface RecordedRequest {
-  /** Sequence number, starting at 1. */
-  seq: number;
-  method: string;
-  /** Path + query exactly as received, e.g. `/v1/messages?beta=true`. */
-  url: string;
-  /** Path without the query. */
-  path: string;
-  headers: http.IncomingHttpHeaders;
-  /** The raw body bytes exactly as received. */
-  body: Buffer;
-  /** Parsed JSON body, or undefined when the body was empty or not JSON. */
-  json: unknown;
-  /** True when the client closed the connection before the response was complete. */
-  aborted: boolean;
-  /** True once the response was fully written. */
-  completed: boolean;
-  /** Status code sent, once headers were sent. */
-  status: number | undefined;
+/** A request as the fake received it (url e.g. `/v1/messages?beta=true`), and how it was answered. */
+export interface RecordedRequest extends RecordedExchange {
   /** Usage reported for a POST /v1/messages that was answered with content. */
   usage: AnthropicUsage | undefined;
-  receivedAt: number;
 }
 
 export type ScriptedReply =
@@ -509,89 +491,29 @@ function errorBody(type: string, message: string, requestId: string): Json {
   return { type: 'error', error: { type, message }, request_id: requestId };
 }
 
-/** Per-request state: close detection, cancellable waits, Anthropic-style writes. */
-class Exchange {
-  closed = false;
-  /** Set when the fake itself destroyed the socket (reset / server close): not a client abort. */
-  serverKilled = false;
+const requestIdOf = (seq: number): string => `req_fake${String(seq).padStart(8, '0')}`;
+
+/** Per-request state (see exchange.ts) with Anthropic's `request-id` header, errors and SSE events. */
+class Exchange extends BaseExchange<RecordedRequest> {
   readonly requestId: string;
-  private readonly closeWaiters: Array<() => void> = [];
 
-  constructor(
-    readonly res: http.ServerResponse,
-    readonly record: RecordedRequest,
-    serverClosing: () => boolean,
-  ) {
-    this.requestId = `req_fake${String(record.seq).padStart(8, '0')}`;
-    res.on('close', () => {
-      this.closed = true;
-      record.completed = res.writableFinished;
-      if (!res.writableFinished && !this.serverKilled && !serverClosing()) record.aborted = true;
-      for (const w of this.closeWaiters.splice(0)) w();
-    });
-  }
-
-  /** Resolves after ms (true), or early (false) when the connection closes. */
-  wait(ms: number): Promise<boolean> {
-    if (this.closed) return Promise.resolve(false);
-    if (ms <= 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(!this.closed), ms);
-      this.closeWaiters.push(() => {
-        clearTimeout(t);
-        resolve(false);
-      });
-    });
-  }
-
-  untilClosed(): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    return new Promise((resolve) => this.closeWaiters.push(resolve));
-  }
-
-  writeHead(status: number, headers: Record<string, string>): void {
-    if (this.closed || this.res.headersSent) return;
-    this.record.status = status;
-    this.res.writeHead(status, { 'request-id': this.requestId, ...headers });
-  }
-
-  sendJson(status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
-    if (this.closed) return;
-    const payload = Buffer.from(JSON.stringify(body));
-    this.writeHead(status, { 'content-type': 'application/json', 'content-length': String(payload.length), ...extraHeaders });
-    this.res.end(payload);
+  constructor(res: http.ServerResponse, record: RecordedRequest, serverClosing: () => boolean) {
+    super(res, record, serverClosing, { 'request-id': requestIdOf(record.seq) });
+    this.requestId = requestIdOf(record.seq);
   }
 
   sendError(status: number, type: string, message: string, headers: Record<string, string> = {}): void {
     this.sendJson(status, errorBody(type, message, this.requestId), headers);
   }
 
-  startStream(): void {
-    this.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
-    this.res.flushHeaders();
-  }
-
   writeEvent(e: SseEvent): void {
     if (!this.closed) this.res.write(`event: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`);
-  }
-
-  /** Flushes what was written, gives the client a moment to read it, then RSTs the socket. */
-  async kill(): Promise<void> {
-    if (this.closed) return;
-    await new Promise<void>((resolve) => {
-      if (this.res.headersSent) this.res.write('', () => resolve());
-      else resolve();
-    });
-    await this.wait(25);
-    if (this.closed) return;
-    this.serverKilled = true;
-    this.res.socket?.resetAndDestroy();
   }
 }
 
 /** Sends the events of a streamed reply, applying pacing and stream faults. */
 async function sendStream(ex: Exchange, events: SseEvent[], script: ScriptedReply | undefined, intervalMs: () => number): Promise<void> {
-  ex.startStream();
+  ex.startSse();
   for (let sent = 0; sent <= events.length; sent++) {
     if (sent > 0 && !(await ex.wait(intervalMs()))) return;
     if (script?.kind === 'stream-error' && sent >= script.afterEvents) {
@@ -718,16 +640,9 @@ function handleModels(ex: Exchange, state: ServerState, path: string): void {
 // Scripts, auth, server
 // ---------------------------------------------------------------------------------------------
 
-interface QueuedScript {
-  reply: ScriptedReply;
-  remaining: number;
-  path: string | undefined;
-}
-
-function scriptMatches(q: QueuedScript, method: string, path: string): boolean {
-  if (q.remaining <= 0) return false;
+function scriptMatches(q: QueuedItem<ScriptedReply>, method: string, path: string): boolean {
   if (q.path !== undefined) return q.path === path;
-  const contentKind = q.reply.kind === 'text' || q.reply.kind === 'tool_use' || q.reply.kind === 'stream-error';
+  const contentKind = q.item.kind === 'text' || q.item.kind === 'tool_use' || q.item.kind === 'stream-error';
   return !contentKind || (method === 'POST' && path === '/v1/messages');
 }
 
@@ -736,67 +651,19 @@ function isAuthorized(headers: http.IncomingHttpHeaders, apiKey: string | undefi
   return headers['x-api-key'] === apiKey || headers.authorization === `Bearer ${apiKey}`;
 }
 
-function parseJson(body: Buffer): unknown {
-  if (body.length === 0) return undefined;
-  try {
-    return JSON.parse(body.toString('utf8')) as unknown;
-  } catch {
-    return undefined;
-  }
-}
-
-async function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
-
 const DEFAULT_MODELS = ['claude-sonnet-4-5-20250929', 'claude-opus-4-1-20250805', 'claude-haiku-4-5-20251001', 'claude-3-5-haiku-20241022'];
 
 export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Promise<FakeAnthropic> {
   const host = options.host ?? '127.0.0.1';
-  const requests: RecordedRequest[] = [];
-  const sockets = new Set<Socket>();
-  const waiters = new Set<() => void>();
-  let scripts: QueuedScript[] = [];
+  const log = new RequestLog<RecordedRequest>('fake Anthropic');
+  const scripts = new ScriptQueue<ScriptedReply>();
   let seq = 0;
   let ids = 0;
-  let closing = false;
   const state: ServerState = {
     cache: new PromptCacheSimulation(),
     models: options.models ?? DEFAULT_MODELS,
     chunkIntervalMs: options.chunkIntervalMs ?? 0,
     nextId: (prefix) => `${prefix}_fake${(++ids).toString(36).padStart(10, '0')}`,
-  };
-
-  const takeScript = (method: string, path: string): ScriptedReply | undefined => {
-    const i = scripts.findIndex((q) => scriptMatches(q, method, path));
-    const q = scripts[i];
-    if (q === undefined) return undefined;
-    q.remaining--;
-    if (q.remaining <= 0) scripts.splice(i, 1);
-    return q.reply;
-  };
-
-  const recordRequest = (req: http.IncomingMessage, body: Buffer): RecordedRequest => {
-    const url = req.url ?? '/';
-    const rec: RecordedRequest = {
-      seq: ++seq,
-      method: req.method ?? 'GET',
-      url,
-      path: url.split('?')[0] ?? '/',
-      headers: req.headers,
-      body,
-      json: parseJson(body),
-      aborted: false,
-      completed: false,
-      status: undefined,
-      usage: undefined,
-      receivedAt: Date.now(),
-    };
-    requests.push(rec);
-    for (const w of [...waiters]) w();
-    return rec;
   };
 
   const route = async (ex: Exchange, script: ScriptedReply | undefined): Promise<void> => {
@@ -813,9 +680,10 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
     ex.sendError(404, 'not_found_error', `Not found: ${method} ${path}`);
   };
 
-  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    const rec = recordRequest(req, await readBody(req));
-    const ex = new Exchange(res, rec, () => closing);
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, serverClosing: () => boolean): Promise<void> => {
+    const rec: RecordedRequest = { ...recordOf(req, await readBody(req), ++seq), usage: undefined };
+    log.add(rec);
+    const ex = new Exchange(res, rec, serverClosing);
     if (res.socket?.destroyed) {
       rec.aborted = true;
       return;
@@ -828,7 +696,7 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
       ex.sendError(400, 'invalid_request_error', 'anthropic-version: header is required');
       return;
     }
-    const script = takeScript(rec.method, rec.path);
+    const script = scripts.take((q) => scriptMatches(q, rec.method, rec.path));
     if (script?.kind === 'error') {
       ex.sendError(script.status, script.type, script.message ?? defaultErrorMessage(script.type), script.headers ?? {});
       return;
@@ -840,36 +708,20 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
     await route(ex, script);
   };
 
-  const server = http.createServer((req, res) => {
-    handle(req, res).catch((err: unknown) => {
-      if (!res.headersSent && !res.destroyed) {
-        res.writeHead(500, { 'content-type': 'application/json', 'request-id': 'req_fake_crash' });
-        res.end(JSON.stringify(errorBody('api_error', `Fake Anthropic crashed: ${String(err)}`, 'req_fake_crash')));
-      } else {
-        res.destroy();
-      }
-    });
+  const server = await startFakeHttpServer({
+    host,
+    handle,
+    crashReply: (err) => ({
+      headers: { 'request-id': 'req_fake_crash' },
+      body: JSON.stringify(errorBody('api_error', `Fake Anthropic crashed: ${String(err)}`, 'req_fake_crash')),
+    }),
   });
-  server.keepAliveTimeout = 65_000;
-  server.headersTimeout = 66_000;
-  server.requestTimeout = 0;
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  const port = server.port;
 
   return {
     url: `http://${host}:${port}`,
     port,
-    requests,
+    ...log.view(),
     cache: state.cache,
     get chunkIntervalMs(): number {
       return state.chunkIntervalMs;
@@ -878,40 +730,13 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
       state.chunkIntervalMs = ms;
     },
     setNext(reply: ScriptedReply, o: ScriptOptions = {}): void {
-      scripts.push({ reply, remaining: o.times ?? 1, path: o.path });
-    },
-    requestsTo(path: string): RecordedRequest[] {
-      return requests.filter((r) => r.path === path);
-    },
-    waitForRequests(count, o = {}): Promise<RecordedRequest[]> {
-      const pick = (): RecordedRequest[] => (o.path === undefined ? requests : requests.filter((r) => r.path === o.path));
-      if (pick().length >= count) return Promise.resolve(pick());
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`fake Anthropic: expected ${count} request(s)${o.path ? ` to ${o.path}` : ''}, got ${pick().length}`));
-        }, o.timeoutMs ?? 5000);
-        const check = (): void => {
-          if (pick().length < count) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve(pick());
-        };
-        waiters.add(check);
-      });
+      scripts.push(reply, o);
     },
     reset(): void {
-      requests.length = 0;
-      scripts = [];
+      log.clear();
+      scripts.clear();
       state.cache.clear();
     },
-    async close(): Promise<void> {
-      if (closing) return;
-      closing = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      server.closeAllConnections();
-      await closed;
-    },
+    close: () => server.close(),
   };
 }

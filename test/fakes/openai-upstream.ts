@@ -67,33 +67,15 @@
  * kept even with `record: false`; with `statsEndpoint: true` the same figures are also served as
  * JSON on `GET /__stats` (not counted itself; off by default, so that path is a 404 otherwise).
  */
-import * as http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type * as http from 'node:http';
+import { Exchange as BaseExchange, RequestLog, ScriptQueue, readBody, recordOf, startFakeHttpServer, type RecordedExchange } from './exchange';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------------------
 
-export interface RecordedRequest {
-  /** Sequence number, starting at 1. */
-  seq: number;
-  method: string;
-  /** Path + query exactly as received, e.g. `/v1/chat/completions?x=1`. */
-  url: string;
-  /** Path without the query. */
-  path: string;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-  /** Parsed JSON body, or undefined when the body was empty or not JSON. */
-  json: unknown;
-  /** True when the client closed the connection before the response was complete. */
-  aborted: boolean;
-  /** Status code sent, once headers were sent. */
-  status: number | undefined;
-  /** True once the response was fully written. */
-  completed: boolean;
-  receivedAt: number;
-}
+/** A request as the fake received it (url e.g. `/v1/chat/completions?x=1`), and how it was answered. */
+export type RecordedRequest = RecordedExchange;
 
 export interface ChatMessageLite {
   role: string;
@@ -385,94 +367,25 @@ export function openAIErrorBody(
   return { error: { message, type, param, code } };
 }
 
-interface QueuedFault {
-  fault: Fault;
-  remaining: number;
-  path: string | undefined;
-}
-
-/** Per-request state: closing detection and cancellable waits. */
-class Exchange {
-  closed = false;
-  /** Set when the fake itself destroyed the socket (reset fault / server close): not a client abort. */
-  serverKilled = false;
-  private readonly closeWaiters: Array<() => void> = [];
-
+/** Per-request state (see exchange.ts) with the request, its behaviour and OpenAI-style errors. */
+class Exchange extends BaseExchange<RecordedRequest> {
   constructor(
     readonly req: http.IncomingMessage,
-    readonly res: http.ServerResponse,
-    readonly record: RecordedRequest,
+    res: http.ServerResponse,
+    record: RecordedRequest,
     readonly behaviour: FakeBehaviour,
     serverClosing: () => boolean,
   ) {
-    res.on('close', () => {
-      this.closed = true;
-      record.completed = res.writableFinished;
-      if (!res.writableFinished && !this.serverKilled && !serverClosing()) record.aborted = true;
-      for (const w of this.closeWaiters.splice(0)) w();
-    });
-  }
-
-  /** Resolves after ms, or early (false) when the connection closes. */
-  wait(ms: number): Promise<boolean> {
-    if (this.closed) return Promise.resolve(false);
-    if (ms <= 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(!this.closed), ms);
-      this.closeWaiters.push(() => {
-        clearTimeout(t);
-        resolve(false);
-      });
-    });
-  }
-
-  /** Resolves when the connection closes. */
-  untilClosed(): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    return new Promise((resolve) => this.closeWaiters.push(resolve));
-  }
-
-  writeHead(status: number, headers: Record<string, string>): void {
-    if (this.closed || this.res.headersSent) return;
-    this.record.status = status;
-    this.res.writeHead(status, {
-      'x-request-id': `req_fake_${this.record.seq}`,
+    super(res, record, serverClosing, {
+      'x-request-id': `req_fake_${record.seq}`,
       'openai-processing-ms': '1',
       'openai-version': '2020-10-01',
-      ...headers,
     });
-  }
-
-  sendJson(status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
-    if (this.closed) return;
-    const payload = Buffer.from(JSON.stringify(body));
-    this.writeHead(status, {
-      'content-type': 'application/json',
-      'content-length': String(payload.length),
-      ...extraHeaders,
-    });
-    this.res.end(payload);
   }
 
   sendError(status: number, message: string, type?: string, code?: string | null, param: string | null = null, headers: Record<string, string> = {}): void {
     const d = errorTypeFor(status);
     this.sendJson(status, openAIErrorBody(message, type ?? d.type, code === undefined ? d.code : code, param), headers);
-  }
-
-  /** Flushes what was written, waits a little for the client to read it, then kills the socket. */
-  async kill(mode: 'rst' | 'close'): Promise<void> {
-    if (this.closed) return;
-    await new Promise<void>((resolve) => {
-      if (this.res.headersSent) this.res.write('', () => resolve());
-      else resolve();
-    });
-    await this.wait(25);
-    if (this.closed) return;
-    this.serverKilled = true;
-    const socket = this.res.socket;
-    if (!socket) return;
-    if (mode === 'rst') socket.resetAndDestroy();
-    else socket.destroy();
   }
 }
 
@@ -486,12 +399,7 @@ class SseWriter {
   ) {}
 
   start(): void {
-    this.ex.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache',
-      connection: 'keep-alive',
-    });
-    this.ex.res.flushHeaders();
+    this.ex.startSse();
   }
 
   /** Sends one event; false when the stream must stop (closed or a fault took over). */
@@ -966,26 +874,13 @@ function defaultBehaviour(opts: FakeUpstreamOptions): FakeBehaviour {
 export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
   const host = opts.host ?? '127.0.0.1';
   const record = opts.record ?? true;
-  const requests: RecordedRequest[] = [];
-  const sockets = new Set<Socket>();
-  let faults: QueuedFault[] = [];
+  const log = new RequestLog<RecordedRequest>('fake upstream');
+  const faults = new ScriptQueue<Fault>();
   let seq = 0;
   let handled = 0;
   const byPath = new Map<string, number>();
   let embeddingRequests = 0;
   let embeddingInputs = 0;
-  let closing = false;
-  const waiters = new Set<() => void>();
-
-  const takeFault = (path: string): Fault | undefined => {
-    const i = faults.findIndex((q) => q.remaining > 0 && (q.path === undefined || q.path === path));
-    if (i < 0) return undefined;
-    const q = faults[i];
-    if (!q) return undefined;
-    q.remaining--;
-    if (q.remaining <= 0) faults.splice(i, 1);
-    return q.fault;
-  };
 
   const state: { behaviour: FakeBehaviour } = { behaviour: defaultBehaviour(opts) };
 
@@ -995,25 +890,15 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     embeddings: { requests: embeddingRequests, inputs: embeddingInputs },
   });
 
-  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    const body = Buffer.concat(chunks);
-    const url = req.url ?? '/';
-    const path = url.split('?')[0] ?? '/';
-    let json: unknown;
-    if (body.length > 0) {
-      try {
-        json = JSON.parse(body.toString('utf8'));
-      } catch {
-        json = undefined;
-      }
-    }
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, serverClosing: () => boolean): Promise<void> => {
+    const rec = recordOf(req, await readBody(req), seq + 1);
+    const { path, json } = rec;
     if (opts.statsEndpoint === true && req.method === 'GET' && path === '/__stats') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(stats()));
       return;
     }
+    seq = rec.seq;
     byPath.set(path, (byPath.get(path) ?? 0) + 1);
     if (req.method === 'POST' && path === '/v1/embeddings') {
       embeddingRequests++;
@@ -1022,32 +907,18 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (typeof input === 'string') embeddingInputs += 1;
       else if (Array.isArray(input)) embeddingInputs += input.length > 0 && input.every((x) => typeof x === 'number') ? 1 : input.length;
     }
-    const rec: RecordedRequest = {
-      seq: ++seq,
-      method: req.method ?? 'GET',
-      url,
-      path,
-      headers: req.headers,
-      body,
-      json,
-      aborted: false,
-      status: undefined,
-      completed: false,
-      receivedAt: Date.now(),
-    };
     handled++;
-    if (record) requests.push(rec);
-    for (const w of [...waiters]) w();
+    if (record) log.add(rec);
 
     // Behaviour is captured per request so mid-request changes do not tear a response.
     const behaviour = { ...state.behaviour };
-    const ex = new Exchange(req, res, rec, behaviour, () => closing);
+    const ex = new Exchange(req, res, rec, behaviour, serverClosing);
     if (res.socket?.destroyed) {
       // The client went away while we were reading the body.
       rec.aborted = true;
       return;
     }
-    const fault = takeFault(path);
+    const fault = faults.take((q) => q.path === undefined || q.path === path);
 
     if (!(await ex.wait(behaviour.responseDelayMs))) return;
     if (path === '/v1/embeddings' && !(await ex.wait(behaviour.embeddingDelayMs ?? 0))) return;
@@ -1094,38 +965,18 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     ex.sendError(404, `Invalid URL (${method} ${path})`, 'invalid_request_error', null);
   };
 
-  const server = http.createServer((req, res) => {
-    handle(req, res).catch((err: unknown) => {
-      if (!res.headersSent && !res.destroyed) {
-        res.writeHead(500, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(openAIErrorBody(`Fake upstream crashed: ${String(err)}`, 'server_error')));
-      } else {
-        res.destroy();
-      }
-    });
+  const server = await startFakeHttpServer({
+    host,
+    ...(opts.port === undefined ? {} : { port: opts.port }),
+    handle,
+    crashReply: (err) => ({ headers: {}, body: JSON.stringify(openAIErrorBody(`Fake upstream crashed: ${String(err)}`, 'server_error')) }),
   });
-  // Long keep-alive so pooled client sockets are not closed under a racing request.
-  server.keepAliveTimeout = 65_000;
-  server.headersTimeout = 66_000;
-  server.requestTimeout = 0;
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  const port = server.port;
 
   const fake: FakeUpstream = {
     url: `http://${host}:${port}/v1`,
     port,
-    requests,
+    ...log.view(),
     get behaviour(): FakeBehaviour {
       return state.behaviour;
     },
@@ -1145,7 +996,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       state.behaviour = next;
     },
     setNext(fault: Fault, o: FaultOptions = {}): void {
-      faults.push({ fault, remaining: o.times ?? 1, path: o.path });
+      faults.push(fault, o);
     },
     failNext(status, o = {}): void {
       const fault: Fault = { kind: 'error', status };
@@ -1153,45 +1004,17 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (o.type !== undefined) fault.type = o.type;
       if (o.code !== undefined) fault.code = o.code;
       if (o.headers !== undefined) fault.headers = o.headers;
-      faults.push({ fault, remaining: o.times ?? 1, path: o.path });
+      faults.push(fault, o);
     },
     clearFaults(): void {
-      faults = [];
-    },
-    requestsTo(path: string): RecordedRequest[] {
-      return requests.filter((r) => r.path === path);
-    },
-    waitForRequests(count, o = {}): Promise<RecordedRequest[]> {
-      const pick = (): RecordedRequest[] => (o.path === undefined ? requests : requests.filter((r) => r.path === o.path));
-      if (pick().length >= count) return Promise.resolve(pick());
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`fake upstream: expected ${count} request(s)${o.path ? ` to ${o.path}` : ''}, got ${pick().length}`));
-        }, o.timeoutMs ?? 5000);
-        const check = (): void => {
-          if (pick().length >= count) {
-            clearTimeout(timer);
-            waiters.delete(check);
-            resolve(pick());
-          }
-        };
-        waiters.add(check);
-      });
+      faults.clear();
     },
     reset(): void {
-      requests.length = 0;
-      faults = [];
+      log.clear();
+      faults.clear();
       state.behaviour = defaultBehaviour(opts);
     },
-    async close(): Promise<void> {
-      if (closing) return;
-      closing = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      server.closeAllConnections();
-      await closed;
-    },
+    close: () => server.close(),
   };
   return fake;
 }

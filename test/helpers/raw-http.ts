@@ -1,6 +1,7 @@
 /**
- * A JSON POST over plain node:http that returns the raw response, for checks the SDK hides
- * (SSE framing, exact bytes, status codes).
+ * Requests over plain node:http that return the raw response, for checks the SDKs hide (SSE
+ * framing, exact bytes, status codes): `rawRequest` sends the exact bytes given, `rawPost` a JSON
+ * value.
  */
 import http from 'node:http';
 
@@ -12,10 +13,10 @@ export interface RawResponse {
   text: string;
 }
 
-export function rawPost(url: string, body: unknown): Promise<RawResponse> {
+/** Sends `body` as the exact bytes given (with its content-length), and reads the whole reply. */
+export function rawRequest(url: string, method: string, headers: Record<string, string>, body?: Buffer): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
-    const req = http.request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (res) => {
+    const req = http.request(url, { method, headers: body === undefined ? headers : { ...headers, 'content-length': String(body.length) } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
@@ -25,6 +26,10 @@ export function rawPost(url: string, body: unknown): Promise<RawResponse> {
       res.on('error', reject);
     });
     req.on('error', reject);
-    req.end(payload);
+    req.end(body);
   });
+}
+
+export function rawPost(url: string, body: unknown): Promise<RawResponse> {
+  return rawRequest(url, 'POST', { 'content-type': 'application/json' }, Buffer.from(JSON.stringify(body)));
 }

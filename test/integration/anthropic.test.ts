@@ -10,7 +10,6 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
@@ -24,29 +23,18 @@ import type { MemoryItem, MemoryService } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
+import { bearerClient as sdkBearerClient, xApiKeyClient } from '../helpers/anthropic-client';
 import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
 import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
+import { rawRequest, type RawResponse } from '../helpers/raw-http';
 import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
-
-/**
- * The SDK, without its default credential chain (it would read a developer's own profile from
- * ~/.config/anthropic and add its token): only what the test passes is sent.
- */
-class TestAnthropic extends Anthropic {
-  protected override _shouldResolveDefaultCredentials(): boolean {
-    return false;
-  }
-}
+import { memoriesOf, waitFor } from '../helpers/wait';
 
 /** A client sending the proxy key as `x-api-key` (as Claude Code does with ANTHROPIC_API_KEY). */
-function apiKeyClient(baseURL: string, key = TEST_AUTH_TOKEN): Anthropic {
-  return new TestAnthropic({ apiKey: null, authToken: null, defaultHeaders: { 'x-api-key': key }, baseURL, maxRetries: 0, timeout: 10_000 });
-}
+const apiKeyClient = (baseURL: string, key = TEST_AUTH_TOKEN): Anthropic => xApiKeyClient(baseURL, key);
 
 /** A client sending the proxy key as `Authorization: Bearer` (ANTHROPIC_AUTH_TOKEN). */
-function bearerClient(baseURL: string, key = TEST_AUTH_TOKEN): Anthropic {
-  return new TestAnthropic({ authToken: key, apiKey: null, baseURL, maxRetries: 0, timeout: 10_000 });
-}
+const bearerClient = (baseURL: string, key = TEST_AUTH_TOKEN): Anthropic => sdkBearerClient(baseURL, key);
 
 const admin = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 
@@ -74,25 +62,9 @@ function startProxy(env: Record<string, string> = {}, wrap?: (memory: MemoryServ
   });
 }
 
-interface RawReply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-}
-
 /** Sends `body` as the exact bytes given (Claude Code's JSON), and reads the whole reply. */
-function send(baseUrl: string, method: string, target: string, headers: Record<string, string>, body?: Buffer): Promise<RawReply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${baseUrl}${target}`, { method, headers: body ? { ...headers, 'content-length': String(body.length) } : headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+const send = (baseUrl: string, method: string, target: string, headers: Record<string, string>, body?: Buffer): Promise<RawResponse> =>
+  rawRequest(`${baseUrl}${target}`, method, headers, body);
 
 const claudeCode = (sessionId: string, user: string): Record<string, string> => ({ ...claudeCodeHeaders(sessionId), 'x-api-key': TEST_AUTH_TOKEN, 'x-mem0-user-id': user });
 const bytesOf = (body: ClaudeCodeRequest): Buffer => Buffer.from(JSON.stringify(body));
@@ -146,21 +118,6 @@ function messagesFirst(body: ClaudeCodeRequest): ClaudeCodeRequest {
 
 /** The memory-extraction calls mem0 made to the OpenAI fake (one per saved exchange). */
 const extractions = (): number => openai.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
-
-async function memoriesOf(p: MemoryProxy, userId: string): Promise<MemoryItem[]> {
-  const res = await request(p.app.app).post('/list').set(admin).send({ user_id: userId }).expect(200);
-  return (res.body as { memories: MemoryItem[] }).memories;
-}
-
-async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 8000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Waits until the save queue is empty and nothing is being saved. */
 const drained = (p: MemoryProxy): Promise<true> => waitFor(async () => (p.app.queue?.depth() === 0 ? true : undefined));

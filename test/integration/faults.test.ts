@@ -20,6 +20,7 @@ import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { listeningPort, startProxyProcess, type ProxyProcess } from '../helpers/process';
 import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { memoriesOf, waitFor } from '../helpers/wait';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 const CHAT = '/v1/chat/completions';
@@ -41,16 +42,6 @@ async function startProxy(env: Record<string, string> = {}): Promise<MemoryProxy
   return startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), env });
 }
 
-async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 8000, what = 'condition'): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > until) throw new Error(`${what} not met in ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** Rejects when `promise` has not settled within `ms` (a hang is a failure, not a slow pass). */
 function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -58,11 +49,6 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms (hang)`)), ms);
   });
   return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-}
-
-async function memoriesOf(p: MemoryProxy, userId: string): Promise<MemoryItem[]> {
-  const res = await request(p.app.app).post('/list').set(auth).send({ user_id: userId }).expect(200);
-  return (res.body as { memories: MemoryItem[] }).memories;
 }
 
 async function health(p: MemoryProxy): Promise<{ status: string; save_queue?: { depth: number; failures: number } }> {

@@ -6,10 +6,9 @@
  */
 import Anthropic from 'anthropic-sdk-v1';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { flattenPromptBlocks, startFakeAnthropic, type FakeAnthropic } from '../fakes/anthropic-upstream';
+import { flattenPromptBlocks, startFakeAnthropic, type FakeAnthropic, type FakeAnthropicOptions } from '../fakes/anthropic-upstream';
 import {
   cacheBreakpointOffsets,
   claudeCodeHeaders,
@@ -18,47 +17,21 @@ import {
   toolLoopRequest,
   type ClaudeCodeRequest,
 } from '../fixtures/claude-code';
-
-/**
- * An SDK client that never consults the SDK's default credential chain (profile files under
- * ~/.config/anthropic, ANTHROPIC_PROFILE…), so `x-api-key` via defaultHeaders is all it sends.
- */
-class HermeticAnthropic extends Anthropic {
-  protected override _shouldResolveDefaultCredentials(): boolean {
-    return false;
-  }
-}
+import { bearerClient as sdkBearerClient, xApiKeyClient as sdkXApiKeyClient } from '../helpers/anthropic-client';
+import { rawRequest, type RawResponse } from '../helpers/raw-http';
 
 const MODEL = 'claude-sonnet-4-5-20250929';
 const KEY = 'sk-ant-fake-upstream-key';
 
-function bearerClient(fake: FakeAnthropic, apiKey = KEY): Anthropic {
-  return new Anthropic({ apiKey, baseURL: fake.url, maxRetries: 0, timeout: 5000 });
-}
+/** A client passing the key as the SDK's `apiKey` (which it sends as `Authorization: Bearer`). */
+const bearerClient = (fake: FakeAnthropic, apiKey = KEY): Anthropic => sdkBearerClient(fake.url, apiKey, { as: 'apiKey', timeout: 5000 });
 
-function xApiKeyClient(fake: FakeAnthropic, key = KEY): Anthropic {
-  return new HermeticAnthropic({ apiKey: null, authToken: null, defaultHeaders: { 'x-api-key': key }, baseURL: fake.url, maxRetries: 0, timeout: 5000 });
-}
-
-interface RawReply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  text: string;
-}
+/** A client sending only `x-api-key` (via defaultHeaders). */
+const xApiKeyClient = (fake: FakeAnthropic, key = KEY): Anthropic => sdkXApiKeyClient(fake.url, key, { timeout: 5000 });
 
 /** Sends exact bytes to the fake with node:http (no SDK in between). */
-function sendRaw(fake: FakeAnthropic, urlPath: string, headers: Record<string, string>, body: Buffer): Promise<RawReply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${fake.url}${urlPath}`, { method: 'POST', headers: { ...headers, 'content-length': String(body.length) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+const sendRaw = (fake: FakeAnthropic, urlPath: string, headers: Record<string, string>, body: Buffer): Promise<RawResponse> =>
+  rawRequest(`${fake.url}${urlPath}`, 'POST', headers, body);
 
 interface ParsedEvent {
   event: string;
@@ -81,7 +54,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 }
 
 /** The usage object of a raw SSE reply's message_start event. */
-function startUsage(reply: RawReply): Record<string, unknown> {
+function startUsage(reply: RawResponse): Record<string, unknown> {
   const start = parseSse(reply.text).find((e) => e.event === 'message_start');
   const message = isRecord(start?.data) ? start.data['message'] : undefined;
   const usage = isRecord(message) ? message['usage'] : undefined;
@@ -89,7 +62,7 @@ function startUsage(reply: RawReply): Record<string, unknown> {
   return usage;
 }
 
-const rawClaudeCode = (fake: FakeAnthropic, body: ClaudeCodeRequest, sessionId = 'sess-1'): Promise<RawReply> =>
+const rawClaudeCode = (fake: FakeAnthropic, body: ClaudeCodeRequest, sessionId = 'sess-1'): Promise<RawResponse> =>
   sendRaw(fake, '/v1/messages?beta=true', { ...claudeCodeHeaders(sessionId), 'x-api-key': KEY }, Buffer.from(JSON.stringify(body)));
 
 const toolStep = {
@@ -99,6 +72,22 @@ const toolStep = {
   toolInput: { command: 'ls -la', description: 'List files' },
   toolResult: 'total 8\ndrwxr-xr-x  src\n-rw-r--r--  package.json',
 };
+
+/**
+ * One fake for the enclosing describe: started before all its tests (handed to `started`), reset
+ * after each, closed after all.
+ */
+function withFake(options: FakeAnthropicOptions, started: (fake: FakeAnthropic) => void): void {
+  let fake: FakeAnthropic | undefined;
+  beforeAll(async () => {
+    fake = await startFakeAnthropic(options);
+    started(fake);
+  });
+  afterEach(() => fake?.reset());
+  afterAll(async () => {
+    await fake?.close();
+  });
+}
 
 /** Collects a promise's rejection (fails the test if it resolves). */
 async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
@@ -114,13 +103,9 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
   let fake: FakeAnthropic;
   let client: Anthropic;
 
-  beforeAll(async () => {
-    fake = await startFakeAnthropic();
+  withFake({}, (started) => {
+    fake = started;
     client = bearerClient(fake);
-  });
-  afterEach(() => fake.reset());
-  afterAll(async () => {
-    await fake.close();
   });
 
   test('url has no /v1 and non-streamed messages.create answers "Answer: <prompt>"', async () => {
@@ -399,12 +384,8 @@ async function waitUntil(cond: () => boolean): Promise<void> {
 describe('fake Anthropic upstream with an API key', () => {
   let fake: FakeAnthropic;
 
-  beforeAll(async () => {
-    fake = await startFakeAnthropic({ apiKey: KEY });
-  });
-  afterEach(() => fake.reset());
-  afterAll(async () => {
-    await fake.close();
+  withFake({ apiKey: KEY }, (started) => {
+    fake = started;
   });
 
   test('x-api-key via defaultHeaders is accepted, and no Authorization header is sent', async () => {
@@ -475,12 +456,8 @@ describe('fake Anthropic upstream shutdown', () => {
 describe('prompt cache simulation with Claude Code-shaped traffic', () => {
   let fake: FakeAnthropic;
 
-  beforeAll(async () => {
-    fake = await startFakeAnthropic({ apiKey: KEY });
-  });
-  afterEach(() => fake.reset());
-  afterAll(async () => {
-    await fake.close();
+  withFake({ apiKey: KEY }, (started) => {
+    fake = started;
   });
 
   test('first request creates the cache; the tool-loop request reads it (raw bytes over node:http)', async () => {
