@@ -2,8 +2,8 @@
  * createApp(deps): the whole HTTP surface, wired top to bottom. It never listens and reads no
  * environment; `index.ts` (and the tests, through the same door) pass everything in.
  *
- * A request's way: request id → request log → authenticate → rate limit (per endpoint, per
- * caller) → route. `/v1/*` speaks OpenAI's API or Anthropic's (`proxy/api.ts` tells them apart),
+ * A request's way: request id → request log → cross-origin check → authenticate → rate limit
+ * (per endpoint, per caller) → route. `/v1/*` speaks OpenAI's API or Anthropic's (`proxy/api.ts` tells them apart),
  * each with its own upstream: `/v1/chat/completions`, `/v1/responses` and Anthropic's
  * `/v1/messages` read and check their body and carry memory; every other `/v1/*` path is forwarded
  * untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the same
@@ -22,6 +22,7 @@ import { authenticate, type Authenticator } from './http/authenticate';
 import { createRateLimiters, type RateLimitStoreFactory } from './http/rate-limit';
 import { requestId } from './http/request-id';
 import { requestLog } from './http/request-log';
+import { sameOrigin } from './http/same-origin';
 import { securityHeaders } from './http/security-headers';
 import { chain, pathOf, type Handler } from './http/pipeline';
 import type { Logger } from './logger';
@@ -32,7 +33,7 @@ import { apiOf } from './proxy/api';
 import { setOverheadHeader, type Upstream } from './proxy/upstream';
 import { memoryChatRoute } from './routes/chat';
 import { messagesRoute } from './routes/messages';
-import { healthRoute } from './routes/health';
+import { healthRoute, type SaveQueueStats } from './routes/health';
 import { mcpRoutes } from './routes/mcp';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
@@ -51,7 +52,7 @@ export interface AppDeps {
   /** Memory on the chat path (recall and the save queue). */
   chatMemory: ChatMemory;
   /** Save-queue figures for /health; absent when nothing is ever saved. */
-  saveQueueStats?: (() => { depth: number; failures: number }) | undefined;
+  saveQueueStats?: (() => SaveQueueStats) | undefined;
   /** Shared rate-limit counters (Redis); in-process when absent. */
   rateLimitStore?: RateLimitStoreFactory | undefined;
 }
@@ -82,6 +83,7 @@ export function createApp(deps: AppDeps): RequestListener {
       next();
     },
     requestLog(logger, metrics),
+    sameOrigin(config.allowedOrigins),
     authenticate(deps.authenticator, logger, config.server.trustProxy),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security

@@ -73,7 +73,9 @@ export function assemble(options: AssembleOptions): Assembled {
     queueOptions: options.queueOptions,
   });
   if (options.startQueue ?? true) queue?.start();
-  const saveQueueStats = queue ? () => ({ depth: queue.depth(), failures: queue.failures }) : undefined;
+  const saveQueueStats = queue
+    ? () => ({ depth: queue.depth(), failures: queue.failures, enqueue_failures: chatMemory.enqueueFailures, writable: !chatMemory.lastEnqueueFailed })
+    : undefined;
   const app = createApp({
     config,
     logger,

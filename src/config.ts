@@ -36,6 +36,8 @@ export interface Config {
   /** Anthropic's API (`/v1/messages`, Claude Code): where it goes, and the proxy's own key for it. */
   readonly anthropic: { readonly baseUrl: string; readonly apiKey: string | undefined };
   readonly maxBodyBytes: number;
+  /** Browser origins (`https://host[:port]`) allowed to call the proxy cross-origin. */
+  readonly allowedOrigins: readonly string[];
   readonly dataDir: string;
   readonly redisUrl: string | undefined;
   readonly keysFile: string;
@@ -153,6 +155,14 @@ const envSchema = z.object({
   ANTHROPIC_API_KEY: optionalString,
   ANTHROPIC_UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
   MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
+  ALLOWED_ORIGINS: z.preprocess(
+    blankToUndefined,
+    z
+      .string()
+      .transform((s) => s.split(',').map((o) => o.trim()).filter((o) => o !== ''))
+      .refine((list) => list.every((o) => /^https?:\/\/[^/\s]+$/.test(o)), 'must be a comma-separated list of origins like https://app.example.com')
+      .optional(),
+  ),
   DATA_DIR: optionalString,
   REDIS_URL: urlVar(['redis:', 'rediss:']),
   KEYS_FILE: optionalString,
@@ -344,6 +354,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     upstream: { baseUrl: upstreamBaseUrl, timeoutMs: e.UPSTREAM_TIMEOUT_MS ?? 600000 },
     anthropic: { baseUrl: anthropicBaseUrl(e.ANTHROPIC_UPSTREAM_BASE_URL), apiKey: e.ANTHROPIC_API_KEY },
     maxBodyBytes: e.MAX_BODY_BYTES ?? 20971520,
+    allowedOrigins: e.ALLOWED_ORIGINS ?? [],
     dataDir: path.resolve(e.DATA_DIR ?? './data'),
     redisUrl: e.REDIS_URL,
     keysFile: path.resolve(e.KEYS_FILE ?? path.join(__dirname, '..', 'config', 'keys.json')),

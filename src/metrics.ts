@@ -19,6 +19,7 @@ export interface Metrics {
   readonly memoryAvailable: client.Gauge;
   readonly saveQueueDepth: client.Gauge;
   readonly saveFailures: client.Counter;
+  readonly saveEnqueueFailures: client.Counter;
 }
 
 export function createMetrics(options: { collectDefault?: boolean } = {}): Metrics {
@@ -98,6 +99,11 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     saveFailures: new client.Counter({
       name: 'proxy_save_failures_total',
       help: 'Failed attempts to save an exchange as memory (each is retried)',
+      registers,
+    }),
+    saveEnqueueFailures: new client.Counter({
+      name: 'proxy_save_enqueue_failures_total',
+      help: 'Completed exchanges that could not be written to the save queue (disk full, file unwritable): lost',
       registers,
     }),
   };

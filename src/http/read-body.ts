@@ -26,6 +26,16 @@ function decoded(req: IncomingMessage): Readable {
 }
 
 /**
+ * Refuses (415) a body that does not say it is JSON (`application/json` or `…+json`): the memory
+ * routes read JSON only, and a browser can send `text/plain` cross-site without a preflight.
+ */
+export function requireJson(req: IncomingMessage): void {
+  const type = req.headers['content-type']?.split(';')[0]?.trim().toLowerCase();
+  if (type === 'application/json' || type?.endsWith('+json')) return;
+  throw new UnsupportedMediaTypeError('Content-Type must be application/json');
+}
+
+/**
  * Resolves with the whole (decoded) body; rejects with 413 past `limit` bytes (checked against
  * Content-Length first, so an oversized body is refused before it is read) and 400 when the
  * client goes away mid-body.

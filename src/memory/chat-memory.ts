@@ -55,6 +55,11 @@ export interface Exchange {
 }
 
 export class ChatMemory {
+  /** Exchanges that could not be queued (lost), since start. */
+  enqueueFailures = 0;
+  /** Whether the last exchange offered to the queue could not be written (the disk is full, say). */
+  lastEnqueueFailed = false;
+
   constructor(private readonly options: ChatMemoryOptions) {}
 
   /** Whether memory can work at all in this process. */
@@ -99,20 +104,24 @@ export class ChatMemory {
   }
 
   /**
-   * Queues a completed exchange for saving (durably, before returning). A reply that is only tool
-   * calls saves the user turn alone.
+   * Queues a completed exchange for saving (durably, before returning). A reply without text
+   * saves the user turn alone.
    */
   remember(exchange: Exchange): void {
     const { queue, logger } = this.options;
     if (!queue) return;
     const messages: ChatMessage[] = [{ role: 'user', content: exchange.userText }];
-    if (!exchange.reply.toolCallsOnly && exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: exchange.reply.text });
+    if (exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: exchange.reply.text });
     try {
       const queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
+      this.lastEnqueueFailed = false;
       if (!queued) logger.debug('exchange already queued or saved', { request_id: exchange.metadata['request_id'] });
     } catch (err) {
-      // The response has gone out already; losing this save is logged, never thrown.
-      logger.error('could not queue an exchange for saving', { request_id: exchange.metadata['request_id'], err });
+      // The response has gone out already: the loss is counted (/metrics, /health) and logged, never thrown.
+      this.enqueueFailures++;
+      this.lastEnqueueFailed = true;
+      this.options.metrics.saveEnqueueFailures.inc();
+      logger.error('could not queue an exchange for saving; it is lost', { request_id: exchange.metadata['request_id'], error: err instanceof Error ? err.message : String(err) });
     }
   }
 }

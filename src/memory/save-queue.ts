@@ -96,6 +96,11 @@ export interface SaveQueueOptions {
   retentionMs?: number;
   /** SQLite synchronous mode in WAL (default NORMAL; see the header). */
   synchronous?: 'NORMAL' | 'FULL';
+  /**
+   * Largest size of the queue file in bytes (default: no limit but the disk's). Past it `enqueue`
+   * throws as it does on a full disk (SQLITE_FULL).
+   */
+  maxBytes?: number;
   /** Told the number of pending jobs whenever it changes (metrics gauge). */
   onDepth?: (depth: number) => void;
   /** Told about every failed attempt (metrics counter). */
@@ -237,6 +242,10 @@ export class SaveQueue {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${options.synchronous === 'FULL' ? 'FULL' : 'NORMAL'}`);
       this.db.pragma('busy_timeout = 5000');
+      if (options.maxBytes !== undefined) {
+        const pageSize = Number(this.db.pragma('page_size', { simple: true }));
+        this.db.pragma(`max_page_count = ${Math.max(1, Math.floor(options.maxBytes / pageSize))}`);
+      }
       this.db.exec(SCHEMA);
       const notInFlight = 'id NOT IN (SELECT value FROM json_each(?))';
       this.stmt = {

@@ -2,7 +2,7 @@
  * `POST /v1/chat/completions` and `POST /v1/responses`: the memory-augmented routes.
  *
  * Read the body (within the limit; it must be a JSON object) → find the memory user → recall the
- * user's memories for the last user text, within the time budget → inject them as one block →
+ * user's memories for the last user text (through tool results), within the time budget → inject them as one block →
  * forward → tap the reply as it streams back → queue the completed exchange for saving. With no
  * memory found (or a body holding an integer JavaScript would round), the body is forwarded byte
  * for byte as the caller sent it.
@@ -10,7 +10,7 @@
 import { BadRequestError } from '../errors';
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
-import { readBody } from '../http/read-body';
+import { readBody, requireJson } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
 import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
@@ -43,6 +43,7 @@ export interface MemoryRouteOptions {
 export function memoryChatRoute(options: MemoryRouteOptions): Handler {
   const { kind, upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
+    requireJson(req);
     const raw = await readBody(req, maxBodyBytes);
     const body = parseChatBody(raw);
     const mode = parseMemoryMode(req.headers['x-mem0-memory']);
@@ -51,7 +52,9 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const bodyUser = typeof body['user'] === 'string' ? body['user'] : undefined;
     // Checked even with memory off: a bound caller may not name another user anywhere.
     const scope = chatScope(caller, req.headers, bodyUser);
-    const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body) : lastUserInputText(body)) : undefined;
+    // Through tool results: every request of a tool-using turn recalls for the user's words.
+    const through = { throughToolResults: true };
+    const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body, through) : lastUserInputText(body, through)) : undefined;
 
     let forwardBody = raw;
     let injected = 0;
@@ -72,15 +75,18 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     let forwardOptions: ForwardOptions = { body: forwardBody };
     if (scope !== undefined && userText !== undefined && writes(mode)) {
       const source = kind === 'chat' ? 'chat.completions' : 'responses';
-      const save = tapReply(kind, (reply) =>
+      const save = tapReply(kind, (reply) => {
+        // A reply of tool calls only does not end the turn: the request that carries the tool
+        // results gets the final answer, and saves it with the same user text.
+        if (reply.toolCallsOnly) return;
         chatMemory.remember({
           id: exchangeId(caller.id, scope, req.id),
           scope,
           userText,
           reply,
           metadata: { source, model: reply.model ?? body['model'], request_id: req.id },
-        }),
-      );
+        });
+      });
       forwardOptions = { ...forwardOptions, ...save };
     }
     upstream.forward(req, res, next, forwardOptions);

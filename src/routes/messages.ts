@@ -9,7 +9,7 @@
  */
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
-import { readBody } from '../http/read-body';
+import { readBody, requireJson } from '../http/read-body';
 import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock } from '../memory/injection';
 import { appendMemoryBlock, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
@@ -27,6 +27,7 @@ export interface MessagesRouteOptions {
 export function messagesRoute(options: MessagesRouteOptions): Handler {
   const { upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
+    requireJson(req);
     const raw = await readBody(req, maxBodyBytes);
     const body = parseChatBody(raw);
     const mode = parseMemoryMode(req.headers['x-mem0-memory']);

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { createMemoryService } from '../../src/memory/factory';
+import type { SaveQueueOptions } from '../../src/memory/save-queue';
 import type { MemoryService } from '../../src/memory/types';
 import { buildTestApp, serve, type Served, type TestApp } from './app';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from './secrets';
@@ -36,6 +37,8 @@ export interface MemoryProxyOptions {
   /** Wraps the real memory service (a deliberately slow search or save). */
   wrap?: (memory: MemoryService) => MemoryService;
   startQueue?: boolean;
+  /** Save-queue options over the short test backoffs. */
+  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
 }
 
 export async function startMemoryProxy(options: MemoryProxyOptions): Promise<MemoryProxy> {
@@ -55,7 +58,7 @@ export async function startMemoryProxy(options: MemoryProxyOptions): Promise<Mem
         const real = await createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } });
         return options.wrap ? options.wrap(real) : real;
       },
-      queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000 },
+      queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000, ...options.queueOptions },
       ...(options.startQueue === undefined ? {} : { startQueue: options.startQueue }),
     },
   );

@@ -14,6 +14,7 @@ import type { MemoryItem, MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../fakes/openai-upstream';
 import { startMemoryProxy, type MemoryProxy, type MemoryProxyOptions } from '../helpers/memory-proxy';
 import { TEST_AUTH_TOKEN } from '../helpers/secrets';
+import { memoriesOf, waitFor } from '../helpers/wait';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
@@ -37,21 +38,6 @@ function startProxy(options: Omit<MemoryProxyOptions, 'upstreamUrl'> = {}): Prom
 /** The chat requests the proxy forwarded (not the memory engine's own extraction calls). */
 function forwardedChats(): RecordedRequest[] {
   return fake.requestsTo('/v1/chat/completions').filter((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
-}
-
-async function memoriesOf(p: Proxy, userId: string): Promise<MemoryItem[]> {
-  const res = await request(p.app.app).post('/list').set(auth).send({ user_id: userId }).expect(200);
-  return (res.body as { memories: MemoryItem[] }).memories;
-}
-
-async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 8000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 async function waitForMemories(p: Proxy, userId: string, atLeast = 1): Promise<MemoryItem[]> {
@@ -176,13 +162,13 @@ describe('recall and injection', () => {
         model: 'm',
         user: 'alice',
         messages: [
-          { role: 'user', content: 'peanuts?' },
-          { role: 'assistant', content: null, tool_calls: [{ id: 't1', type: 'function', function: { name: 'f', arguments: '{}' } }] },
-          { role: 'tool', tool_call_id: 't1', content: 'result' },
+          { role: 'system', content: 'peanuts?' },
+          { role: 'user', content: [{ type: 'image_url', image_url: { url: 'data:image/png;base64,iVBORw0KGgo=' } }] },
         ],
       })
       .withResponse();
     expect(response.headers.get('x-mem0-memories')).toBe('0');
+    expect(JSON.stringify(forwardedChats()[0]?.json)).not.toContain('allergic');
   });
 });
 

@@ -3,13 +3,15 @@
  * case is one way a caller could lose someone's memories or stall the proxy for others.
  */
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
+import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
-import { TEST_AUTH_TOKEN } from '../helpers/secrets';
+import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
@@ -65,5 +67,121 @@ describe('idempotency of saves', () => {
     expect(extractions()).toBe(2);
     expect((await memoriesOf(p, 'ann')).map((m) => m.memory).join(' ')).toMatch(/Pixel/);
     expect((await memoriesOf(p, 'ben')).map((m) => m.memory).join(' ')).toMatch(/Rex/);
+  });
+});
+
+describe('tool loops keep their memory', () => {
+  let p: MemoryProxy;
+  beforeAll(async () => {
+    p = await startProxy();
+    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'kim', content: 'Kim is allergic to shellfish', infer: false }).expect(200);
+  });
+  afterAll(() => p.close());
+  beforeEach(() => fake.reset());
+
+  const tools = [{ type: 'function' as const, function: { name: 'get_menu', description: 'Tonight\'s menu', parameters: { type: 'object', properties: {} } } }];
+  const question = { role: 'user' as const, content: 'Which dish on the menu is safe for Kim with shellfish?' };
+
+  it('recalls on the request after the tool results too, and saves the final answer once with the user text', async () => {
+    fake.setBehaviour({ toolCall: 'auto' });
+    const first = await p.client.chat.completions.create({ model: 'm', user: 'kim', tools, messages: [question] }).withResponse();
+    expect(first.data.choices[0]?.message.tool_calls?.length).toBe(1);
+    expect(first.response.headers.get('x-mem0-memories')).toBe('1');
+
+    fake.setBehaviour({ toolCall: false });
+    const call = first.data.choices[0]?.message.tool_calls?.[0];
+    if (!call) throw new Error('no tool call');
+    const second = await p.client.chat.completions
+      .create({
+        model: 'm',
+        user: 'kim',
+        tools,
+        messages: [question, { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: 'paella, risotto' }],
+      })
+      .withResponse();
+    expect(second.response.headers.get('x-mem0-memories')).toBe('1');
+    const forwarded = fake.requestsTo('/v1/chat/completions').filter((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
+    expect(forwarded).toHaveLength(2);
+    for (const r of forwarded) expect(JSON.stringify(r.json)).toContain('Kim is allergic to shellfish');
+
+    await waitFor(() => (p.app.queue?.depth() === 0 && extractions() >= 1 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(extractions()).toBe(1);
+    const extraction = JSON.stringify(fake.requestsTo('/v1/chat/completions').find((r) => JSON.stringify(r.json).includes('Memory Extractor'))?.json);
+    expect(extraction).toContain('Which dish on the menu is safe for Kim with shellfish?');
+    expect(extraction).toContain(`assistant: ${second.data.choices[0]?.message.content ?? 'missing'}`);
+  });
+});
+
+describe('a save queue that cannot be written', () => {
+  it('answers the chats, and counts and shows every exchange it could not queue (/health degraded, /metrics)', async () => {
+    // The queue file capped at a few pages fails its writes exactly as a full disk does (SQLITE_FULL).
+    const p = await startMemoryProxy({
+      upstreamUrl: fake.url,
+      dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
+      startQueue: false,
+      queueOptions: { maxBytes: 64 * 1024 },
+    });
+    try {
+      const long = 'My notes say: ' + 'the quick brown fox jumps over the lazy dog. '.repeat(400);
+      let answered = 0;
+      for (let i = 0; i < 20; i++) {
+        // write-only: no recall, so the test spends its time on the queue, not on searching.
+        const reply = await p.client.chat.completions.create({ model: 'm', user: 'lou', messages: [{ role: 'user', content: `${i} ${long}` }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+        if (reply.choices[0]?.message.content) answered++;
+      }
+      expect(answered).toBe(20);
+      const health = await request(p.app.app).get('/health').set(auth).expect(200);
+      const body = health.body as { status: string; save_queue: { depth: number; enqueue_failures: number; writable: boolean } };
+      expect(body.status).toBe('degraded');
+      expect(body.save_queue.writable).toBe(false);
+      expect(body.save_queue.enqueue_failures).toBeGreaterThan(0);
+      expect(body.save_queue.depth + body.save_queue.enqueue_failures).toBe(20);
+      const metrics = await request(p.app.app).get('/metrics').set(auth).expect(200);
+      expect(metrics.text).toMatch(new RegExp(`^proxy_save_enqueue_failures_total ${body.save_queue.enqueue_failures}$`, 'm'));
+      expect(p.app.logs.some((l) => l.includes('could not queue an exchange for saving; it is lost'))).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+});
+
+describe('browsers on other origins (development mode)', () => {
+  let app: TestApp;
+  let served: Served;
+  beforeAll(async () => {
+    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, ALLOWED_ORIGINS: 'https://console.example.com' });
+    served = await serve(app.app);
+  });
+  afterAll(async () => {
+    await served.close();
+    await app.close();
+  });
+  beforeEach(() => fake.reset());
+
+  const post = (headers: Record<string, string>, body = '{"model":"m","messages":[{"role":"user","content":"My PIN is 1234"}]}') =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.request(`${served.url}/v1/chat/completions`, { method: 'POST', headers }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+
+  it("refuses a foreign page's text/plain form post and cross-site fetches before they reach the upstream", async () => {
+    expect(await post({ 'content-type': 'text/plain', origin: 'https://evil.example' })).toBe(403);
+    expect(await post({ 'content-type': 'application/json', origin: 'null' })).toBe(403);
+    expect(await post({ 'content-type': 'application/json', 'sec-fetch-site': 'cross-site' })).toBe(403);
+    expect(await post({ 'content-type': 'text/plain' })).toBe(415);
+    expect(fake.requests).toHaveLength(0);
+  });
+
+  it('serves programs, same-origin pages and the allowed origins', async () => {
+    const host = new URL(served.url).host;
+    expect(await post({ 'content-type': 'application/json' })).toBe(200);
+    expect(await post({ 'content-type': 'application/json; charset=utf-8', origin: `http://${host}`, 'sec-fetch-site': 'same-origin' })).toBe(200);
+    expect(await post({ 'content-type': 'application/json', origin: 'https://console.example.com', 'sec-fetch-site': 'cross-site' })).toBe(200);
+    expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(3);
   });
 });
