@@ -15,12 +15,17 @@ import type { InjectionPlacement } from '../config';
 import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
+import { nestsDeeperThan } from '../util/json-spans';
 import { tapReply } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
 
-/** Parses a chat body; anything but a JSON object is the caller's mistake (400). */
+/** Deepest nesting of objects and arrays a chat body may have (real ones stay under 20). */
+export const MAX_BODY_DEPTH = 400;
+
+/** Parses a chat body; anything but a JSON object (nesting at most `MAX_BODY_DEPTH`) is the caller's mistake (400). */
 export function parseChatBody(raw: Buffer): Record<string, unknown> {
   if (raw.length === 0) throw new BadRequestError('Request body must be a JSON object');
+  if (nestsDeeperThan(raw, MAX_BODY_DEPTH)) throw new BadRequestError(`Request body nests deeper than ${MAX_BODY_DEPTH} levels`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw.toString('utf8'));

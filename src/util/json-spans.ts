@@ -158,3 +158,22 @@ export function documentSpan(buf: Buffer): Span | undefined {
   s.skipSpace();
   return s.pos === buf.length ? span : undefined;
 }
+
+/**
+ * Whether the JSON text in `buf` nests objects and arrays deeper than `max`. Stops at the first
+ * level past it, so a body made of millions of `[` costs microseconds, not the seconds `JSON.parse`
+ * would spend on it (and the stack overflow re-serialising it would end in).
+ */
+export function nestsDeeperThan(buf: Buffer, max: number): boolean {
+  let depth = 0;
+  for (let i = 0; i < buf.length; i++) {
+    const byte = buf[i];
+    if (byte === QUOTE) {
+      // Skip the string: brackets inside it are text.
+      for (i++; i < buf.length && buf[i] !== QUOTE; i++) if (buf[i] === BACKSLASH) i++;
+    } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
+      if (++depth > max) return true;
+    } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) depth--;
+  }
+  return false;
+}

@@ -11,6 +11,7 @@ import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
+import { rawRequest } from '../helpers/raw-http';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
@@ -183,5 +184,36 @@ describe('browsers on other origins (development mode)', () => {
     expect(await post({ 'content-type': 'application/json; charset=utf-8', origin: `http://${host}`, 'sec-fetch-site': 'same-origin' })).toBe(200);
     expect(await post({ 'content-type': 'application/json', origin: 'https://console.example.com', 'sec-fetch-site': 'cross-site' })).toBe(200);
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(3);
+  });
+});
+
+describe('a deeply nested chat body', () => {
+  let app: TestApp;
+  let served: Served;
+  beforeAll(async () => {
+    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, MAX_BODY_BYTES: String(32 * 1024 * 1024) });
+    served = await serve(app.app);
+  });
+  afterAll(async () => {
+    await served.close();
+    await app.close();
+  });
+
+  it('is refused with 400 at once, without stalling /health, on both APIs', async () => {
+    const depth = 9_000_000;
+    const body = Buffer.from(`{"model":"m","messages":[{"role":"user","content":"hi","x":${'['.repeat(depth)}${']'.repeat(depth)}}]}`);
+    const started = Date.now();
+    const chat = rawRequest(`${served.url}/v1/chat/completions`, 'POST', { ...auth, 'content-type': 'application/json' }, body);
+    const health = await request(app.app).get('/health').set(auth);
+    expect(health.status).toBe(200);
+    const res = await chat;
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.text)).toMatchObject({ error: { message: 'Request body nests deeper than 400 levels', type: 'invalid_request_error' } });
+    const messages = await rawRequest(`${served.url}/v1/messages`, 'POST', { ...auth, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }, body);
+    expect(messages.status).toBe(400);
+    expect(Date.now() - started).toBeLessThan(3000);
+    // 400 levels is fine.
+    const ok = await rawRequest(`${served.url}/v1/chat/completions`, 'POST', { ...auth, 'content-type': 'application/json' }, Buffer.from(`{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata_x":${'['.repeat(395)}${']'.repeat(395)}}`));
+    expect(ok.status).toBe(200);
   });
 });
