@@ -154,6 +154,21 @@ export class MemoryUnavailableError extends AppError {
   }
 }
 
+/**
+ * The memory engine's model refused this content for good (an LLM or embedder answered 400, 413
+ * or 422: too long for its context, say). Retrying cannot help; the engine itself works.
+ */
+export class MemoryRejectedError extends AppError {
+  readonly status = 422;
+  readonly code = 'memory_rejected';
+  readonly type = 'invalid_request_error';
+  readonly title = 'Unprocessable content';
+
+  constructor() {
+    super('The memory engine could not process this content', 'The memory engine could not process this content');
+  }
+}
+
 export class ServiceUnavailableError extends AppError {
   readonly status = 503;
   readonly code = 'service_unavailable';

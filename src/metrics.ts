@@ -20,6 +20,7 @@ export interface Metrics {
   readonly saveQueueDepth: client.Gauge;
   readonly saveFailures: client.Counter;
   readonly saveEnqueueFailures: client.Counter;
+  readonly saveDead: client.Counter;
 }
 
 export function createMetrics(options: { collectDefault?: boolean } = {}): Metrics {
@@ -99,6 +100,11 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     saveFailures: new client.Counter({
       name: 'proxy_save_failures_total',
       help: 'Failed attempts to save an exchange as memory (each is retried)',
+      registers,
+    }),
+    saveDead: new client.Counter({
+      name: 'proxy_save_dead_total',
+      help: 'Exchanges the save queue gave up on (kept as dead with their last error): refused by the memory engine\'s model, or failing too often',
       registers,
     }),
     saveEnqueueFailures: new client.Counter({

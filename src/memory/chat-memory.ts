@@ -150,6 +150,7 @@ export function createChatMemory(options: {
       save: (job) => memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true }),
       onDepth: (depth) => metrics.saveQueueDepth.set(depth),
       onFailure: () => metrics.saveFailures.inc(),
+      onDead: () => metrics.saveDead.inc(),
       logger,
       ...options.queueOptions,
     });

@@ -4,8 +4,11 @@
  * `EngineGuard.read` / `write` run one engine call with a per-attempt deadline and up to three
  * attempts with exponential backoff, but only for transient failures (network errors, timeouts,
  * 429 and 5xx from the LLM, the embedder, the database or the Platform). Whatever still fails
- * becomes `MemoryUnavailableError(true)` ("temporarily unavailable"); our own `AppError`s
- * (not found, bad request) pass through untouched and never count against the engine.
+ * becomes `MemoryUnavailableError(true)` ("temporarily unavailable"), except a content refusal by
+ * the engine's model (400, 413 or 422: the text is too long for it, say), which becomes
+ * `MemoryRejectedError` without touching the health state: the engine works, this content never
+ * will. Our own `AppError`s (not found, bad request) pass through untouched and never count
+ * against the engine.
  *
  * Writes are not retried after a timeout: the timed-out attempt may still finish in the
  * background, and a second one would store the memory twice.
@@ -14,12 +17,15 @@
  * cheap probe refreshes once it is older than a few seconds; so /health turns `degraded` on the
  * first failing call of an outage and recovers by itself once the probe succeeds again.
  */
-import { AppError, BadRequestError, MemoryUnavailableError } from '../errors';
+import { AppError, BadRequestError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
 import { withDeadline } from '../util/deadline';
 import type { Logger } from '../logger';
 
-/** How a failure is handled: retried and counted, counted only, or the caller's fault. */
-export type FailureKind = 'transient' | 'engine' | 'caller';
+/**
+ * How a failure is handled: retried and counted (`transient`), counted only (`engine`), the
+ * caller's fault (`caller`), or this content refused for good by the engine's model (`rejected`).
+ */
+export type FailureKind = 'transient' | 'engine' | 'caller' | 'rejected';
 
 /** What a successful call shows: that the whole engine works, or only part of it. */
 export type Proof = 'all' | 'part';
@@ -106,6 +112,26 @@ export function isTransientStatus(status: number): boolean {
   return status === 408 || status === 425 || status === 429 || status >= 500;
 }
 
+/** Statuses with which a model refuses the content itself (not the key, not the load). */
+const CONTENT_REFUSALS = new Set([400, 413, 422]);
+
+/** Whether `err` (or an error in its `cause` chain) is an HTTP answer refusing the content (400, 413, 422). */
+export function isContentRefusal(err: unknown): boolean {
+  let current: unknown = err;
+  for (let depth = 0; depth < 6 && current !== null && typeof current === 'object'; depth++) {
+    const status = field(current, 'status');
+    if (typeof status === 'number') return CONTENT_REFUSALS.has(status);
+    current = field(current, 'cause');
+  }
+  return false;
+}
+
+/** The default classification: transient, a content refusal, or an engine failure. */
+export function classifyEngineError(err: unknown): FailureKind {
+  if (isTransientError(err)) return 'transient';
+  return isContentRefusal(err) ? 'rejected' : 'engine';
+}
+
 /**
  * Whether `err` (or an error in its `cause` chain) is a network failure, a timeout, or a 408/429/5xx
  * answer: worth another attempt. Works on the shapes the engines throw (openai SDK `APIError` with
@@ -162,7 +188,7 @@ export class EngineGuard {
 
   constructor(private readonly options: EngineGuardOptions) {
     this.tuning = Object.freeze({ ...DEFAULT_GUARD_TUNING, ...stripUndefined(options.tuning ?? {}) });
-    this.classify = options.classify ?? ((err) => (isTransientError(err) ? 'transient' : 'engine'));
+    this.classify = options.classify ?? classifyEngineError;
     this.now = options.now ?? Date.now;
     this.sleep = options.sleep ?? defaultSleep;
   }
@@ -233,6 +259,10 @@ export class EngineGuard {
         if (kind === 'caller') {
           logger.debug('memory engine refused the request', { backend, op, err });
           throw new BadRequestError('The memory service rejected the request', 'The memory service rejected the request');
+        }
+        if (kind === 'rejected') {
+          logger.warn('memory engine refused the content', { backend, op, err });
+          throw new MemoryRejectedError();
         }
         lastError = err;
         const retryable = kind === 'transient' && (retryOnTimeout || !(err instanceof EngineTimeoutError));

@@ -11,7 +11,9 @@
  *   interval rather than a stream of doomed calls; the first success after an outage makes every
  *   waiting job due again, so the backlog drains as soon as the service is back. Other failures
  *   count, and a job that failed `maxFailures` times that way is kept in state 'dead' with its
- *   last error (never deleted) for an operator to look at.
+ *   last error (never deleted) for an operator to look at; a permanent failure (the engine's model
+ *   refused the content) makes it dead at once. One job failing again and again never pauses the
+ *   others: the queue pauses only once transient failures come from two different jobs in a row.
  * - "In flight" is never stored: a claim increments `attempts` and moves `next_attempt_at` to the
  *   time of its retry in one write, and only memory knows the job runs. A process killed mid-save
  *   leaves a pending job that the next start picks up once that (short) backoff has passed. Saves
@@ -31,7 +33,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { MemoryUnavailableError } from '../errors';
+import { MemoryRejectedError, MemoryUnavailableError } from '../errors';
 import { withDeadline } from '../util/deadline';
 import type { ChatMessage, MemoryScope } from './types';
 
@@ -88,6 +90,13 @@ export interface SaveQueueOptions {
    * rather than going dead: losing an exchange to an outage is the worse failure.
    */
   isTransient?: (err: unknown) => boolean;
+  /**
+   * Whether a failure can never succeed, so the job goes 'dead' at once (default: the engine's
+   * model refused the content, `MemoryRejectedError`: e.g. an exchange too long for its context).
+   */
+  isPermanent?: (err: unknown) => boolean;
+  /** Told about every job that went 'dead' (metrics counter). */
+  onDead?: () => void;
   /** A save running longer is given up (transient failure; it may still finish: at-least-once). Default 5 min. */
   saveTimeoutMs?: number;
   /** How long `stop` waits for running saves (default 10 s). */
@@ -194,6 +203,7 @@ export class SaveQueue {
   private readonly stopTimeoutMs: number;
   private readonly retentionMs: number;
   private readonly isTransient: (err: unknown) => boolean;
+  private readonly isPermanent: (err: unknown) => boolean;
   private readonly random: () => number;
   private readonly stmt: {
     insert: Database.Statement<[string, string, string | null, string | null, string, string, number, number, number]>;
@@ -218,8 +228,9 @@ export class SaveQueue {
   private readonly inFlight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
-  /** Transient failures in a row, and the pause they imposed on the whole queue. */
+  /** Transient failures in a row, the jobs they came from, and the pause they imposed on the whole queue. */
   private consecutiveTransient = 0;
+  private readonly transientJobs = new Set<string>();
   private pausedUntil = 0;
   private lastPrune = 0;
   private waiters: Array<() => void> = [];
@@ -234,6 +245,7 @@ export class SaveQueue {
     this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
     this.retentionMs = options.retentionMs ?? 7 * 24 * 60 * 60 * 1000;
     this.isTransient = options.isTransient ?? isTransientSaveError;
+    this.isPermanent = options.isPermanent ?? ((err) => err instanceof MemoryRejectedError);
     this.random = options.random ?? Math.random;
 
     fs.mkdirSync(path.dirname(path.resolve(options.path)), { recursive: true });
@@ -489,6 +501,7 @@ export class SaveQueue {
       if (this.consecutiveTransient > 0) {
         // The service is back: whatever waits for its backoff is due now.
         this.consecutiveTransient = 0;
+        this.transientJobs.clear();
         this.pausedUntil = 0;
         this.stmt.pullForward.run(now, now, now, this.inFlightJson());
       }
@@ -507,17 +520,23 @@ export class SaveQueue {
     }
     if (this.closed) return;
     const now = Date.now();
-    const transient = this.isTransient(err);
+    const permanent = this.isPermanent(err);
+    const transient = !permanent && this.isTransient(err);
     const hardFailures = claimed.hardFailures + (transient ? 0 : 1);
     const message = errorText(err);
     const { id, attempt } = claimed.job;
     try {
-      if (!transient && hardFailures >= this.maxFailures) {
+      if (permanent || (!transient && hardFailures >= this.maxFailures)) {
         if (this.stmt.dead.run(message, hardFailures, now, id).changes > 0) {
           this.pending = Math.max(0, this.pending - 1);
           this.emitDepth();
+          try {
+            this.options.onDead?.();
+          } catch {
+            // A metrics hook must not break the queue.
+          }
         }
-        this.options.logger?.warn('save queue gave up on a job (dead)', { job_id: id, attempts: attempt, error: message });
+        this.options.logger?.warn('save queue gave up on a job (dead)', { job_id: id, attempts: attempt, permanent, error: message });
       } else {
         this.stmt.retry.run(now + this.backoff(attempt), message, hardFailures, now, id);
       }
@@ -526,7 +545,9 @@ export class SaveQueue {
     }
     if (transient) {
       this.consecutiveTransient++;
-      this.pausedUntil = now + this.backoff(this.consecutiveTransient);
+      this.transientJobs.add(id);
+      // One job failing alone backs off by itself; two different ones in a row look like an outage.
+      if (this.transientJobs.size >= 2) this.pausedUntil = now + this.backoff(this.consecutiveTransient);
     }
   }
 

@@ -217,3 +217,28 @@ describe('a deeply nested chat body', () => {
     expect(ok.status).toBe(200);
   });
 });
+
+describe("an exchange the memory engine's model refuses", () => {
+  it("goes dead at once (400 context_length_exceeded is never retried) while other users' exchanges are saved", async () => {
+    const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
+    try {
+      fake.reset();
+      await p.client.chat.completions.create({ model: 'm', user: 'moe', messages: [{ role: 'user', content: 'My essay is far too long for the model.' }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+      // The next call to the fake is the queue's extraction for moe's exchange: the model refuses it.
+      fake.setNext({ kind: 'error', status: 400, type: 'invalid_request_error', code: 'context_length_exceeded', message: "This model's maximum context length is 128000 tokens." }, { path: '/v1/chat/completions' });
+      p.app.queue?.start();
+      await waitFor(() => (p.app.queue?.deadCount() === 1 ? true : undefined));
+      await p.client.chat.completions.create({ model: 'm', user: 'noa', messages: [{ role: 'user', content: 'My bike is blue.' }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+      const started = Date.now();
+      await waitFor(async () => ((await memoriesOf(p, 'noa')).length > 0 ? true : undefined));
+      expect(Date.now() - started).toBeLessThan(3000);
+      // One extraction attempt for moe (refused), one for noa: no retries of the refused one.
+      expect(extractions()).toBe(2);
+      const metrics = await request(p.app.app).get('/metrics').set(auth).expect(200);
+      expect(metrics.text).toMatch(/^proxy_save_dead_total 1$/m);
+      expect((await request(p.app.app).get('/health').set(auth)).body).toMatchObject({ status: 'healthy', memory_service_available: true });
+    } finally {
+      await p.close();
+    }
+  });
+});

@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { MemoryUnavailableError } from '../../src/errors';
+import { MemoryRejectedError, MemoryUnavailableError } from '../../src/errors';
 import { SaveQueue, type SaveAttempt, type SaveJob, type SaveQueueOptions } from '../../src/memory/save-queue';
 
 let dir: string;
@@ -321,6 +321,50 @@ describe('SaveQueue', () => {
     expect(saved).toEqual(['killed']);
     expect(restarted.status('killed')).toMatchObject({ state: 'done', attempts: 2 });
   }, 20000);
+
+  it("moves a job the engine's model refused (too long, say) to dead at once, and goes on with the others", async () => {
+    const saved: string[] = [];
+    let dead = 0;
+    const q = makeQueue({
+      onDead: () => dead++,
+      save: async (attempt) => {
+        if (attempt.id === 'too-long') throw new MemoryRejectedError();
+        saved.push(attempt.id);
+      },
+    });
+    q.enqueue(job('too-long'));
+    q.enqueue(job('next'));
+    q.start();
+    await until(() => q.status('too-long')?.state === 'dead' && saved.includes('next'));
+    expect(q.status('too-long')).toMatchObject({ state: 'dead', attempts: 1 });
+    expect(dead).toBe(1);
+  });
+
+  it('does not pause the others for one job that keeps failing transiently', async () => {
+    const saved: string[] = [];
+    let poisonCalls = 0;
+    const q = makeQueue({
+      baseDelayMs: 1000,
+      maxDelayMs: 4000,
+      concurrency: 1,
+      save: async (attempt) => {
+        if (attempt.id === 'poison') {
+          poisonCalls++;
+          throw new MemoryUnavailableError(true);
+        }
+        saved.push(attempt.id);
+      },
+    });
+    q.enqueue(job('poison'));
+    q.start();
+    await until(() => poisonCalls === 1);
+    const started = Date.now();
+    for (let i = 0; i < 5; i++) q.enqueue(job(`u${i}`));
+    await until(() => saved.length === 5, 3000);
+    // Paused, they would wait out the poison job's backoff (500-1000 ms) first.
+    expect(Date.now() - started).toBeLessThan(400);
+    expect(q.status('poison')?.state).toBe('pending');
+  });
 
   it('pauses during an outage instead of hammering the memory service', async () => {
     let calls = 0;
