@@ -161,6 +161,9 @@ export function createApp(deps: AppDeps): RequestListener {
     if (!(err instanceof AppError) && appError.status >= 500) {
       logger.error('unhandled error', { request_id: req.id, route: req.routeLabel, err });
     }
+    // Refused before its body was read (401, 429, 413, 415, …): close the connection after the
+    // answer rather than read on, so a client dribbling a huge body cannot hold the socket.
+    if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
     sendError(res, req.api ?? 'admin', appError);
   };
   const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next) => handleError(err, req, res);

@@ -2,8 +2,9 @@
  * The process: load and validate configuration, build the dependencies, create the app, listen,
  * reload the key registry on SIGHUP, and shut down cleanly on SIGTERM/SIGINT.
  */
-import http from 'node:http';
+import type http from 'node:http';
 import { assemble } from './assemble';
+import { createHttpServer } from './http/server';
 import { ConfigError, loadConfig, type Config } from './config';
 import { combinedAuthenticator } from './http/key-authenticator';
 import { createRedisRateLimitStore } from './http/redis-store';
@@ -56,12 +57,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     );
   }
   const { app, close: closeParts } = assemble({ config, logger, metrics, memory, authenticator, rateLimitStore: redis?.storeFactory });
-  const server = http.createServer(app);
-  // Slow or stalled clients must not hold sockets forever; long model answers are fine because
-  // these only bound the request side.
-  server.headersTimeout = 60_000;
-  server.requestTimeout = 0;
-  server.keepAliveTimeout = 65_000;
+  const server = createHttpServer(app);
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import winston from 'winston';
+import { createHttpServer } from '../../src/http/server';
 import { assemble } from '../../src/assemble';
 import { loadConfig, type Config } from '../../src/config';
 import { tokenAuthenticator, type Authenticator } from '../../src/http/authenticate';
@@ -102,7 +103,8 @@ export interface Served {
 
 /** Serves a request listener on 127.0.0.1:0; `close` ends every connection. */
 export async function serve(listener: http.RequestListener): Promise<Served> {
-  const server = http.createServer(listener);
+  // The server the process runs on (its request limits included).
+  const server = createHttpServer(listener);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {

@@ -4,9 +4,11 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
+import { createHttpServer } from '../../src/http/server';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
@@ -240,5 +242,55 @@ describe("an exchange the memory engine's model refuses", () => {
     } finally {
       await p.close();
     }
+  });
+});
+
+describe('slow request bodies', () => {
+  let app: TestApp;
+  let server: http.Server;
+  let port: number;
+  beforeAll(async () => {
+    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN });
+    server = createHttpServer(app.app, { requestTimeoutMs: 1000, checkIntervalMs: 100 });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as net.AddressInfo).port;
+  });
+  afterAll(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    await app.close();
+  });
+
+  /** Opens a socket, sends `head` and one byte of body, and reports what came back and whether the server closed it. */
+  function dribble(head: string, waitMs: number): Promise<{ response: string; closedByServer: boolean }> {
+    return new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      let response = '';
+      let closedByServer = false;
+      socket.on('data', (d: Buffer) => (response += d.toString('utf8')));
+      socket.on('end', () => (closedByServer = true));
+      socket.on('close', () => (closedByServer = true));
+      socket.on('error', () => (closedByServer = true));
+      socket.write(`${head}\r\n\r\n{`);
+      setTimeout(() => {
+        resolve({ response, closedByServer });
+        socket.destroy();
+      }, waitMs);
+    });
+  }
+
+  it('answers a keyless POST announcing a huge body with 401 and closes the connection instead of reading on', async () => {
+    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000`, 500);
+    expect(result.response).toMatch(/^HTTP\/1.1 401/);
+    expect(result.response.toLowerCase()).toContain('connection: close');
+    expect(result.closedByServer).toBe(true);
+  });
+
+  it('cuts off an authenticated request whose body does not arrive in time (408)', async () => {
+    fake.reset();
+    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000`, 2500);
+    expect(result.response).toMatch(/^HTTP\/1.1 408/);
+    expect(result.closedByServer).toBe(true);
+    expect(fake.requests).toHaveLength(0);
   });
 });
