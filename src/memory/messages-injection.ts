@@ -101,6 +101,17 @@ export function appendMemoryBlock(raw: Buffer, body: Json, block: string): Buffe
   return Buffer.concat([raw.subarray(0, close), Buffer.from(`${separator}${blockJson}`), raw.subarray(close)]);
 }
 
+/**
+ * Whether a request asks for output in a JSON schema (`output_config.format`, or the older
+ * top-level `output_format`): a machine task such as Claude Code's session-title request, whose
+ * "prompt" is an instruction wrapped around the user's words. It gets no memories (they would
+ * change a structured answer) and is not saved (its prompt is not the user's).
+ */
+export function isStructuredOutputRequest(body: Json): boolean {
+  const config = body['output_config'];
+  return (isObject(config) && config['format'] !== undefined && config['format'] !== null) || (body['output_format'] !== undefined && body['output_format'] !== null);
+}
+
 const MAX_SESSION_ID = 256;
 
 function usableId(value: unknown): string | undefined {

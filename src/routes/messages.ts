@@ -5,14 +5,15 @@
  * caller's, else `X-Mem0-User-Id`, else `default` (never `metadata.user_id`); the search text is the
  * user's prompt, found through tool-loop turns; the block is spliced in after the request's last
  * block so every cached prefix stays byte-identical; and an exchange is saved once per turn, when
- * the reply ends it (`stop_reason: end_turn`), with the session in its metadata.
+ * the reply ends it (`stop_reason: end_turn`), with the session in its metadata. Requests for
+ * structured (JSON schema) output, such as Claude Code's session-title request, carry no memory.
  */
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody, requireJson } from '../http/read-body';
 import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock } from '../memory/injection';
-import { appendMemoryBlock, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
+import { appendMemoryBlock, isStructuredOutputRequest, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
 import { tapReply } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
 import { parseChatBody } from './chat';
@@ -35,7 +36,7 @@ export function messagesRoute(options: MessagesRouteOptions): Handler {
     if (!caller) throw new Error('authenticate must run before the messages route');
     // Checked even with memory off: a bound caller may not name another user.
     const scope = chatScope(caller, req.headers, undefined);
-    const prompt = chatMemory.enabled && scope !== undefined ? messagesPromptText(body) : undefined;
+    const prompt = chatMemory.enabled && scope !== undefined && !isStructuredOutputRequest(body) ? messagesPromptText(body) : undefined;
 
     let forwardBody = raw;
     let injected = 0;

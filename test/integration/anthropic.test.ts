@@ -532,3 +532,35 @@ describe('a key bound to one user', () => {
     expect(anthropic.requestsTo('/v1/messages')).toHaveLength(1);
   });
 });
+
+describe("Claude Code's side requests", () => {
+  it('leaves a structured-output request (the session title) alone: no memories, nothing saved', async () => {
+    const p = await startProxy();
+    try {
+      await request(p.app.app).post('/remember').set(admin).send({ user_id: 'default', content: 'The favourite deploy tool is Helm', infer: false }).expect(200);
+      anthropic.reset();
+      openai.reset();
+      // Shaped as Claude Code 2.1.197 sends it (captured through the proxy on this machine).
+      const title = {
+        model: 'claude-opus-4-8',
+        messages: [{ role: 'user', content: [{ type: 'text', text: '<session>\nHow should I deploy this service with Helm?\n</session>\n\nWrite the title in the language the user wrote in.' }] }],
+        system: [{ type: 'text', text: 'Generate a concise, sentence-case title (3-7 words).' }],
+        tools: [],
+        max_tokens: 64000,
+        thinking: { type: 'disabled' },
+        output_config: { effort: 'high', format: { type: 'json_schema', schema: { type: 'object', properties: { title: { type: 'string' } }, required: ['title'] } } },
+        stream: true,
+      };
+      const sent = Buffer.from(JSON.stringify(title));
+      const res = await send(p.served.url, 'POST', '/v1/messages?beta=true', { ...claudeCodeHeaders('sess-title'), 'x-api-key': TEST_AUTH_TOKEN }, sent);
+      expect(res.status).toBe(200);
+      expect(res.headers['x-mem0-memories']).toBe('0');
+      expect(forwardedMessages()[0]?.body.equals(sent)).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(p.app.queue?.depth()).toBe(0);
+      expect(extractions()).toBe(0);
+    } finally {
+      await p.close();
+    }
+  });
+});
