@@ -113,19 +113,65 @@ export function lastUserInputText(body: Record<string, unknown>, options: LastUs
 }
 
 /**
- * One memory as one line of the block: whitespace (newlines included) collapsed so a memory cannot
- * fake extra lines, invisible format characters removed, and anything that reads as our own
- * delimiter (`<memories>`, `</memories>`, in any case, spacing or full-width form) defused by
- * replacing its `<` with `‹`, so a stored memory can never close the block early and speak as
- * the instructions around it.
+ * Characters that look like the Latin letters of our delimiter and of chat-template tokens
+ * (Cyrillic and Greek homoglyphs), or like the brackets and bars around them, mapped to what they
+ * look like. One UTF-16 unit to one, so a "skeleton" built with it keeps every index.
+ */
+const LOOK_ALIKES: Readonly<Record<string, string>> = {
+  а: 'a', е: 'e', о: 'o', р: 'p', с: 'c', х: 'x', у: 'y', і: 'i', ј: 'j', ѕ: 's', ԁ: 'd', һ: 'h', м: 'm', т: 't', к: 'k', н: 'h', г: 'r', п: 'n',
+  А: 'a', В: 'b', Е: 'e', К: 'k', М: 'm', Н: 'h', О: 'o', Р: 'p', С: 'c', Т: 't', Х: 'x', У: 'y', І: 'i', Ј: 'j', Ѕ: 's',
+  ο: 'o', ε: 'e', ι: 'i', κ: 'k', ν: 'v', ρ: 'p', τ: 't', υ: 'u', χ: 'x', μ: 'm',
+  Ο: 'o', Ε: 'e', Ι: 'i', Κ: 'k', Μ: 'm', Ν: 'n', Ρ: 'p', Τ: 't', Χ: 'x', Υ: 'y', Α: 'a', Β: 'b', Ζ: 'z', Η: 'h',
+  '‹': '<', '\u2329': '<', '\u3008': '<', '⟨': '<', '❮': '<', '˂': '<', '«': '<',
+  '›': '>', '\u232a': '>', '\u3009': '>', '⟩': '>', '❯': '>', '˃': '>', '»': '>',
+  '❲': '[', '⟦': '[', '〔': '[', '❳': ']', '⟧': ']', '〕': ']',
+  ǀ: '|', '∣': '|', '│': '|', '❘': '|', '¦': '|',
+};
+
+/**
+ * What would read as a delimiter to the model, matched on the skeleton (look-alikes mapped, lower
+ * case): our own `<memories>` / `</memories>`, and the chat-template tokens of common models
+ * (`<|im_start|>`, `<|eot_id|>`, `[INST]`, `[/INST]`, `<<SYS>>`, `<</SYS>>`, `<start_of_turn>`).
+ */
+const DELIMITERS = /<\s*\/?\s*memories\s*>?|<\s*\|[^|<>\s]{1,40}\|\s*>|\[\s*\/?\s*inst\s*\]|<<\s*\/?\s*sys\s*>>|<\s*\/?\s*(?:start|end)_of_turn\s*>/g;
+
+/** `text` with each look-alike replaced by the character it imitates, in lower case, same length. */
+function skeleton(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charAt(i);
+    const mapped = LOOK_ALIKES[ch] ?? ch;
+    const lower = mapped.toLowerCase();
+    out += lower.length === 1 ? lower : mapped;
+  }
+  return out;
+}
+
+/**
+ * One memory as one line of the block: NFKC-normalised (full-width and other compatibility forms
+ * become plain ones), invisible format characters removed, whitespace (newlines included) collapsed
+ * so a memory cannot fake extra lines, and anything that reads as a delimiter, in any case,
+ * spacing, or written with look-alike letters and brackets (see `DELIMITERS`), rewritten as its
+ * plain words without brackets (`</memories>` → `/memories`, `<|im_start|>` → `im_start`), so a
+ * stored memory can never close the block early or open a turn of its own.
  */
 export function sanitizeMemoryText(text: string): string {
-  return text
+  const flat = text
     .normalize('NFKC')
     .replace(/[\p{Cf}\p{Cc}]/gu, (ch) => (/\s/.test(ch) ? ' ' : ''))
     .replace(/\s+/g, ' ')
-    .trim()
-    .replace(/<(?=\s*\/?\s*memories)/gi, '‹');
+    .trim();
+  const shape = skeleton(flat);
+  let out = '';
+  let from = 0;
+  for (const match of shape.matchAll(DELIMITERS)) {
+    const at = match.index;
+    out += flat.slice(from, at);
+    // The token's own characters as written, without its brackets, bars and spaces.
+    for (let i = at; i < at + match[0].length; i++) if (!/[<>[\]|\s]/.test(shape.charAt(i))) out += flat.charAt(i);
+    from = at + match[0].length;
+  }
+  return from === 0 ? flat : out + flat.slice(from);
 }
 
 /** `text` cut to at most `max` UTF-16 units with an ellipsis, never inside a surrogate pair. */
