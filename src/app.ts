@@ -19,6 +19,7 @@ import express, { type ErrorRequestHandler, type RequestHandler } from 'express'
 import type { Config } from './config';
 import { AppError, NotFoundError, UnsupportedMediaTypeError, sendError, toAppError } from './errors';
 import { authenticate, type Authenticator } from './http/authenticate';
+import { FailedLogins } from './http/failed-logins';
 import { createRateLimiters, type RateLimitStoreFactory } from './http/rate-limit';
 import { requestId } from './http/request-id';
 import { requestLog } from './http/request-log';
@@ -84,7 +85,7 @@ export function createApp(deps: AppDeps): RequestListener {
     },
     requestLog(logger, metrics),
     sameOrigin(config.allowedOrigins),
-    authenticate(deps.authenticator, logger, config.server.trustProxy),
+    authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute)),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security
   // headers; /v1/* never reaches this app, so upstream headers there pass through unchanged.

@@ -48,6 +48,8 @@ export interface Config {
     readonly redisPrefix: string;
     /** With the shared store unreachable: refuse with 503 (true) or serve unlimited (false). */
     readonly failClosed: boolean;
+    /** Refused credentials per minute per client address before it is answered 429 (this process). */
+    readonly failedAuthPerMinute: number;
   };
   readonly memory: {
     readonly backend: MemoryBackend;
@@ -191,6 +193,7 @@ const envSchema = z.object({
   RATE_LIMIT_MCP: intVar(1, 1e9),
   RATE_LIMIT_REDIS_PREFIX: optionalString,
   RATE_LIMIT_FAIL_CLOSED: boolVar,
+  RATE_LIMIT_FAILED_AUTH: intVar(1, 1e9),
 });
 
 /** Every environment variable the proxy reads (env.example and the README list each one). */
@@ -363,6 +366,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
       perMinute,
       redisPrefix: e.RATE_LIMIT_REDIS_PREFIX ?? 'mp:rl:',
       failClosed: e.RATE_LIMIT_FAIL_CLOSED ?? false,
+      failedAuthPerMinute: e.RATE_LIMIT_FAILED_AUTH ?? 30,
     },
     memory: {
       backend: e.MEMORY_BACKEND ?? 'embedded',

@@ -11,9 +11,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { ipKeyGenerator } from 'express-rate-limit';
-import { UnauthorizedError } from '../errors';
+import { RateLimitError, UnauthorizedError } from '../errors';
 import type { Logger } from '../logger';
 import type { Caller } from './context';
+import type { FailedLogins } from './failed-logins';
 import { pathOf, type Handler } from './pipeline';
 
 export interface Authenticator {
@@ -65,16 +66,33 @@ function credentials(req: IncomingMessage): string[] {
   return found;
 }
 
-export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean): Handler {
+/** Longest request path a refusal's log line repeats (the rest is the caller's to invent). */
+const MAX_LOGGED_PATH = 200;
+
+/**
+ * @param failedLogins when given, an address past its refused credentials per minute is answered
+ *   429 without its credential being checked (or logged).
+ */
+export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean, failedLogins?: FailedLogins): Handler {
+  const refuse = (req: IncomingMessage, address: string, message: string): UnauthorizedError => {
+    failedLogins?.record(address);
+    logger.warn(message, { request_id: req.id, path: pathOf(req).slice(0, MAX_LOGGED_PATH) });
+    return new UnauthorizedError(message);
+  };
   return (req, _res, next) => {
     if (!auth.required) {
       req.caller = { id: `ip:${clientAddress(req, trustProxy)}`, kind: 'anonymous', userId: undefined, admin: true, limits: {} };
       next();
       return;
     }
+    const address = clientAddress(req, trustProxy);
+    const retryAfter = failedLogins?.retryAfter(address);
+    if (retryAfter !== undefined && failedLogins) {
+      next(new RateLimitError(failedLogins.perMinute, retryAfter));
+      return;
+    }
     if (!req.headers.authorization && !req.headers['x-api-key']) {
-      logger.warn('No authorization header provided', { request_id: req.id, path: pathOf(req) });
-      next(new UnauthorizedError('No authorization header provided'));
+      next(refuse(req, address, 'No authorization header provided'));
       return;
     }
     let caller: Caller | undefined;
@@ -83,8 +101,7 @@ export function authenticate(auth: Authenticator, logger: Logger, trustProxy: bo
       if (caller) break;
     }
     if (!caller) {
-      logger.warn('Invalid authorization token provided', { request_id: req.id, path: pathOf(req) });
-      next(new UnauthorizedError('Invalid authorization token provided'));
+      next(refuse(req, address, 'Invalid authorization token provided'));
       return;
     }
     req.caller = caller;

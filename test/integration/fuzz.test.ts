@@ -62,7 +62,7 @@ beforeAll(async () => {
     EMBEDDING_DIMS: '32',
     KEYS_FILE: keysFile,
     MAX_BODY_BYTES: '65536',
-    ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
+    ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
   };
   const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
   const registry = KeyRegistry.load({ file: keysFile, logger });

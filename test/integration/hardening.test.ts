@@ -294,3 +294,24 @@ describe('slow request bodies', () => {
     expect(fake.requests).toHaveLength(0);
   });
 });
+
+describe('failed logins', () => {
+  let app: TestApp;
+  beforeAll(async () => {
+    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, RATE_LIMIT_FAILED_AUTH: '5', RATE_LIMIT_HEALTH: '1000' });
+  });
+  afterAll(() => app.close());
+
+  it('answers 429 to an address past its refused credentials per minute, without checking or logging more', async () => {
+    const longPath = `/health?${'x'.repeat(5000)}`;
+    for (let i = 0; i < 5; i++) await request(app.app).get(longPath).set('Authorization', `Bearer guess-${i}`).expect(401);
+    const refusals = app.logs.filter((l) => l.includes('Invalid authorization token provided'));
+    expect(refusals).toHaveLength(5);
+    expect(Math.max(...refusals.map((l) => l.length))).toBeLessThan(600);
+    const limited = await request(app.app).get('/health').set('Authorization', 'Bearer guess-6').expect(429);
+    expect(Number(limited.headers['retry-after'])).toBeGreaterThan(0);
+    // Even the right key waits: otherwise 429 versus 200 would still tell a guesser when it is right.
+    await request(app.app).get('/health').set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`).expect(429);
+    expect(app.logs.filter((l) => l.includes('Invalid authorization token provided'))).toHaveLength(5);
+  });
+});

@@ -159,6 +159,14 @@ describe('isolation between bound keys', () => {
   });
 });
 
+describe('metrics', () => {
+  it('are for admin callers: a key bound to one user gets 403, the admin key the figures', async () => {
+    await request(app.app).get('/metrics').set(bearer(KEY.alice)).expect(403);
+    const res = await request(app.app).get('/metrics').set(bearer(KEY.admin)).expect(200);
+    expect(res.text).toContain('proxy_http_requests_total');
+  });
+});
+
 describe('refused keys', () => {
   it('answers 401 to an expired key, everywhere', async () => {
     await post('/list', KEY.expired, {}).expect(401);
