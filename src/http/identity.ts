@@ -51,8 +51,8 @@ export function adminScope(caller: Caller, body: { user_id?: string | undefined;
 }
 
 /**
- * The chat path's user: the bound one; else `X-Mem0-User-Id`; else the body's `user`; else
- * `default`. A bound caller naming another user by header or body is refused (403); a bad
+ * The chat path's user: the bound one; else `X-Mem0-User-Id`; else the body's `user` (or
+ * `safety_identifier`); else `default`. A bound caller naming another user by header or body is refused (403); a bad
  * `X-Mem0-*` header is the caller's mistake (400).
  *
  * Returns undefined when the memory user would be the body's `user` and that cannot name a memory

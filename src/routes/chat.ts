@@ -54,7 +54,8 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const mode = parseMemoryMode(req.headers['x-mem0-memory']);
     const caller = req.caller;
     if (!caller) throw new Error('authenticate must run before the chat route');
-    const bodyUser = typeof body['user'] === 'string' ? body['user'] : undefined;
+    // OpenAI's end-user id: `user`, or `safety_identifier`, which newer clients send in its place.
+    const bodyUser = [body['user'], body['safety_identifier']].find((v): v is string => typeof v === 'string' && v.trim() !== '');
     // Checked even with memory off: a bound caller may not name another user anywhere.
     const scope = chatScope(caller, req.headers, bodyUser);
     // Through tool results: every request of a tool-using turn recalls for the user's words.

@@ -315,3 +315,20 @@ describe('failed logins', () => {
     expect(app.logs.filter((l) => l.includes('Invalid authorization token provided'))).toHaveLength(5);
   });
 });
+
+describe('the memory user from safety_identifier', () => {
+  let p: MemoryProxy;
+  beforeAll(async () => {
+    p = await startProxy();
+    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'sid-olga', content: 'Olga plays the cello', infer: false }).expect(200);
+  });
+  afterAll(() => p.close());
+  beforeEach(() => fake.reset());
+
+  it('takes safety_identifier when there is no user, and user when both are sent', async () => {
+    const ask = (extra: Record<string, string>) =>
+      p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Which instrument does Olga play, the cello?' }], ...extra } as never, { headers: { 'X-Mem0-Memory': 'read' } }).withResponse();
+    expect((await ask({ safety_identifier: 'sid-olga' })).response.headers.get('x-mem0-memories')).toBe('1');
+    expect((await ask({ user: 'someone-else', safety_identifier: 'sid-olga' })).response.headers.get('x-mem0-memories')).toBe('0');
+  });
+});
