@@ -10,12 +10,19 @@
  * response. Without sessions there is no server-to-client stream and nothing to end: GET and
  * DELETE answer 405, as the SDK's stateless examples do.
  *
- * The transport reads and checks the body itself (Accept, Content-Type, size, JSON-RPC shape), so
- * protocol-level refusals come back as JSON-RPC errors that MCP clients understand.
+ * The body is read here (within the limit, nesting at most 400 levels) and handed to the transport
+ * parsed; the transport checks the rest (Accept, Content-Type, JSON-RPC shape), so protocol-level
+ * refusals come back as JSON-RPC errors that MCP clients understand. A JSON-RPC batch (an array)
+ * is refused: MCP dropped batching (spec 2025-06-18), and a batch of a hundred tool calls would
+ * otherwise pass the rate limit as one request.
  */
 import type { RequestHandler } from 'express';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { PayloadTooLargeError } from '../errors';
+import { readBody } from '../http/read-body';
 import type { Logger } from '../logger';
+import { nestsDeeperThan } from '../util/json-spans';
+import { MAX_BODY_DEPTH } from './chat';
 import { createMemoryMcpServer } from '../mcp/server';
 import type { MemoryService } from '../memory/types';
 
@@ -37,12 +44,44 @@ export interface McpRoutes {
 
 const METHOD_NOT_ALLOWED = JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message: 'Method not allowed.' }, id: null });
 
+/** A JSON-RPC error answered before the transport sees the request. */
+function rpcError(res: Parameters<RequestHandler>[1], status: number, code: number, message: string): void {
+  res.status(status).type('application/json').send(JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null }));
+}
+
+/** The request's JSON, or undefined after answering why there is none. */
+async function readRpcBody(req: Parameters<RequestHandler>[0], res: Parameters<RequestHandler>[1]): Promise<unknown> {
+  let raw: Buffer;
+  try {
+    raw = await readBody(req, MCP_BODY_LIMIT_BYTES);
+  } catch (err) {
+    if (err instanceof PayloadTooLargeError) rpcError(res, 413, -32000, `Request body exceeds ${MCP_BODY_LIMIT_BYTES} bytes`);
+    else throw err;
+    return undefined;
+  }
+  let parsed: unknown;
+  try {
+    if (nestsDeeperThan(raw, MAX_BODY_DEPTH)) throw new Error('too deep');
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch {
+    rpcError(res, 400, -32700, 'Parse error: Invalid JSON');
+    return undefined;
+  }
+  if (Array.isArray(parsed)) {
+    rpcError(res, 400, -32600, 'Invalid Request: batch requests are not supported; send one JSON-RPC message per request');
+    return undefined;
+  }
+  return parsed;
+}
+
 export function mcpRoutes(options: McpRouteOptions): McpRoutes {
   const { memory, logger } = options;
   return {
     post: async (req, res) => {
       const caller = req.caller;
       if (!caller) throw new Error('authenticate must run before the MCP route');
+      const body = await readRpcBody(req, res);
+      if (body === undefined) return;
       const server = createMemoryMcpServer({ memory, caller, logger, version: options.version, defaults: options.defaults, requestId: req.id });
       // No `sessionIdGenerator`: stateless mode.
       const transport = new StreamableHTTPServerTransport({ enableJsonResponse: true, maxRequestBodySize: MCP_BODY_LIMIT_BYTES });
@@ -52,7 +91,7 @@ export function mcpRoutes(options: McpRouteOptions): McpRoutes {
         server.close().catch((err: unknown) => logger.debug('mcp close failed', { request_id: req.id, err }));
       });
       await server.connect(transport);
-      await transport.handleRequest(req, res);
+      await transport.handleRequest(req, res, body);
     },
     methodNotAllowed: (_req, res) => {
       res.status(405).set('Allow', 'POST').type('application/json').send(METHOD_NOT_ALLOWED);

@@ -332,3 +332,22 @@ describe('the memory user from safety_identifier', () => {
     expect((await ask({ user: 'someone-else', safety_identifier: 'sid-olga' })).response.headers.get('x-mem0-memories')).toBe('0');
   });
 });
+
+describe('MCP batches', () => {
+  let app: TestApp;
+  beforeAll(async () => {
+    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN });
+  });
+  afterAll(() => app.close());
+  const mcp = () => request(app.app).post('/mcp').set(auth).set('Accept', 'application/json, text/event-stream').set('Content-Type', 'application/json');
+
+  it('refuses a JSON-RPC batch (one rate-limited request may not carry a hundred tool calls), and deep bodies', async () => {
+    const calls = Array.from({ length: 100 }, (_, i) => ({ jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: 'add_memory', arguments: { user_id: 'u', content: `fact ${i}` } } }));
+    const batch = await mcp().send(JSON.stringify(calls)).expect(400);
+    expect(batch.body).toMatchObject({ jsonrpc: '2.0', error: { code: -32600 }, id: null });
+    const deep = await mcp().send(`{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`).expect(400);
+    expect(deep.body).toMatchObject({ error: { code: -32700 } });
+    const ping = await mcp().send(JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'ping' })).expect(200);
+    expect(ping.body).toMatchObject({ jsonrpc: '2.0', id: 7, result: {} });
+  });
+});
