@@ -84,7 +84,7 @@ export function createApp(deps: AppDeps): RequestListener {
       next();
     },
     requestLog(logger, metrics),
-    sameOrigin(config.allowedOrigins),
+    sameOrigin(config.allowedOrigins, config.allowedHosts),
     authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute)),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security

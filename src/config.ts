@@ -38,6 +38,8 @@ export interface Config {
   readonly maxBodyBytes: number;
   /** Browser origins (`https://host[:port]`) allowed to call the proxy cross-origin. */
   readonly allowedOrigins: readonly string[];
+  /** Host names a request's `Host` header may name (DNS-rebinding protection); undefined: any. */
+  readonly allowedHosts: readonly string[] | undefined;
   readonly dataDir: string;
   readonly redisUrl: string | undefined;
   readonly keysFile: string;
@@ -157,6 +159,14 @@ const envSchema = z.object({
   ANTHROPIC_API_KEY: optionalString,
   ANTHROPIC_UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
   MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
+  ALLOWED_HOSTS: z.preprocess(
+    blankToUndefined,
+    z
+      .string()
+      .transform((s) => s.split(',').map((h) => h.trim()).filter((h) => h !== ''))
+      .refine((list) => list.every((h) => /^[\w.\-:[\]*]+$/.test(h)), 'must be a comma-separated list of host names')
+      .optional(),
+  ),
   ALLOWED_ORIGINS: z.preprocess(
     blankToUndefined,
     z
@@ -358,6 +368,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     anthropic: { baseUrl: anthropicBaseUrl(e.ANTHROPIC_UPSTREAM_BASE_URL), apiKey: e.ANTHROPIC_API_KEY },
     maxBodyBytes: e.MAX_BODY_BYTES ?? 20971520,
     allowedOrigins: e.ALLOWED_ORIGINS ?? [],
+    allowedHosts: allowedHosts(e.ALLOWED_HOSTS, e.SERVER_HOST ?? 'localhost'),
     dataDir: path.resolve(e.DATA_DIR ?? './data'),
     redisUrl: e.REDIS_URL,
     keysFile: path.resolve(e.KEYS_FILE ?? path.join(__dirname, '..', 'config', 'keys.json')),
@@ -393,6 +404,16 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   };
 
   return sealConfig(data, secrets);
+}
+
+/**
+ * The host names requests may name: `ALLOWED_HOSTS` (`*` = any), else the loopback names when the
+ * proxy listens on loopback only (nothing else can reach it legitimately), else any.
+ */
+function allowedHosts(configured: string[] | undefined, listenHost: string): string[] | undefined {
+  if (configured !== undefined) return configured.includes('*') ? undefined : configured;
+  const loopback = ['localhost', '127.0.0.1', '::1'];
+  return loopback.includes(listenHost.toLowerCase().replace(/^\[|\]$/g, '')) ? loopback : undefined;
 }
 
 /**

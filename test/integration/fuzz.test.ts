@@ -260,12 +260,12 @@ it('answers 400 to a corrupt gzip body on the admin API', async () => {
 it('survives malformed HTTP on a raw socket', async () => {
   const { port } = served.server.address() as net.AddressInfo;
   const raw = [
-    'GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n',
-    `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
-    'POST /search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
-    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}{}{}',
+    'GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n',
+    `GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+    'POST /search HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}{}{}',
     'GET /v1/models HTTP/9.9\r\n\r\n',
-    `GET /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\n\r\n`,
+    `GET /v1/../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\n\r\n`,
     'GARBAGE\r\n\r\n',
   ];
   for (const text of raw) {

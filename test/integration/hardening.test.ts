@@ -280,7 +280,7 @@ describe('slow request bodies', () => {
   }
 
   it('answers a keyless POST announcing a huge body with 401 and closes the connection instead of reading on', async () => {
-    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000`, 500);
+    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000`, 500);
     expect(result.response).toMatch(/^HTTP\/1.1 401/);
     expect(result.response.toLowerCase()).toContain('connection: close');
     expect(result.closedByServer).toBe(true);
@@ -288,7 +288,7 @@ describe('slow request bodies', () => {
 
   it('cuts off an authenticated request whose body does not arrive in time (408)', async () => {
     fake.reset();
-    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000`, 2500);
+    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000`, 2500);
     expect(result.response).toMatch(/^HTTP\/1.1 408/);
     expect(result.closedByServer).toBe(true);
     expect(fake.requests).toHaveLength(0);
@@ -349,5 +349,29 @@ describe('MCP batches', () => {
     expect(deep.body).toMatchObject({ error: { code: -32700 } });
     const ping = await mcp().send(JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'ping' })).expect(200);
     expect(ping.body).toMatchObject({ jsonrpc: '2.0', id: 7, result: {} });
+  });
+});
+
+describe('DNS rebinding', () => {
+  const hostOf = async (env: Record<string, string>, host: string): Promise<number> => {
+    const app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, ...env });
+    try {
+      return (await request(app.app).get('/v1/models').set('Host', host)).status;
+    } finally {
+      await app.close();
+    }
+  };
+
+  it('a proxy on loopback answers only requests addressed to loopback names', async () => {
+    expect(await hostOf({ SERVER_HOST: 'localhost' }, 'attacker.example:8000')).toBe(403);
+    expect(await hostOf({ SERVER_HOST: 'localhost' }, 'localhost:8000')).toBe(200);
+    expect(await hostOf({ SERVER_HOST: '127.0.0.1' }, '[::1]:8000')).toBe(200);
+  });
+
+  it('ALLOWED_HOSTS names the hosts otherwise; * or a public listen address allows any', async () => {
+    expect(await hostOf({ SERVER_HOST: '0.0.0.0', ALLOWED_HOSTS: 'proxy.internal' }, 'proxy.internal')).toBe(200);
+    expect(await hostOf({ SERVER_HOST: '0.0.0.0', ALLOWED_HOSTS: 'proxy.internal' }, 'localhost')).toBe(403);
+    expect(await hostOf({ SERVER_HOST: '0.0.0.0' }, 'anything.example')).toBe(200);
+    expect(await hostOf({ ALLOWED_HOSTS: '*' }, 'anything.example')).toBe(200);
   });
 });
