@@ -20,13 +20,10 @@ import { AppError, BadRequestError, ForbiddenError, MemoryUnavailableError, NotF
 import type { Caller } from '../http/context';
 import { adminScope } from '../http/identity';
 import type { Logger } from '../logger';
+import { MAX_CONTENT_CHARS, MAX_LIMIT, MAX_MESSAGES, MAX_QUERY_CHARS, capResults, resultBody } from '../memory/limits';
 import type { MemoryItem, MemoryService } from '../memory/types';
 
 export const MCP_SERVER_NAME = 'mem0-proxy';
-const MAX_LIMIT = 1000;
-const MAX_QUERY_CHARS = 8000;
-const MAX_CONTENT_CHARS = 100_000;
-const MAX_MESSAGES = 200;
 /** Memories a `memory://{user_id}` read lists at most (oldest first, as `/list`). */
 export const RESOURCE_LIMIT = 1000;
 
@@ -142,7 +139,7 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
     (args) =>
       run('search_memories', async () => {
         const memories = await memory.search(adminScope(caller, args), args.query, { limit: args.limit ?? defaults.searchLimit });
-        return { memories, count: memories.length };
+        return resultBody(memories);
       }),
   );
 
@@ -157,7 +154,7 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
     (args) =>
       run('list_memories', async () => {
         const memories = await memory.list(adminScope(caller, args), { limit: args.limit ?? defaults.listLimit, offset: args.offset ?? 0 });
-        return { memories, count: memories.length };
+        return resultBody(memories);
       }),
   );
 
@@ -216,7 +213,7 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
         const raw = variables.user_id;
         const requested = decode(Array.isArray(raw) ? raw[0] : raw);
         const scope = adminScope(caller, { user_id: requested });
-        const memories = await memory.list(scope, { limit: RESOURCE_LIMIT, offset: 0 });
+        const memories = capResults(await memory.list(scope, { limit: RESOURCE_LIMIT, offset: 0 })).memories;
         return { contents: [{ uri: uri.href, mimeType: 'text/plain', text: renderMemories(scope.userId, memories) }] };
       } catch (err) {
         if (err instanceof AppError) {

@@ -6,12 +6,10 @@ import type { Request, RequestHandler } from 'express';
 import { z } from 'zod';
 import { BadRequestError } from '../errors';
 import { adminScope } from '../http/identity';
+import { MAX_CONTENT_CHARS, MAX_LIMIT, MAX_MEMORY_CHARS, MAX_MESSAGES, MAX_QUERY_CHARS, resultBody } from '../memory/limits';
 import type { MemoryService } from '../memory/types';
 
-export const MAX_LIMIT = 1000;
-const MAX_QUERY_CHARS = 8000;
-const MAX_CONTENT_CHARS = 100_000;
-const MAX_MESSAGES = 200;
+export { MAX_LIMIT };
 
 const id = z.string().trim().min(1).max(256);
 const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
@@ -31,7 +29,11 @@ const rememberBody = z
     infer: z.boolean().optional(),
   })
   .strict()
-  .refine((b) => (b.messages === undefined) !== (b.content === undefined), { message: 'Give exactly one of messages or content', path: ['messages'] });
+  .refine((b) => (b.messages === undefined) !== (b.content === undefined), { message: 'Give exactly one of messages or content', path: ['messages'] })
+  .refine((b) => b.infer !== false || (b.messages ?? [{ content: b.content ?? '' }]).every((m) => m.content.length <= MAX_MEMORY_CHARS), {
+    message: `A memory stored as it is (infer: false) is at most ${MAX_MEMORY_CHARS} characters; longer text needs infer: true (facts are extracted)`,
+    path: ['content'],
+  });
 const forgetBody = z.object({ ...scopeFields, memory_id: id.optional() }).strict();
 
 /** Parses the body with `schema`, or throws the contract's 400 with field-level details. */
@@ -65,13 +67,13 @@ export function memoryRoutes(memory: MemoryService, defaults: { searchLimit: num
       const body = parse(searchBody, req);
       const scope = adminScope(caller(req), body);
       const memories = await memory.search(scope, body.query, { limit: body.limit ?? defaults.searchLimit });
-      res.json({ memories, count: memories.length });
+      res.json(resultBody(memories));
     },
     list: async (req, res) => {
       const body = parse(listBody, req);
       const scope = adminScope(caller(req), body);
       const memories = await memory.list(scope, { limit: body.limit ?? defaults.listLimit, offset: body.offset ?? 0 });
-      res.json({ memories, count: memories.length });
+      res.json(resultBody(memories));
     },
     remember: async (req, res) => {
       const body = parse(rememberBody, req);

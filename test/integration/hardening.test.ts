@@ -375,3 +375,19 @@ describe('DNS rebinding', () => {
     expect(await hostOf({ ALLOWED_HOSTS: '*' }, 'anything.example')).toBe(200);
   });
 });
+
+describe('memory size', () => {
+  let p: MemoryProxy;
+  beforeAll(async () => {
+    p = await startProxy();
+  });
+  afterAll(() => p.close());
+
+  it('refuses a memory stored as it is (infer: false) past 8000 characters, before the engine sees it', async () => {
+    fake.reset();
+    const res = await request(p.app.app).post('/remember').set(auth).send({ user_id: 'pia', content: 'y'.repeat(95_000), infer: false }).expect(400);
+    expect(JSON.stringify(res.body)).toContain('at most 8000 characters');
+    expect(fake.requestsTo('/v1/embeddings')).toHaveLength(0);
+    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'pia', content: 'Pia keeps notes short', infer: false }).expect(200);
+  });
+});
