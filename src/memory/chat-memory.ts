@@ -8,6 +8,7 @@ import { BadRequestError } from '../errors';
 import type { Logger } from '../logger';
 import type { Metrics } from '../metrics';
 import type { CapturedReply } from '../proxy/capture';
+import { MAX_CONTENT_CHARS } from './limits';
 import { SaveQueue, type SaveQueueOptions } from './save-queue';
 import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
@@ -52,6 +53,13 @@ export interface Exchange {
   userText: string;
   reply: CapturedReply;
   metadata: Record<string, unknown>;
+}
+
+/** `text` cut to MAX_CONTENT_CHARS UTF-16 units, never inside a surrogate pair. */
+function clip(text: string): string {
+  if (text.length <= MAX_CONTENT_CHARS) return text;
+  const end = /[\uD800-\uDBFF]/.test(text.charAt(MAX_CONTENT_CHARS - 1)) ? MAX_CONTENT_CHARS - 1 : MAX_CONTENT_CHARS;
+  return text.slice(0, end);
 }
 
 export class ChatMemory {
@@ -110,8 +118,10 @@ export class ChatMemory {
   remember(exchange: Exchange): void {
     const { queue, logger } = this.options;
     if (!queue) return;
-    const messages: ChatMessage[] = [{ role: 'user', content: exchange.userText }];
-    if (exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: exchange.reply.text });
+    // An exchange is queued at most MAX_CONTENT_CHARS per turn (a pasted document keeps its
+    // beginning): the queue file stays bounded and extraction gets what a model can read.
+    const messages: ChatMessage[] = [{ role: 'user', content: clip(exchange.userText) }];
+    if (exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: clip(exchange.reply.text) });
     try {
       const queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
       this.lastEnqueueFailed = false;

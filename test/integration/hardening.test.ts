@@ -2,6 +2,7 @@
  * Hostile or unlucky callers against a served proxy with the real memory engine (issue 16): each
  * case is one way a caller could lose someone's memories or stall the proxy for others.
  */
+import Database from 'better-sqlite3';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -389,5 +390,26 @@ describe('memory size', () => {
     expect(JSON.stringify(res.body)).toContain('at most 8000 characters');
     expect(fake.requestsTo('/v1/embeddings')).toHaveLength(0);
     await request(p.app.app).post('/remember').set(auth).send({ user_id: 'pia', content: 'Pia keeps notes short', infer: false }).expect(200);
+  });
+});
+
+describe('an oversized exchange', () => {
+  it('is queued with its user text cut to 100,000 characters', async () => {
+    const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
+    try {
+      const huge = `My document: ${'lorem ipsum '.repeat(100_000)}`;
+      await p.client.chat.completions.create({ model: 'm', user: 'ray', messages: [{ role: 'user', content: huge }] }, { headers: { 'X-Mem0-Memory': 'write', 'X-Request-ID': 'huge-1' } });
+      const db = new Database(path.join(p.app.config.dataDir, 'save-queue.db'), { readonly: true });
+      try {
+        const row = db.prepare('SELECT messages FROM save_jobs').get() as { messages: string };
+        const messages = JSON.parse(row.messages) as Array<{ role: string; content: string }>;
+        expect(messages[0]?.content.length).toBe(100_000);
+        expect(huge.startsWith(messages[0]?.content ?? 'x')).toBe(true);
+      } finally {
+        db.close();
+      }
+    } finally {
+      await p.close();
+    }
   });
 });
