@@ -7,12 +7,14 @@
  * memory found (or a body holding an integer JavaScript would round), the body is forwarded byte
  * for byte as the caller sent it.
  */
+import type { IncomingMessage } from 'node:http';
 import { BadRequestError } from '../errors';
+import type { Caller } from '../http/context';
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody, requireJson } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
-import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory, type MemoryMode } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
 import { nestsDeeperThan } from '../util/json-spans';
@@ -45,15 +47,21 @@ export interface MemoryRouteOptions {
   maxBlockChars: number;
 }
 
+/** What every memory route reads first: the body as sent and parsed, the memory mode, the caller. */
+export async function readMemoryRequest(req: IncomingMessage, maxBodyBytes: number): Promise<{ raw: Buffer; body: Record<string, unknown>; mode: MemoryMode; caller: Caller }> {
+  requireJson(req);
+  const raw = await readBody(req, maxBodyBytes);
+  const body = parseChatBody(raw);
+  const mode = parseMemoryMode(req.headers['x-mem0-memory']);
+  const caller = req.caller;
+  if (!caller) throw new Error('authenticate must run before the memory routes');
+  return { raw, body, mode, caller };
+}
+
 export function memoryChatRoute(options: MemoryRouteOptions): Handler {
   const { kind, upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
-    requireJson(req);
-    const raw = await readBody(req, maxBodyBytes);
-    const body = parseChatBody(raw);
-    const mode = parseMemoryMode(req.headers['x-mem0-memory']);
-    const caller = req.caller;
-    if (!caller) throw new Error('authenticate must run before the chat route');
+    const { raw, body, mode, caller } = await readMemoryRequest(req, maxBodyBytes);
     // OpenAI's end-user id: `user`, or `safety_identifier`, which newer clients send in its place.
     const bodyUser = [body['user'], body['safety_identifier']].find((v): v is string => typeof v === 'string' && v.trim() !== '');
     // Checked even with memory off: a bound caller may not name another user anywhere.

@@ -10,13 +10,12 @@
  */
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
-import { readBody, requireJson } from '../http/read-body';
-import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory } from '../memory/chat-memory';
+import { exchangeId, reads, writes, type ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock } from '../memory/injection';
 import { appendMemoryBlock, isStructuredOutputRequest, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
 import { tapReply } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
-import { parseChatBody } from './chat';
+import { readMemoryRequest } from './chat';
 
 export interface MessagesRouteOptions {
   upstream: Upstream;
@@ -28,12 +27,7 @@ export interface MessagesRouteOptions {
 export function messagesRoute(options: MessagesRouteOptions): Handler {
   const { upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
-    requireJson(req);
-    const raw = await readBody(req, maxBodyBytes);
-    const body = parseChatBody(raw);
-    const mode = parseMemoryMode(req.headers['x-mem0-memory']);
-    const caller = req.caller;
-    if (!caller) throw new Error('authenticate must run before the messages route');
+    const { raw, body, mode, caller } = await readMemoryRequest(req, maxBodyBytes);
     // Checked even with memory off: a bound caller may not name another user.
     const scope = chatScope(caller, req.headers, undefined);
     const prompt = chatMemory.enabled && scope !== undefined && !isStructuredOutputRequest(body) ? messagesPromptText(body) : undefined;

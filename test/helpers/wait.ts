@@ -9,7 +9,7 @@ import type { MemoryProxy } from './memory-proxy';
 import { TEST_AUTH_TOKEN } from './secrets';
 
 /** Calls `probe` every 50 ms until it returns something other than undefined, and returns that. */
-export async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 8000, what = 'condition'): Promise<T> {
+export async function waitFor<T>(probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 8000, what = 'condition'): Promise<T> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();

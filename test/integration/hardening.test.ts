@@ -10,12 +10,12 @@ import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
 import { createHttpServer } from '../../src/http/server';
-import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { rawRequest } from '../helpers/raw-http';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { memoriesOf, waitFor } from '../helpers/wait';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
@@ -35,21 +35,6 @@ const startProxy = (env: Record<string, string> = {}): Promise<MemoryProxy> =>
 
 /** mem0's extraction calls to the fake (one per exchange saved). */
 const extractions = (): number => fake.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
-
-async function waitFor<T>(probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 8000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function memoriesOf(p: MemoryProxy, userId: string): Promise<MemoryItem[]> {
-  const res = await request(p.app.app).post('/list').set(auth).send({ user_id: userId }).expect(200);
-  return (res.body as { memories: MemoryItem[] }).memories;
-}
 
 describe('idempotency of saves', () => {
   let p: MemoryProxy;
