@@ -2,8 +2,9 @@
  * `POST /v1/chat/completions` and `POST /v1/responses`: the memory-augmented routes.
  *
  * Read the body (within the limit; it must be a JSON object) → find the memory user → recall the
- * user's memories for the last user text (through tool results), within the time budget → inject them as one block →
- * forward → tap the reply as it streams back → queue the completed exchange for saving. With no
+ * user's memories for the last user text (through tool results), within the time budget → inject
+ * them as one block → forward → tap the reply as it streams back → queue the completed exchange
+ * for saving (once per turn: not for a reply of tool calls only). With no
  * memory found (or a body holding an integer JavaScript would round), the body is forwarded byte
  * for byte as the caller sent it.
  */
