@@ -336,6 +336,7 @@ const TABLES: TableEntry[] = [
   { name: 'proxy', description: 'proxy overhead: direct vs bare node:http proxy vs our proxy', run: runProxyTable },
   { name: 'memory-store', description: 'memory store operations', optionalModule: { file: 'memory-store.ts', exportName: 'runMemoryStoreBench' } },
   { name: 'chat-memory', description: 'chat with memory injection', optionalModule: { file: 'chat-memory.ts', exportName: 'runChatMemoryBench' } },
+  { name: 'abuse', description: '/health latency and RSS under slow-body, deep-nested and MCP-batch attacks', optionalModule: { file: 'abuse.ts', exportName: 'runAbuseBench' } },
 ];
 
 function isOutcome(v: unknown): v is TableOutcome {
