@@ -2,9 +2,11 @@
  * Which API a `/v1/*` request speaks: OpenAI's (the default) or Anthropic's.
  *
  * Anthropic's own paths (`/v1/messages` and everything under it, the legacy `/v1/complete`) are
- * Anthropic's whatever the headers say. On paths both APIs have (`/v1/models`, `/v1/files`,
- * `/v1/batches`, …) the `anthropic-version` header decides: every Anthropic client sends it on
- * every request (the API refuses requests without it) and no OpenAI client sends it.
+ * Anthropic's whatever the headers say. Any other request is Anthropic's when it carries the
+ * `anthropic-version` header, which decides the paths both APIs have (`/v1/models`, `/v1/files`,
+ * `/v1/batches`, …): every Anthropic client sends it on every request (the API refuses requests
+ * without it) and no OpenAI client sends it. (Anthropic also serves an OpenAI-compatible
+ * `/v1/chat/completions`; a request there with the header goes to Anthropic as well.)
  */
 import type { IncomingHttpHeaders } from 'node:http';
 

@@ -62,7 +62,7 @@ beforeAll(async () => {
     EMBEDDING_DIMS: '32',
     KEYS_FILE: keysFile,
     MAX_BODY_BYTES: '65536',
-    ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
+    ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
   };
   const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
   const registry = KeyRegistry.load({ file: keysFile, logger });
@@ -247,6 +247,42 @@ it('focuses on the memory routes with well-formed JSON and every credential', as
       }
     }),
     { numRuns: 700 },
+  );
+});
+
+it('refuses every JSON-RPC batch on /mcp and every body nested past 400 levels on the body-reading routes, and survives any single MCP message', async () => {
+  const mcpHeaders = { 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+  const rpc = fc.record({
+    jsonrpc: fc.constantFrom('2.0', '1.0'),
+    id: fc.oneof(fc.integer(), fc.string({ maxLength: 8 })),
+    method: fc.constantFrom('initialize', 'ping', 'tools/list', 'tools/call', 'resources/list', 'resources/read', 'nope'),
+    params: fc.oneof(
+      fc.constant(undefined),
+      fc.record({ name: fc.constantFrom('search_memories', 'list_memories', 'add_memory', 'delete_memory', 'x'), arguments: fc.dictionary(fc.constantFrom('user_id', 'query', 'limit', 'content', 'memory_id', 'offset'), fc.oneof(fc.string({ maxLength: 20 }), fc.integer({ min: -5, max: 5000 }))) }),
+    ),
+  });
+  const nested = fc.tuple(fc.integer({ min: 401, max: 20_000 }), fc.constantFrom('[', '{"a":')).map(([depth, open]) => {
+    const close = open === '[' ? ']' : '}';
+    return `{"model":"m","messages":[{"role":"user","content":"hi"}],"x":${open.repeat(depth)}1${close.repeat(depth)}}`;
+  });
+  const attack = fc.oneof(
+    fc.record({ kind: fc.constant('batch' as const), body: fc.array(rpc, { minLength: 0, maxLength: 30 }).map((b) => JSON.stringify(b)), path: fc.constant('/mcp') }),
+    fc.record({ kind: fc.constant('deep' as const), body: nested, path: fc.constantFrom('/v1/chat/completions', '/v1/responses', '/v1/messages', '/mcp') }),
+    fc.record({ kind: fc.constant('single' as const), body: rpc.map((m) => JSON.stringify(m)), path: fc.constant('/mcp') }),
+  );
+  await fc.assert(
+    fc.asyncProperty(attack, fc.constantFrom(`Bearer ${TEST_AUTH_TOKEN}`, `Bearer ${KEY.alice}`), async (a, auth) => {
+      const r: GeneratedRequest = { method: 'POST', path: a.path, auth, headers: a.path === '/mcp' ? mcpHeaders : a.path === '/v1/messages' ? { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' } : { 'content-type': 'application/json' }, body: Buffer.from(a.body), chunked: false };
+      const before = fake.requests.length;
+      const reply = await send(r);
+      sent++;
+      checkReply(r, reply, new Set(fake.requests.slice(before).map((q) => q.status ?? 0)));
+      if (a.kind === 'batch') expect({ status: reply.status, code: /"code":(-?\d+)/.exec(reply.text)?.[1] }).toEqual({ status: 400, code: '-32600' });
+      // Too deep (400), or refused for its size first (413).
+      if (a.kind === 'deep') expect([400, 413]).toContain(reply.status);
+      if (a.kind !== 'single') expect(fake.requests.length).toBe(before);
+    }),
+    { numRuns: 300 },
   );
 });
 
