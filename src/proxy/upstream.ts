@@ -95,6 +95,12 @@ export class Upstream {
     this.agent = base.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
   }
 
+  /** Why no request can be forwarded here (no key to send, see `missingKeyMessage`), or undefined. */
+  unusable(): ServiceUnavailableError | undefined {
+    const { apiKey, forwardCallerCredential, missingKeyMessage } = this.options;
+    return apiKey === undefined && !forwardCallerCredential && missingKeyMessage !== undefined ? new ServiceUnavailableError(missingKeyMessage) : undefined;
+  }
+
   /** The upstream path for this request (its target starts with `/v1`), validated (see `target.ts`). */
   resolvePath(req: http.IncomingMessage): string {
     return resolveUpstreamPath(this.target.basePath, '/v1', req.url ?? '');
@@ -114,8 +120,9 @@ export class Upstream {
       return;
     }
     const { logger, metrics, timeoutMs, maxBodyBytes, api } = this.options;
-    if (this.options.apiKey === undefined && !this.options.forwardCallerCredential && this.options.missingKeyMessage !== undefined) {
-      next(new ServiceUnavailableError(this.options.missingKeyMessage));
+    const unusable = this.unusable();
+    if (unusable) {
+      next(unusable);
       return;
     }
     if (res.closed || res.destroyed) {

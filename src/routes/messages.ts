@@ -27,6 +27,9 @@ export interface MessagesRouteOptions {
 export function messagesRoute(options: MessagesRouteOptions): Handler {
   const { upstream, chatMemory, maxBodyBytes } = options;
   return async (req, res, next) => {
+    // Refused before any memory work when the request could not be forwarded anyway.
+    const unusable = upstream.unusable();
+    if (unusable) throw unusable;
     const { raw, body, mode, caller } = await readMemoryRequest(req, maxBodyBytes);
     // Checked even with memory off: a bound caller may not name another user.
     const scope = chatScope(caller, req.headers, undefined);

@@ -414,6 +414,20 @@ describe('keys for the Anthropic upstream', () => {
     expect(anthropic.requests).toHaveLength(0);
   });
 
+  it('refuses that 503 before any memory work: no search, no embedding request', async () => {
+    const p = await startProxy({ ANTHROPIC_API_KEY: '' });
+    try {
+      openai.reset();
+      anthropic.reset();
+      const res = await send(p.served.url, 'POST', '/v1/messages', claudeCode('sess-nokey', 'dana'), bytesOf(firstRequest({ prompt: 'Deploy with Kubernetes', sessionId: 'sess-nokey' })));
+      expect(res.status).toBe(503);
+      expect(openai.requestsTo('/v1/embeddings')).toHaveLength(0);
+      expect(anthropic.requests).toHaveLength(0);
+    } finally {
+      await p.close();
+    }
+  });
+
   it("forwards the caller's own Anthropic key in development mode (bring your own key)", async () => {
     app = await buildTestApp({ UPSTREAM_BASE_URL: openai.url, ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url });
     served = await serve(app.app);
