@@ -22,7 +22,7 @@ import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
-import { ALL_TEST_SECRETS, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { ALL_TEST_SECRETS, TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
 
 jest.setTimeout(120_000);
 
@@ -58,6 +58,9 @@ beforeAll(async () => {
     UPSTREAM_BASE_URL: fake.url,
     AUTH_TOKEN: TEST_AUTH_TOKEN,
     OPENAI_API_KEY: TEST_OPENAI_KEY,
+    // Anthropic requests get as far as their body checks; nothing generated is forwarded there.
+    ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
+    ANTHROPIC_UPSTREAM_BASE_URL: 'http://127.0.0.1:9',
     DATA_DIR: path.join(tmp, 'data'),
     EMBEDDING_DIMS: '32',
     KEYS_FILE: keysFile,

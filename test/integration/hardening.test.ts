@@ -14,7 +14,7 @@ import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { rawRequest } from '../helpers/raw-http';
-import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
+import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 import { memoriesOf, waitFor } from '../helpers/wait';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
@@ -179,7 +179,15 @@ describe('a deeply nested chat body', () => {
   let app: TestApp;
   let served: Served;
   beforeAll(async () => {
-    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, MAX_BODY_BYTES: String(32 * 1024 * 1024) });
+    // An Anthropic key, so /v1/messages gets as far as reading the body (never forwarded here).
+    app = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
+      ANTHROPIC_UPSTREAM_BASE_URL: 'http://127.0.0.1:9',
+      MAX_BODY_BYTES: String(32 * 1024 * 1024),
+    });
     served = await serve(app.app);
   });
   afterAll(async () => {
