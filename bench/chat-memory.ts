@@ -768,6 +768,8 @@ async function startProxyOn(ctx: Ctx, dataDir: string, upstreamV1Url: string): P
       DATA_DIR: dataDir,
       MEM0_DIR: path.join(dataDir, 'mem0'),
       EMBEDDING_DIMS: String(DIMS),
+      // The 100k user is past the default per-user limit; the bench measures saves at that size.
+      MEMORY_MAX_PER_USER: '0',
       RATE_LIMIT_SEARCH: MANY,
       RATE_LIMIT_LIST: MANY,
       RATE_LIMIT_REMEMBER: MANY,

@@ -65,6 +65,8 @@ export interface Config {
     readonly topK: number;
     readonly scoreThreshold: number;
     readonly injection: { readonly placement: InjectionPlacement; readonly maxChars: number };
+    /** Most memories one user may have before adds are refused (0: no limit). */
+    readonly maxPerUser: number;
     readonly mem0ApiKey: string | undefined;
     readonly mem0Host: string | undefined;
     readonly databaseUrl: string | undefined;
@@ -188,6 +190,7 @@ const envSchema = z.object({
   MEMORY_SCORE_THRESHOLD: numberVar(0, 1),
   MEMORY_INJECTION_PLACEMENT: z.preprocess(blankToUndefined, z.enum(['before_last_user', 'first_system']).optional()),
   MEMORY_INJECTION_MAX_CHARS: intVar(100, 1000000),
+  MEMORY_MAX_PER_USER: intVar(0, 100_000_000),
   MEM0_API_KEY: optionalString,
   MEM0_HOST: urlVar(['http:', 'https:']),
   MEM0_TELEMETRY: boolVar,
@@ -394,6 +397,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
         placement: e.MEMORY_INJECTION_PLACEMENT ?? defaults.memory.injection.placement,
         maxChars: e.MEMORY_INJECTION_MAX_CHARS ?? defaults.memory.injection.maxChars,
       },
+      maxPerUser: e.MEMORY_MAX_PER_USER ?? 50_000,
       mem0ApiKey: e.MEM0_API_KEY,
       mem0Host: e.MEM0_HOST,
       databaseUrl: e.DATABASE_URL,

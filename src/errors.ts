@@ -169,6 +169,21 @@ export class MemoryRejectedError extends AppError {
   }
 }
 
+/**
+ * The user already has as many memories as the proxy allows (`MEMORY_MAX_PER_USER`): nothing is
+ * added until some are deleted or the limit is raised.
+ */
+export class MemoryLimitError extends AppError {
+  readonly status = 413;
+  readonly code = 'memory_limit_reached';
+  readonly type = 'invalid_request_error';
+  readonly title = 'Memory limit reached';
+
+  constructor(readonly limit: number) {
+    super(`This user has reached the limit of ${limit} memories; delete some before adding more`);
+  }
+}
+
 export class ServiceUnavailableError extends AppError {
   readonly status = 503;
   readonly code = 'service_unavailable';

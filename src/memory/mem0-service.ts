@@ -20,7 +20,7 @@ import path from 'node:path';
 import type { Memory, MemoryConfig, VectorStore } from 'mem0ai/oss';
 import { z } from 'zod';
 import type { Config } from '../config';
-import { BadRequestError, MemoryUnavailableError, NotFoundError } from '../errors';
+import { BadRequestError, MemoryLimitError, MemoryUnavailableError, NotFoundError } from '../errors';
 import type { Logger } from '../logger';
 import { BatchingEmbedder, type EmbedderLike } from './batching-embedder';
 import { EntityOracle } from './entity-oracle';
@@ -195,6 +195,9 @@ export interface Mem0ServiceOptions {
   batching?: BatchingEmbedder | undefined;
   /** mem0's search run by us with one embedding request (recall.ts); mem0's own search otherwise. */
   recall?: Recall | undefined;
+  /** Most memories a user may have (0 or unset: no limit), counted by `countMemories` before each add. */
+  maxPerUser?: number | undefined;
+  countMemories?: ((userId: string) => Promise<number>) | undefined;
 }
 
 /**
@@ -272,6 +275,7 @@ export class Mem0MemoryService implements MemoryService {
     if (input.infer === false) {
       // One engine call per message, so a retry after a failure never stores an earlier message
       // twice. mem0 stores no system message verbatim; neither do we.
+      await this.checkLimit(scope.userId, input.messages.filter((m) => m.role !== 'system').length);
       for (const message of input.messages) {
         if (message.role === 'system') continue;
         const result = await this.call('write', 'add', 'all', () =>
@@ -280,6 +284,7 @@ export class Mem0MemoryService implements MemoryService {
         added.push(...result.results);
       }
     } else {
+      await this.checkLimit(scope.userId, 1);
       const messages = input.messages.map((m) => ({ role: m.role, content: m.content }));
       const batching = this.options.batching;
       const add = (): ReturnType<Mem0Engine['add']> => this.engine().add(messages, { ...base, metadata: { ...metadata }, infer: true });
@@ -345,6 +350,18 @@ export class Mem0MemoryService implements MemoryService {
       await this.options.release();
     })();
     return this.closing;
+  }
+
+  /**
+   * Refuses an add of `adding` memories that would take the user past `maxPerUser`, before
+   * anything is stored. An extraction counts as one: it can add several facts, so the user may
+   * end a few past the limit (then nothing more is added).
+   */
+  private async checkLimit(userId: string, adding: number): Promise<void> {
+    const { maxPerUser, countMemories } = this.options;
+    if (!maxPerUser || !countMemories || adding === 0) return;
+    const count = await this.call('read', 'count', 'part', () => countMemories(userId));
+    if (count + adding > maxPerUser) throw new MemoryLimitError(maxPerUser);
   }
 
   private engine(): Mem0Engine {
@@ -536,6 +553,32 @@ function engineStores(memory: Memory, internals: EngineInternals): RecallStores 
 }
 
 /**
+ * How many memories a user has, from the store's own count: the embedded store and mem0's
+ * pgvector provider count in `list` (one indexed COUNT); mem0's Qdrant provider reports the page
+ * size there, so Qdrant is asked with its exact count API.
+ */
+interface QdrantInternals {
+  collectionName: string;
+  ensureClient?: () => Promise<void>;
+  createFilter(filters: Record<string, unknown>): unknown;
+  client: { count(collection: string, request: { filter: unknown; exact: boolean }): Promise<{ count: number }> };
+}
+
+function memoryCounter(backend: Mem0ServiceOptions['backend'], stores: RecallStores): (userId: string) => Promise<number> {
+  return async (userId) => {
+    const store: unknown = await stores.memories();
+    if (backend === 'qdrant' && isRecord(store) && typeof store['createFilter'] === 'function') {
+      const qdrant = store as unknown as QdrantInternals;
+      await qdrant.ensureClient?.();
+      const filter = qdrant.createFilter({ user_id: userId });
+      return (await qdrant.client.count(qdrant.collectionName, { filter, exact: true })).count;
+    }
+    const [, total] = await (store as VectorStore).list({ user_id: userId }, 1);
+    return total;
+  };
+}
+
+/**
  * One embedding round trip per search and per save: a BatchingEmbedder in front of the engine's
  * embedder (saves) and Recall in place of mem0's search, both driven by the entity oracle.
  * Without an oracle (a mem0ai whose `Memory` it cannot drive) the engine keeps its own embedder
@@ -622,6 +665,8 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
     batching,
     recall,
+    maxPerUser: config.memory.maxPerUser,
+    countMemories: memoryCounter(backend, engineStores(memory, internals)),
   });
 
   const failure = await service.startupCheck(options.startupTimeoutMs ?? 15_000);

@@ -12,8 +12,9 @@
  *   waiting job due again, so the backlog drains as soon as the service is back. Other failures
  *   count, and a job that failed `maxFailures` times that way is kept in state 'dead' with its
  *   last error (never deleted) for an operator to look at; a permanent failure (the engine's model
- *   refused the content) makes it dead at once. One job failing again and again never pauses the
- *   others: the queue pauses only once transient failures come from two different jobs in a row.
+ *   refused the content, or the user is at MEMORY_MAX_PER_USER) makes it dead at once. One job
+ *   failing again and again never pauses the others: the queue pauses only once transient
+ *   failures come from two different jobs in a row.
  * - "In flight" is never stored: a claim increments `attempts` and moves `next_attempt_at` to the
  *   time of its retry in one write, and only memory knows the job runs. A process killed mid-save
  *   leaves a pending job that the next start picks up once that (short) backoff has passed. Saves
@@ -33,7 +34,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { MemoryRejectedError, MemoryUnavailableError } from '../errors';
+import { MemoryLimitError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
 import { withDeadline } from '../util/deadline';
 import type { ChatMessage, MemoryScope } from './types';
 
@@ -92,7 +93,8 @@ export interface SaveQueueOptions {
   isTransient?: (err: unknown) => boolean;
   /**
    * Whether a failure can never succeed, so the job goes 'dead' at once (default: the engine's
-   * model refused the content, `MemoryRejectedError`: e.g. an exchange too long for its context).
+   * model refused the content, `MemoryRejectedError`: e.g. an exchange too long for its context;
+   * or the user is at the memory limit, `MemoryLimitError`).
    */
   isPermanent?: (err: unknown) => boolean;
   /** Told about every job that went 'dead' (metrics counter). */
@@ -245,7 +247,7 @@ export class SaveQueue {
     this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
     this.retentionMs = options.retentionMs ?? 7 * 24 * 60 * 60 * 1000;
     this.isTransient = options.isTransient ?? isTransientSaveError;
-    this.isPermanent = options.isPermanent ?? ((err) => err instanceof MemoryRejectedError);
+    this.isPermanent = options.isPermanent ?? ((err) => err instanceof MemoryRejectedError || err instanceof MemoryLimitError);
     this.random = options.random ?? Math.random;
 
     fs.mkdirSync(path.dirname(path.resolve(options.path)), { recursive: true });

@@ -406,3 +406,62 @@ describe('an oversized exchange', () => {
     }
   });
 });
+
+describe('memories per user (MEMORY_MAX_PER_USER)', () => {
+  let p: MemoryProxy;
+  beforeAll(async () => {
+    p = await startProxy({ MEMORY_MAX_PER_USER: '3', RATE_LIMIT_MCP: '100000' });
+  });
+  afterAll(() => p.close());
+  beforeEach(() => fake.reset());
+
+  const remember = (user: string, content: string | string[]) =>
+    request(p.app.app)
+      .post('/remember')
+      .set(auth)
+      .send({ user_id: user, infer: false, ...(Array.isArray(content) ? { messages: content.map((c) => ({ role: 'user', content: c })) } : { content }) });
+  const mcpAdd = (user: string, content: string) =>
+    request(p.app.app)
+      .post('/mcp')
+      .set(auth)
+      .set('Accept', 'application/json, text/event-stream')
+      .set('Content-Type', 'application/json')
+      .send(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'add_memory', arguments: { user_id: user, content, infer: false } } }));
+  const mcpResult = (res: request.Response): { isError?: boolean; content: Array<{ text: string }> } => {
+    // Streamable HTTP may answer as one SSE event.
+    const text = res.text.startsWith('{') ? res.text : (/^data: (.*)$/m.exec(res.text)?.[1] ?? '{}');
+    return (JSON.parse(text) as { result: { isError?: boolean; content: Array<{ text: string }> } }).result;
+  };
+
+  it('refuses adds past the limit on every door (413, an MCP tool error, a dead save) and only for that user', async () => {
+    await remember('rue', 'Rue plays the cello').expect(200);
+    await remember('rue', 'Rue lives in Oslo').expect(200);
+    // Two at once would make four: refused whole, nothing stored.
+    const both = await remember('rue', ['Rue has a cat', 'Rue has a dog']).expect(413);
+    expect(both.body).toMatchObject({ error: 'Memory limit reached' });
+    expect(JSON.stringify(both.body)).toMatch(/limit of 3 memories/);
+    expect(await memoriesOf(p, 'rue')).toHaveLength(2);
+    await remember('rue', 'Rue has a cat').expect(200);
+    expect(await memoriesOf(p, 'rue')).toHaveLength(3);
+
+    await remember('rue', 'Rue drinks tea').expect(413);
+    const tool = mcpResult(await mcpAdd('rue', 'Rue drinks tea').expect(200));
+    expect(tool.isError).toBe(true);
+    expect(tool.content[0]?.text).toMatch(/^memory limit reached: .*limit of 3 memories/);
+    // The chat is answered; its exchange is not saved (dead at once, no extraction call).
+    const chat = await p.client.chat.completions.create({ model: 'm', user: 'rue', messages: [{ role: 'user', content: 'I also play the piano.' }] });
+    expect(chat.choices[0]?.message.content).toBeTruthy();
+    await waitFor(() => (p.app.queue?.deadCount() === 1 ? true : undefined));
+    expect(extractions()).toBe(0);
+    const metrics = await request(p.app.app).get('/metrics').set(auth).expect(200);
+    expect(metrics.text).toMatch(/^proxy_save_dead_total 1$/m);
+    expect(await memoriesOf(p, 'rue')).toHaveLength(3);
+
+    // Other users are not affected, and a deletion makes room again.
+    await remember('sam', 'Sam runs marathons').expect(200);
+    const [first] = await memoriesOf(p, 'rue');
+    await request(p.app.app).post('/forget').set(auth).send({ user_id: 'rue', memory_id: first?.id }).expect(200);
+    await remember('rue', 'Rue drinks tea').expect(200);
+    expect(await memoriesOf(p, 'rue')).toHaveLength(3);
+  });
+});

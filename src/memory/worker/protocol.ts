@@ -1,10 +1,10 @@
 /**
  * The messages between the serving thread and the memory engine's worker thread, and how errors
  * cross between them (structured clone keeps no classes: our typed errors are sent as data and
- * rebuilt, so the HTTP layer still sees MemoryUnavailableError, MemoryRejectedError, NotFoundError,
- * BadRequestError).
+ * rebuilt, so the HTTP layer still sees MemoryUnavailableError, MemoryRejectedError,
+ * MemoryLimitError, NotFoundError, BadRequestError).
  */
-import { AppError, BadRequestError, MemoryRejectedError, MemoryUnavailableError, NotFoundError } from '../../errors';
+import { AppError, BadRequestError, MemoryLimitError, MemoryRejectedError, MemoryUnavailableError, NotFoundError } from '../../errors';
 import type { ConfigData } from '../../config';
 import type { GuardTuning } from '../resilience';
 import type { AddInput, ListOptions, MemoryScope, SearchOptions } from '../types';
@@ -34,6 +34,7 @@ export type ToWorker = { type: 'call'; id: number; call: EngineCall } | { type: 
 export type WireError =
   | { kind: 'unavailable'; transient: boolean }
   | { kind: 'rejected' }
+  | { kind: 'limit'; limit: number }
   | { kind: 'not-found'; message: string; details: unknown }
   | { kind: 'bad-request'; message: string; details: unknown }
   | { kind: 'other'; name: string; message: string };
@@ -49,6 +50,7 @@ export type FromWorker =
 export function toWire(err: unknown): WireError {
   if (err instanceof MemoryUnavailableError) return { kind: 'unavailable', transient: err.transient };
   if (err instanceof MemoryRejectedError) return { kind: 'rejected' };
+  if (err instanceof MemoryLimitError) return { kind: 'limit', limit: err.limit };
   if (err instanceof NotFoundError) return { kind: 'not-found', message: err.message, details: err.details };
   if (err instanceof BadRequestError) return { kind: 'bad-request', message: err.message, details: err.details };
   // Any other error (AppError or not) is an engine failure the service did not classify.
@@ -62,6 +64,8 @@ export function fromWire(wire: WireError): Error {
       return new MemoryUnavailableError(wire.transient);
     case 'rejected':
       return new MemoryRejectedError();
+    case 'limit':
+      return new MemoryLimitError(wire.limit);
     case 'not-found':
       return new NotFoundError(wire.message, wire.details);
     case 'bad-request':
