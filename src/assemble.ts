@@ -39,7 +39,7 @@ export interface Assembled {
 export function assemble(options: AssembleOptions): Assembled {
   const { config, logger, metrics, memory, authenticator } = options;
   // Only in development mode does a caller's own credential travel upstream.
-  const forwardCallerCredential = !authenticator.required;
+  const forwardCallerCredential = (): boolean => !authenticator.required;
   const upstream = new Upstream({
     api: 'openai',
     baseUrl: config.upstream.baseUrl,

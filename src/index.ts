@@ -30,7 +30,7 @@ export interface RunningServer {
 export async function start(config: Config, logger: Logger): Promise<RunningServer> {
   const metrics = createMetrics();
   // A bad registry file throws here: the process refuses to start (main prints the problems).
-  const registry = KeyRegistry.load({ file: config.keysFile, logger });
+  const registry = KeyRegistry.open({ file: config.keysFile, logger });
   const authenticator = combinedAuthenticator(config.authToken, registry);
   if (!authenticator.required) {
     logger.warn('AUTH_TOKEN is not set and there is no key registry: development mode, every caller is accepted without authentication');
@@ -94,11 +94,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     return closing;
   };
   const reloadKeys = (): void => {
-    if (registry) {
-      registry.reload();
-    } else {
-      logger.warn('no key registry was loaded at start: restart the proxy to enable KEYS_FILE', { file: config.keysFile });
-    }
+    registry.reload();
   };
   return { server, config, logger, reloadKeys, close };
 }

@@ -1,23 +1,23 @@
 /**
  * The combined authenticator: `AUTH_TOKEN` (an admin caller with id `token`) and the key registry
  * both accepted. Authentication is required when either exists, which also keeps the caller's own
- * `Authorization` from ever being forwarded upstream (index.ts: `forwardCallerAuthorization` is
- * `!required`).
+ * credential from ever being forwarded upstream (assemble.ts forwards it only while `required` is
+ * false). `required` is read per request: a registry file that first appears on SIGHUP turns it on
+ * for good (deleting the file later revokes every key, it does not reopen development mode).
  *
  * Both checks always run, so the time taken does not tell a token from a key.
  */
 import type { KeyRegistry } from '../keys/registry';
 import { tokenAuthenticator, type Authenticator } from './authenticate';
 
-/**
- * @param registry the loaded registry, or undefined when `KEYS_FILE` does not exist. `required` is
- * fixed here: a registry file that appears after start takes effect only after a restart.
- */
+/** @param registry the key registry (active once its file has been read), or undefined for none. */
 export function combinedAuthenticator(token: string | undefined, registry: KeyRegistry | undefined): Authenticator {
   const tokenAuth = tokenAuthenticator(token);
   if (registry === undefined) return tokenAuth;
   return {
-    required: true,
+    get required() {
+      return tokenAuth.required || registry.active;
+    },
     identify: (credential) => {
       const byToken = tokenAuth.identify(credential);
       const byKey = registry.identify(credential);

@@ -4,8 +4,8 @@
  *
  * The file (`KEYS_FILE`) is read and validated once at start, where a bad file is fatal, and again
  * on `reload()` (SIGHUP), where a bad file keeps the registry that was loaded before. A file that
- * is absent means "no registry" at start; once the process runs with one, an absent file on
- * reload means "no keys" (every key revoked), the safe reading of a deleted file.
+ * is absent means "no registry" (inactive) until a reload finds one; once the registry is active,
+ * an absent file on reload means "no keys" (every key revoked), the safe reading of a deleted file.
  *
  * Lookup is constant-time in the sense that matters: the presented key is hashed, and its digest
  * is compared with `timingSafeEqual` against every entry's digest, without stopping at a match, so
@@ -179,30 +179,41 @@ export interface ReloadResult {
   problems: readonly string[];
 }
 
-/** The loaded registry; replace its entries with `reload()`. */
+/** The registry; replace its entries with `reload()`. */
 export class KeyRegistry {
   private entries: readonly KeyEntry[];
   private readonly now: () => number;
+  private isActive: boolean;
 
   private constructor(
     private readonly options: KeyRegistryOptions,
-    entries: readonly KeyEntry[],
+    entries: readonly KeyEntry[] | undefined,
   ) {
-    this.entries = entries;
+    this.entries = entries ?? [];
+    this.isActive = entries !== undefined;
     this.now = options.now ?? Date.now;
   }
 
   /**
-   * Loads the registry at start.
-   * @returns undefined when the file does not exist (no registry).
+   * The registry at start, active when its file exists (an absent file can appear later: reload).
    * @throws KeyRegistryError when the file is bad: the process must refuse to start.
    */
-  static load(options: KeyRegistryOptions): KeyRegistry | undefined {
+  static open(options: KeyRegistryOptions): KeyRegistry {
     const json = readKeysFile(options.file);
-    if (json === undefined) return undefined;
-    const registry = new KeyRegistry(options, json.keys.map(toEntry));
-    options.logger.info('key registry loaded', { file: options.file, keys: registry.size });
+    const registry = new KeyRegistry(options, json?.keys.map(toEntry));
+    if (json) options.logger.info('key registry loaded', { file: options.file, keys: registry.size });
     return registry;
+  }
+
+  /** The registry at start when its file exists, else undefined (callers that need no later file). */
+  static load(options: KeyRegistryOptions): KeyRegistry | undefined {
+    const registry = KeyRegistry.open(options);
+    return registry.active ? registry : undefined;
+  }
+
+  /** Whether a registry file has been read (at start or on a reload): then keys are required. */
+  get active(): boolean {
+    return this.isActive;
   }
 
   get size(): number {
@@ -235,11 +246,19 @@ export class KeyRegistry {
       });
       return { ok: false, count: this.size, problems };
     }
+    if (json === undefined && !this.isActive) {
+      this.options.logger.warn('no key registry file to reload: still in the mode the proxy started in', { file: this.options.file });
+      return { ok: true, count: 0, problems: [] };
+    }
     if (json === undefined) {
       this.options.logger.warn('key registry file is gone: every registry key is revoked', { file: this.options.file });
       this.entries = [];
     } else {
+      if (!this.isActive) {
+        this.options.logger.warn('key registry file found: registry keys are accepted and, from now on, every caller needs a key', { file: this.options.file });
+      }
       this.entries = json.keys.map(toEntry);
+      this.isActive = true;
     }
     this.options.logger.info('key registry reloaded', { file: this.options.file, keys: this.size });
     return { ok: true, count: this.size, problems: [] };

@@ -40,10 +40,11 @@ export interface UpstreamOptions {
   /** The proxy's own key, sent as `Authorization: Bearer …` (OpenAI) or `x-api-key` (Anthropic). */
   apiKey: string | undefined;
   /**
-   * With no `apiKey`: forward the caller's own credential (development mode only; OpenAI's
-   * `Authorization`, Anthropic's `x-api-key` or `Authorization`).
+   * With no `apiKey`: whether to forward the caller's own credential (development mode only;
+   * OpenAI's `Authorization`, Anthropic's `x-api-key` or `Authorization`). Asked per request: a key
+   * registry that appears on SIGHUP ends development mode.
    */
-  forwardCallerCredential: boolean;
+  forwardCallerCredential: () => boolean;
   /**
    * With no `apiKey` and no caller credential to forward: refuse with 503 and this message
    * instead of sending the upstream a request it can only refuse. Unset: forward without one.
@@ -98,7 +99,7 @@ export class Upstream {
   /** Why no request can be forwarded here (no key to send, see `missingKeyMessage`), or undefined. */
   unusable(): ServiceUnavailableError | undefined {
     const { apiKey, forwardCallerCredential, missingKeyMessage } = this.options;
-    return apiKey === undefined && !forwardCallerCredential && missingKeyMessage !== undefined ? new ServiceUnavailableError(missingKeyMessage) : undefined;
+    return apiKey === undefined && !forwardCallerCredential() && missingKeyMessage !== undefined ? new ServiceUnavailableError(missingKeyMessage) : undefined;
   }
 
   /** The upstream path for this request (its target starts with `/v1`), validated (see `target.ts`). */
@@ -255,7 +256,7 @@ export class Upstream {
     if (apiKey !== undefined) {
       if (api === 'anthropic') headers['x-api-key'] = apiKey;
       else headers.authorization = `Bearer ${apiKey}`;
-    } else if (forwardCallerCredential) {
+    } else if (forwardCallerCredential()) {
       if (req.headers.authorization !== undefined) headers.authorization = req.headers.authorization;
       const callerKey = req.headers['x-api-key'];
       if (api === 'anthropic' && callerKey !== undefined) headers['x-api-key'] = callerKey;

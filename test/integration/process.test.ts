@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { startFakeUpstream } from '../fakes/openai-upstream';
 import { listeningPort, startProxyProcess } from '../helpers/process';
 import { ALL_TEST_SECRETS, runtimeSecrets, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
@@ -101,6 +102,48 @@ describe('the key registry in the running process', () => {
     const output = proc.out.join('') + proc.err.join('');
     expect(output).not.toContain(alice);
     expect(output).not.toContain(bob);
+  });
+});
+
+describe('a key registry that appears after start', () => {
+  const digest = (key: string): string => createHash('sha256').update(key).digest('hex');
+
+  it('is loaded on SIGHUP: from then on every caller needs a key and no caller credential is forwarded', async () => {
+    const fake = await startFakeUpstream();
+    const file = path.join(dir, 'keys.json');
+    const key = 'mp_test-key-late-0123456789abcdef';
+    const callerKey = 'sk-caller-own-key-0123456789abcdef';
+    runtimeSecrets.push(key, callerKey);
+    // Development mode: no AUTH_TOKEN, no registry file, no key of the proxy's own.
+    const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, UPSTREAM_BASE_URL: fake.url }, dir);
+    try {
+      const port = await listeningPort(proc);
+      const models = (auth: string | undefined): Promise<number> =>
+        fetch(`http://127.0.0.1:${port}/v1/models`, { headers: auth === undefined ? {} : { authorization: `Bearer ${auth}` } }).then((r) => r.status);
+      const forwarded = (): unknown => fake.requestsTo('/v1/models').at(-1)?.headers.authorization;
+      expect(await models(callerKey)).toBe(200);
+      expect(forwarded()).toBe(`Bearer ${callerKey}`);
+
+      fs.writeFileSync(file, JSON.stringify({ keys: [{ id: 'late', sha256: digest(key) }] }));
+      proc.child.kill('SIGHUP');
+      await waitUntil(async () => (await models(undefined)) === 401);
+      expect(await models(callerKey)).toBe(401);
+      fake.reset();
+      expect(await models(key)).toBe(200);
+      expect(fake.requestsTo('/v1/models')).toHaveLength(1);
+      expect(forwarded()).toBeUndefined();
+
+      // Deleting the file revokes the keys; it does not reopen development mode.
+      fs.rmSync(file);
+      proc.child.kill('SIGHUP');
+      await waitUntil(async () => (await models(key)) === 401);
+      expect(await models(undefined)).toBe(401);
+    } finally {
+      proc.child.kill('SIGTERM');
+      await fake.close();
+    }
+    expect(await proc.exited).toBe('0');
+    expect(proc.out.join('')).toContain('every caller needs a key');
   });
 });
 
