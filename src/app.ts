@@ -19,7 +19,7 @@ import express, { type ErrorRequestHandler, type RequestHandler } from 'express'
 import type { Config } from './config';
 import { AppError, NotFoundError, UnsupportedMediaTypeError, sendError, toAppError } from './errors';
 import { authenticate, type Authenticator } from './http/authenticate';
-import { FailedLogins } from './http/failed-logins';
+import { FailedLogins, type SharedFailureCounter } from './http/failed-logins';
 import { createRateLimiters, type RateLimitStoreFactory } from './http/rate-limit';
 import { requestId } from './http/request-id';
 import { requestLog } from './http/request-log';
@@ -56,6 +56,8 @@ export interface AppDeps {
   saveQueueStats?: (() => SaveQueueStats) | undefined;
   /** Shared rate-limit counters (Redis); in-process when absent. */
   rateLimitStore?: RateLimitStoreFactory | undefined;
+  /** Refused credentials per address shared by the instances (Redis); in-process when absent. */
+  failedLoginCounter?: SharedFailureCounter | undefined;
 }
 
 const ADMIN_BODY_LIMIT = '1mb';
@@ -85,7 +87,7 @@ export function createApp(deps: AppDeps): RequestListener {
     },
     requestLog(logger, metrics),
     sameOrigin(config.allowedOrigins, config.allowedHosts),
-    authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute)),
+    authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute, { shared: deps.failedLoginCounter })),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security
   // headers; /v1/* never reaches this app, so upstream headers there pass through unchanged.

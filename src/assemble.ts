@@ -7,6 +7,7 @@ import type { RequestListener } from 'node:http';
 import { createApp } from './app';
 import type { Config } from './config';
 import type { Authenticator } from './http/authenticate';
+import type { SharedFailureCounter } from './http/failed-logins';
 import type { RateLimitStoreFactory } from './http/rate-limit';
 import type { Logger } from './logger';
 import { createChatMemory } from './memory/chat-memory';
@@ -22,6 +23,7 @@ export interface AssembleOptions {
   memory: MemoryService;
   authenticator: Authenticator;
   rateLimitStore?: RateLimitStoreFactory | undefined;
+  failedLoginCounter?: SharedFailureCounter | undefined;
   /** Save-queue tuning (tests shorten the backoffs). */
   queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
   /** Start the save queue's workers now (default true): drains what an earlier run left. */
@@ -87,6 +89,7 @@ export function assemble(options: AssembleOptions): Assembled {
     chatMemory,
     saveQueueStats,
     rateLimitStore: options.rateLimitStore,
+    failedLoginCounter: options.failedLoginCounter,
   });
   return {
     app,

@@ -56,7 +56,15 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
         : 'Redis is not reachable yet: requests are served without rate limits until it is',
     );
   }
-  const { app, close: closeParts } = assemble({ config, logger, metrics, memory, authenticator, rateLimitStore: redis?.storeFactory });
+  const { app, close: closeParts } = assemble({
+    config,
+    logger,
+    metrics,
+    memory,
+    authenticator,
+    rateLimitStore: redis?.storeFactory,
+    failedLoginCounter: redis?.failureCounter,
+  });
   const server = createHttpServer(app);
 
   await new Promise<void>((resolve, reject) => {

@@ -75,7 +75,7 @@ const MAX_LOGGED_PATH = 200;
  */
 export function authenticate(auth: Authenticator, logger: Logger, trustProxy: boolean, failedLogins?: FailedLogins): Handler {
   const refuse = (req: IncomingMessage, address: string, message: string): UnauthorizedError => {
-    failedLogins?.record(address);
+    void failedLogins?.record(address);
     logger.warn(message, { request_id: req.id, path: pathOf(req).slice(0, MAX_LOGGED_PATH) });
     return new UnauthorizedError(message);
   };

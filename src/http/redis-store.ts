@@ -14,6 +14,7 @@ import { RedisStore, type RedisReply } from 'rate-limit-redis';
 import type { RateLimitedEndpoint } from '../config';
 import { ServiceUnavailableError } from '../errors';
 import type { Logger } from '../logger';
+import type { SharedFailureCounter } from './failed-logins';
 import type { RateLimitStoreFactory } from './rate-limit';
 
 /** At most one "store unavailable" log line per this interval while Redis stays down. */
@@ -35,6 +36,8 @@ export interface RedisRateLimitStore {
   readonly client: Redis;
   /** Pass to `assemble({ rateLimitStore })`. */
   readonly storeFactory: RateLimitStoreFactory;
+  /** Refused credentials per address, shared (pass to `assemble({ failedLoginCounter })`). */
+  readonly failureCounter: SharedFailureCounter;
   /** Resolves true once the client is connected, false if that takes longer than `timeoutMs`. */
   ready(timeoutMs: number): Promise<boolean>;
   /** Quits the client (or drops the connection when Redis is unreachable). */
@@ -192,6 +195,24 @@ export function createRedisRateLimitStore(options: RedisRateLimitStoreOptions): 
   const storeFactory: RateLimitStoreFactory = (endpoint) =>
     new ResilientRedisStore(endpoint, `${options.prefix}${endpoint}:`, sendCommand, reporter);
 
+  // One window per address: created with its expiry by the first refusal, counted by each.
+  const failureCounter: SharedFailureCounter = {
+    increment: async (address) => {
+      const key = `${options.prefix}failed-auth:${address}`;
+      try {
+        const replies = await client.multi().set(key, '0', 'PX', 60_000, 'NX').incr(key).pttl(key).exec();
+        const count = Number(replies?.[1]?.[1]);
+        const remainingMs = Number(replies?.[2]?.[1]);
+        if (!Number.isFinite(count) || !Number.isFinite(remainingMs)) throw new TypeError('unexpected reply from Redis');
+        reporter.success();
+        return { count, remainingMs };
+      } catch (err) {
+        reporter.failure(err);
+        throw err;
+      }
+    },
+  };
+
   const ready = (timeoutMs: number): Promise<boolean> =>
     new Promise<boolean>((resolve) => {
       if (client.status === 'ready') {
@@ -222,5 +243,5 @@ export function createRedisRateLimitStore(options: RedisRateLimitStoreOptions): 
     client.disconnect();
   };
 
-  return { client, storeFactory, ready, close };
+  return { client, storeFactory, failureCounter, ready, close };
 }

@@ -13,6 +13,7 @@ import { createHttpServer } from '../../src/http/server';
 import { assemble } from '../../src/assemble';
 import { loadConfig, type Config } from '../../src/config';
 import { tokenAuthenticator, type Authenticator } from '../../src/http/authenticate';
+import type { SharedFailureCounter } from '../../src/http/failed-logins';
 import type { RateLimitStoreFactory } from '../../src/http/rate-limit';
 import { createLogger, type Logger } from '../../src/logger';
 import { createMetrics, type Metrics } from '../../src/metrics';
@@ -53,6 +54,7 @@ export interface TestAppOptions {
   memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
   authenticator?: Authenticator;
   rateLimitStore?: RateLimitStoreFactory;
+  failedLoginCounter?: SharedFailureCounter;
   /** Start the save queue's workers (default true). */
   startQueue?: boolean;
   /** Save-queue tuning (tests use short backoffs). */
@@ -75,6 +77,7 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
     memory,
     authenticator,
     rateLimitStore: options.rateLimitStore,
+    failedLoginCounter: options.failedLoginCounter,
     queueOptions: options.queueOptions,
     startQueue: options.startQueue,
   });

@@ -114,7 +114,7 @@ async function instance(url: string, env: Record<string, string> = {}): Promise<
     onStoreError: (endpoint: RateLimitedEndpoint) => metrics?.rateLimitStoreErrors.inc({ endpoint }),
   });
   opened.push(store);
-  const t = await buildTestApp(fullEnv, { rateLimitStore: store.storeFactory });
+  const t = await buildTestApp(fullEnv, { rateLimitStore: store.storeFactory, failedLoginCounter: store.failureCounter });
   metrics = t.metrics;
   opened.push(t);
   return { t, store, storeLogs };
@@ -163,6 +163,33 @@ it('lets two instances sharing Redis together allow exactly the configured limit
   const keys = await admin.keys(`${prefix}*`);
   expect(keys.some((k) => k.startsWith(`${prefix}health:`))).toBe(true);
   expect(keys.some((k) => k.startsWith(`${prefix}v1:`))).toBe(true);
+});
+
+it('counts refused credentials per address across instances: guesses spread over two stop at the shared limit', async () => {
+  const a = await instance(redisUrl(REDIS_PORT), { RATE_LIMIT_FAILED_AUTH: '4', RATE_LIMIT_HEALTH: '1000' });
+  const b = await instance(redisUrl(REDIS_PORT), { RATE_LIMIT_FAILED_AUTH: '4', RATE_LIMIT_HEALTH: '1000' });
+  expect(await a.store.ready(5000)).toBe(true);
+  expect(await b.store.ready(5000)).toBe(true);
+  const guess = (i: Instance) => request(i.t.app).get('/health').set('Authorization', 'Bearer not-the-token');
+  // Five guesses, alternating: each instance alone has seen at most three (< 4).
+  for (const i of [a, b, a, b, a]) await guess(i).expect(401);
+  const blocked = async (i: Instance): Promise<boolean> => {
+    const until = Date.now() + 5000;
+    while (Date.now() < until) {
+      if ((await health(i)).status === 429) return true;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return false;
+  };
+  // b's second guess was the fourth in all, a's third the fifth: both know the shared total.
+  expect(await blocked(a)).toBe(true);
+  expect(await blocked(b)).toBe(true);
+  const refused = await health(b).expect(429);
+  expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+  const keys = await admin.keys(`${prefix}failed-auth:*`);
+  expect(keys).toHaveLength(1);
+  expect(Number(await admin.get(keys[0] ?? ''))).toBe(5);
+  expect(await admin.pttl(keys[0] ?? '')).toBeGreaterThan(50_000);
 });
 
 it('serves requests without limits when Redis is unreachable, and counts the store errors', async () => {
