@@ -42,6 +42,7 @@ import {
   waitForReadyLine,
   READY_PREFIX,
   TSX_IMPORT,
+  type RequestResult,
   type Target,
 } from './lib';
 import type { BenchArgs, TableOutcome } from './run';
@@ -187,42 +188,6 @@ async function slowBodyAttack(port: number, count: number, durationMs: number): 
   return { opened: socks.length, got401: socks.filter((s) => s.status === '401').length, closed401By5s, openAt5s, otherStatus };
 }
 
-interface Reply {
-  status: number;
-  totalMs: number;
-  body: string;
-}
-
-/** One request that keeps (the first 64 KiB of) the answer; status 0 on a network error. */
-function request(agent: http.Agent, port: number, path: string, headers: Record<string, string>, body: Buffer): Promise<Reply> {
-  return new Promise((resolve) => {
-    const t0 = process.hrtime.bigint();
-    const ms = (): number => Number(process.hrtime.bigint() - t0) / 1e6;
-    let done = false;
-    const finish = (r: Reply): void => {
-      if (!done) {
-        done = true;
-        resolve(r);
-      }
-    };
-    const req = http.request(
-      { host: '127.0.0.1', port, method: 'POST', path, agent, headers: { ...headers, 'content-type': 'application/json', 'content-length': body.length } },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => {
-          if (text.length < 65536) text += c;
-        });
-        res.on('end', () => finish({ status: res.statusCode ?? 0, totalMs: ms(), body: text }));
-        res.on('error', () => finish({ status: res.statusCode ?? 0, totalMs: ms(), body: text }));
-      },
-    );
-    req.setTimeout(30_000, () => req.destroy(new Error('timeout')));
-    req.on('error', () => finish({ status: 0, totalMs: ms(), body: '' }));
-    req.end(body);
-  });
-}
-
 /** Sends `make()` back to back on one connection until `durationMs`; counts replies by `classify`. */
 async function backToBack(
   port: number,
@@ -230,16 +195,17 @@ async function backToBack(
   headers: Record<string, string>,
   body: Buffer,
   durationMs: number,
-  classify: (r: Reply) => string,
+  classify: (r: RequestResult) => string,
 ): Promise<{ counts: Map<string, number>; ms: number[]; total: number }> {
   const agent = keepAliveAgent(1);
+  const target: Target = { name: 'attack', origin: `http://127.0.0.1:${port}`, pathPrefix: '', headers, pid: undefined };
   const counts = new Map<string, number>();
   const ms: number[] = [];
   let total = 0;
   const deadline = Date.now() + durationMs;
   try {
     while (Date.now() < deadline) {
-      const r = await request(agent, port, path, headers, body);
+      const r = await timedRequest(agent, target, 'POST', path, body, 30_000, 65_536);
       total++;
       const k = classify(r);
       counts.set(k, (counts.get(k) ?? 0) + 1);
@@ -416,7 +382,7 @@ async function runAttack(kind: AttackKind, port: number, phaseMs: number): Promi
   const r = await backToBack(port, '/mcp', { ...auth, accept: 'application/json, text/event-stream' }, batch, phaseMs, (x) => {
     if (x.status !== 400) return String(x.status);
     try {
-      const code = (JSON.parse(x.body) as { error?: { code?: unknown } }).error?.code;
+      const code = (JSON.parse(x.text ?? '') as { error?: { code?: unknown } }).error?.code;
       return code === -32600 ? '-32600' : `400/${String(code)}`;
     } catch {
       return '400/non-JSON';

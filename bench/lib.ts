@@ -447,14 +447,27 @@ export interface RequestResult {
   /** ms from request start to the end of the body. */
   totalMs: number;
   bytes: number;
+  /** The first `keepBodyChars` characters of the body (utf8), when asked for. */
+  text?: string;
 }
 
 export function keepAliveAgent(maxSockets: number): http.Agent {
   return new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets, keepAliveMsecs: 30_000 });
 }
 
-/** One request; resolves with timings (never rejects: network errors give status 0). */
-export function timedRequest(agent: http.Agent, target: Target, method: string, pathSuffix: string, body: Buffer | undefined, timeoutMs = 30_000): Promise<RequestResult> {
+/**
+ * One request; resolves with timings (never rejects: network errors give status 0). With
+ * `keepBodyChars` the answer's beginning comes back as `text`.
+ */
+export function timedRequest(
+  agent: http.Agent,
+  target: Target,
+  method: string,
+  pathSuffix: string,
+  body: Buffer | undefined,
+  timeoutMs = 30_000,
+  keepBodyChars = 0,
+): Promise<RequestResult> {
   return new Promise((resolve) => {
     const url = new URL(target.origin);
     const t0 = process.hrtime.bigint();
@@ -477,12 +490,15 @@ export function timedRequest(agent: http.Agent, target: Target, method: string, 
         const headersMs = ms();
         let firstByteMs = NaN;
         let bytes = 0;
+        let text = '';
         res.on('data', (c: Buffer) => {
           if (bytes === 0) firstByteMs = ms();
           bytes += c.length;
+          if (text.length < keepBodyChars) text += c.toString('utf8');
         });
-        res.on('end', () => finish({ status: res.statusCode ?? 0, headersMs, firstByteMs, totalMs: ms(), bytes }));
-        res.on('error', () => finish({ status: 0, headersMs, firstByteMs, totalMs: ms(), bytes }));
+        const kept = (): { text?: string } => (keepBodyChars > 0 ? { text: text.slice(0, keepBodyChars) } : {});
+        res.on('end', () => finish({ status: res.statusCode ?? 0, headersMs, firstByteMs, totalMs: ms(), bytes, ...kept() }));
+        res.on('error', () => finish({ status: 0, headersMs, firstByteMs, totalMs: ms(), bytes, ...kept() }));
       },
     );
     req.setTimeout(timeoutMs, () => req.destroy(new Error('timeout')));
