@@ -701,3 +701,81 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
     expect((await memory.getAll({ filters: { user_id: 'alice' } })).results).toEqual([]);
   });
 });
+
+describe('partition images (a fast first search after a restart)', () => {
+  const DIM = 16;
+  const next = seededRandom(42);
+  const vectors = Array.from({ length: 1500 }, () => randomVector(DIM, next));
+  const queries = Array.from({ length: 5 }, () => randomVector(DIM, next));
+
+  async function writeUser(dbPath: string): Promise<void> {
+    const store = new EmbeddedVectorStore({ dbPath, dimension: DIM, collectionName: 'memories' });
+    const ids = vectors.map((_, i) => `m${i}`);
+    await store.insert(vectors, ids, ids.map((id) => ({ user_id: id === 'm7' ? 'other' : 'u', data: id })));
+    await store.delete('m3');
+    store.close();
+  }
+  const topIds = async (store: EmbeddedVectorStore): Promise<string[][]> =>
+    Promise.all(queries.map(async (q) => (await store.search(q, 10, { user_id: 'u' })).map((r) => `${r.id}:${r.score!.toFixed(6)}`)));
+
+  it('writes an image of a loaded partition on close, loads it at the next open, and answers exactly as from rows', async () => {
+    const dbPath = freshPath();
+    await writeUser(dbPath);
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const fromRows = await topIds(first);
+    expect(first.cacheStats().loads).toEqual({ images: 0, rows: 1 });
+    first.close();
+
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    expect(await topIds(second)).toEqual(fromRows);
+    expect(second.cacheStats()).toMatchObject({ rows: 1498, loads: { images: 1, rows: 0 } });
+    // Writes after an image-load reach the partition as before, and the next close refreshes the image.
+    await second.insert([queries[0]!], ['new'], [{ user_id: 'u', data: 'new' }]);
+    expect((await second.search(queries[0]!, 1, { user_id: 'u' }))[0]?.id).toBe('new');
+    second.close();
+    const third = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    expect((await third.search(queries[0]!, 1, { user_id: 'u' }))[0]?.id).toBe('new');
+    expect(third.cacheStats()).toMatchObject({ rows: 1499, loads: { images: 1, rows: 0 } });
+    third.close();
+  });
+
+  it('never reads a stale image: a write by any connection after it was made (or a crash before close) means rows', async () => {
+    const dbPath = freshPath();
+    await writeUser(dbPath);
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    await topIds(first);
+    first.close(); // image of version v
+    // Another writer (an older proxy, a script) deletes a row and adds one without knowing about images.
+    const other = new Database(dbPath);
+    other.prepare("DELETE FROM evs_vectors WHERE id = 'm10'").run();
+    other
+      .prepare('INSERT INTO evs_vectors (collection, id, user_id, vector, payload) VALUES (?, ?, ?, ?, ?)')
+      .run('memories', 'theirs', 'u', Buffer.from(new Float32Array(queries[1]!).buffer), JSON.stringify({ user_id: 'u' }));
+    other.close();
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const hits = await second.search(queries[1]!, 1500, { user_id: 'u' });
+    expect(hits[0]?.id).toBe('theirs');
+    expect(hits.some((h) => h.id === 'm10')).toBe(false);
+    expect(second.cacheStats().loads).toEqual({ images: 0, rows: 1 });
+    second.close();
+  });
+
+  it('reads rows when an image is damaged, and writes none for small partitions', async () => {
+    const dbPath = freshPath();
+    await writeUser(dbPath);
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const fromRows = await topIds(first);
+    await first.search(queries[0]!, 1, { user_id: 'other' }); // one row: no image
+    first.close();
+    const raw = new Database(dbPath);
+    expect((raw.prepare('SELECT field, value, COUNT(*) AS parts FROM evs_images GROUP BY field, value').all() as unknown[])).toEqual([
+      { field: 'user_id', value: 'u', parts: 1 },
+    ]);
+    raw.prepare("UPDATE evs_images SET data = substr(data, 1, length(data) - 1)").run();
+    raw.close();
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    expect(await topIds(second)).toEqual(fromRows);
+    expect(second.cacheStats().loads).toEqual({ images: 0, rows: 1 });
+    second.close();
+  });
+});

@@ -372,6 +372,17 @@ export class Int8Arena {
     this.view().set(codes, this.rowOffset(block, slot));
   }
 
+  /** The codes of a block's first `rows` rows, as a view (valid until the arena grows). */
+  rowsOf(block: number, rows: number): Int8Array {
+    const offset = this.rowOffset(block, 0);
+    return this.view().subarray(offset, offset + rows * this.stride);
+  }
+
+  /** Writes whole rows (`codes.length` a multiple of the stride) from the start of a block. */
+  writeRows(block: number, codes: Int8Array): void {
+    this.view().set(codes, this.rowOffset(block, 0));
+  }
+
   copyRow(fromBlock: number, fromSlot: number, toBlock: number, toSlot: number): void {
     const from = this.rowOffset(fromBlock, fromSlot);
     this.view().copyWithin(this.rowOffset(toBlock, toSlot), from, from + this.stride);
@@ -450,6 +461,9 @@ const PARTITION_OVERHEAD_BYTES = 4096;
 /** Per-row bookkeeping beyond the codes (id string, map entry, scale), roughly. */
 const ROW_OVERHEAD_BYTES = 120;
 
+const IMAGE_MAGIC = 'EVI1';
+const IMAGE_HEADER_BYTES = 16;
+
 /** Ids and quantized vectors only: payloads stay on disk and are read for results. */
 export class Partition {
   readonly ids: string[] = [];
@@ -503,6 +517,69 @@ export class Partition {
     this.scales.pop();
     this.rowOf.delete(id);
     if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
+  }
+
+  /**
+   * The partition as bytes, for `loadImage` at a later start: "EVI1", stride, row count and the
+   * ids' byte length (u32 LE each), the ids as a JSON array (padded to 8 bytes), each row's scale
+   * (f64 LE), then each row's codes (stride bytes).
+   */
+  toImage(): Buffer {
+    const n = this.ids.length;
+    const stride = this.arena.stride;
+    const ids = Buffer.from(JSON.stringify(this.ids), 'utf8');
+    const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(ids.length / 8) * 8;
+    const codesAt = scalesAt + n * 8;
+    const out = Buffer.alloc(codesAt + n * stride);
+    out.write(IMAGE_MAGIC, 0, 'latin1');
+    out.writeUInt32LE(stride, 4);
+    out.writeUInt32LE(n, 8);
+    out.writeUInt32LE(ids.length, 12);
+    ids.copy(out, IMAGE_HEADER_BYTES);
+    for (let i = 0; i < n; i++) out.writeDoubleLE(this.scales[i]!, scalesAt + i * 8);
+    const blockRows = this.arena.blockRows;
+    for (let b = 0; b < this.blocks.length; b++) {
+      const rows = Math.min(blockRows, n - b * blockRows);
+      const codes = this.arena.rowsOf(this.blocks[b]!, rows);
+      out.set(new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), codesAt + b * blockRows * stride);
+    }
+    return out;
+  }
+
+  /**
+   * Fills an empty partition from `toImage`'s bytes. False (the partition left empty) when the
+   * bytes are not an image of this arena's stride or do not add up.
+   */
+  loadImage(image: Buffer): boolean {
+    if (this.ids.length !== 0 || image.byteLength < IMAGE_HEADER_BYTES || image.toString('latin1', 0, 4) !== IMAGE_MAGIC) return false;
+    const stride = image.readUInt32LE(4);
+    const n = image.readUInt32LE(8);
+    const idsBytes = image.readUInt32LE(12);
+    const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(idsBytes / 8) * 8;
+    const codesAt = scalesAt + n * 8;
+    if (stride !== this.arena.stride || image.byteLength !== codesAt + n * stride) return false;
+    let ids: unknown;
+    try {
+      ids = JSON.parse(image.toString('utf8', IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES + idsBytes));
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(ids) || ids.length !== n || !ids.every((id) => typeof id === 'string') || new Set(ids).size !== n) return false;
+    const blockRows = this.arena.blockRows;
+    for (let first = 0; first < n; first += blockRows) {
+      const rows = Math.min(blockRows, n - first);
+      const block = this.arena.allocBlock();
+      this.blocks.push(block);
+      const from = codesAt + first * stride;
+      this.arena.writeRows(block, new Int8Array(image.buffer, image.byteOffset + from, rows * stride));
+    }
+    for (let i = 0; i < n; i++) {
+      const id = ids[i] as string;
+      this.ids.push(id);
+      this.scales.push(image.readDoubleLE(scalesAt + i * 8));
+      this.rowOf.set(id, i);
+    }
+    return true;
   }
 
   release(): void {
