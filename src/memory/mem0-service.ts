@@ -445,7 +445,7 @@ function vectorStoreConfig(config: Config, logger: Logger): MemoryConfig['vector
         config: { ...common, embeddingModelDims: m.embeddingDims, url: m.qdrantUrl, onDisk: true, ...(m.qdrantApiKey ? { apiKey: m.qdrantApiKey } : {}) },
       };
     default:
-      return { provider: 'embedded', config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), logger } };
+      return { provider: 'embedded', config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), preloadImages: true, logger } };
   }
 }
 

@@ -769,13 +769,36 @@ describe('partition images (a fast first search after a restart)', () => {
     first.close();
     const raw = new Database(dbPath);
     expect((raw.prepare('SELECT field, value, COUNT(*) AS parts FROM evs_images GROUP BY field, value').all() as unknown[])).toEqual([
-      { field: 'user_id', value: 'u', parts: 1 },
+      { field: 'user_id', value: 'u', parts: 2 }, // ids and scales, then the codes
     ]);
-    raw.prepare("UPDATE evs_images SET data = substr(data, 1, length(data) - 1)").run();
+    // The codes part loses its last byte: the partition is loaded from rows, not half from the image.
+    raw.prepare('UPDATE evs_images SET data = substr(data, 1, length(data) - 1) WHERE part = 1').run();
     raw.close();
     const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
     expect(await topIds(second)).toEqual(fromRows);
     expect(second.cacheStats().loads).toEqual({ images: 0, rows: 1 });
     second.close();
+  });
+
+  it('preloads the partitions with a current image in the background when asked, within half the cache budget', async () => {
+    const dbPath = freshPath();
+    await writeUser(dbPath);
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const fromRows = await topIds(first);
+    first.close();
+    const turns = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
+
+    const tight = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, maxCacheBytes: 1000 });
+    await turns();
+    expect(tight.cacheStats()).toMatchObject({ partitions: 0, loads: { images: 0, rows: 0 } });
+    tight.close();
+
+    const preloaded = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true });
+    expect(preloaded.cacheStats().partitions).toBe(0); // not during the constructor
+    await turns();
+    expect(preloaded.cacheStats()).toMatchObject({ partitions: 1, rows: 1498, loads: { images: 1, rows: 0 } });
+    expect(await topIds(preloaded)).toEqual(fromRows);
+    expect(preloaded.cacheStats().loads).toEqual({ images: 1, rows: 0 });
+    preloaded.close();
   });
 });

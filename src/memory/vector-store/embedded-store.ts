@@ -81,6 +81,12 @@ export interface EmbeddedVectorStoreConfig {
   maxCacheBytes?: number;
   /** Dot-product kernel: "auto" (WASM SIMD when available), or force one (tests, bench). */
   kernel?: SearchKernel;
+  /**
+   * After opening, load the partitions that have a current image (most recently written first,
+   * up to half the cache budget) in the background, one per event-loop turn, so the first search
+   * of a user active before a restart finds the partition in memory (default false).
+   */
+  preloadImages?: boolean;
   logger?: EmbeddedStoreLogger;
   [key: string]: unknown;
 }
@@ -416,15 +422,22 @@ class SharedDb {
     return row?.version ?? 0;
   }
 
-  /** The image of a scope at `version`, concatenated, or undefined when there is none that fresh. */
-  readImage(collection: string, field: ScopeField, value: string, version: number): Buffer | undefined {
-    const parts = this.stmt('SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part').all(
+  /** The parts of a scope's image at `version`, in order; the iteration stops early at a part of another version. */
+  *imageParts(collection: string, field: ScopeField, value: string, version: number): Generator<Buffer> {
+    const rows = this.stmt('SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part').iterate(
       collection,
       field,
       value,
-    ) as Array<{ part: number; version: number; data: Buffer }>;
-    if (parts.length === 0 || parts.some((p, i) => p.part !== i || p.version !== version)) return undefined;
-    return parts.length === 1 ? parts[0]!.data : Buffer.concat(parts.map((p) => p.data));
+    ) as IterableIterator<{ part: number; version: number; data: Buffer }>;
+    let expected = 0;
+    for (const row of rows) {
+      if (row.part !== expected++ || row.version !== version) return;
+      yield row.data;
+    }
+  }
+
+  hasImage(collection: string, field: ScopeField, value: string, version: number): boolean {
+    return this.stmt('SELECT 1 FROM evs_images WHERE collection = ? AND field = ? AND value = ? AND part = 0 AND version = ?').get(collection, field, value, version) !== undefined;
   }
 
   /**
@@ -440,13 +453,12 @@ class SharedDb {
         for (const partition of state.partitions.values()) {
           const [field, value] = splitScopeKey(partition.key);
           if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value)) continue;
-          const image = partition.toImage();
+          const image = partition.toImage(IMAGE_PART_BYTES);
           this.db
             .transaction(() => {
               const version = this.scopeVersion(collection, field, value);
               this.stmt('DELETE FROM evs_images WHERE collection = ? AND field = ? AND value = ?').run(collection, field, value);
-              for (let part = 0; part * IMAGE_PART_BYTES < image.byteLength; part++) {
-                const data = image.subarray(part * IMAGE_PART_BYTES, (part + 1) * IMAGE_PART_BYTES);
+              for (const [part, data] of image.entries()) {
                 this.stmt('INSERT INTO evs_images (collection, field, value, part, version, data) VALUES (?, ?, ?, ?, ?, ?)').run(
                   collection,
                   field,
@@ -765,7 +777,7 @@ export class EmbeddedVectorStore implements VectorStore {
 
   constructor(config: EmbeddedVectorStoreConfig) {
     if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
-    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', logger } = config;
+    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger } = config;
     if (typeof collectionName !== 'string' || collectionName === '') {
       throw new Error('EmbeddedVectorStore: collectionName must be a non-empty string');
     }
@@ -814,6 +826,7 @@ export class EmbeddedVectorStore implements VectorStore {
     this.shared = shared;
     this.state = shared.collection(collectionName);
     this.registerCollection();
+    if (preloadImages === true) setImmediate(() => this.preloadImages());
   }
 
   /** Which dot-product kernel this store's searches use. */
@@ -1103,16 +1116,46 @@ export class EmbeddedVectorStore implements VectorStore {
     return partition;
   }
 
+  /** See `preloadImages` in the config. A partition that fails to load is left for its first search. */
+  private preloadImages(): void {
+    if (this.closed) return;
+    const scopes = this.shared
+      .stmt(
+        `SELECT i.field AS field, i.value AS value,
+                (SELECT sum(length(p.data)) FROM evs_images p WHERE p.collection = i.collection AND p.field = i.field AND p.value = i.value) AS bytes
+           FROM evs_images i
+           LEFT JOIN evs_scope_versions v ON v.collection = i.collection AND v.field = i.field AND v.value = i.value
+         WHERE i.collection = ? AND i.part = 0 AND i.version = coalesce(v.version, 0) ORDER BY i.rowid DESC`,
+      )
+      .all(this.collectionName) as Array<{ field: ScopeField; value: string; bytes: number }>;
+    let next = 0;
+    const step = (): void => {
+      const scope = scopes[next++];
+      if (this.closed || !scope || this.shared.cachedBytes() + scope.bytes > this.shared.maxCacheBytes / 2) return;
+      const key = scopeKey(scope.field, scope.value);
+      if (!this.state.partitions.has(key)) {
+        try {
+          this.partitionFor({ field: scope.field, value: scope.value, key });
+        } catch {
+          // Loaded (or reported) by its first search instead.
+        }
+      }
+      setImmediate(step);
+    };
+    step();
+  }
+
   /** Loads a partition from its image when one of the scope's current version exists (see createPartitionImages). */
   private loadFromImage(partition: Partition, scope: Scope): boolean {
     const shared = this.shared;
     // One read transaction: the version and the image come from the same snapshot of the file.
-    const { version, image } = shared.db.transaction(() => {
+    const version = shared.db.transaction(() => {
       const current = shared.scopeVersion(this.collectionName, scope.field, scope.value);
-      return { version: current, image: shared.readImage(this.collectionName, scope.field, scope.value, current) };
+      if (!shared.hasImage(this.collectionName, scope.field, scope.value, current)) return undefined;
+      return partition.loadImage(shared.imageParts(this.collectionName, scope.field, scope.value, current)) ? current : null;
     })();
-    if (!image) return false;
-    if (!partition.loadImage(image)) {
+    if (version === undefined) return false;
+    if (version === null) {
       this.logger?.warn('EmbeddedVectorStore: a partition image does not fit; its rows are read instead', { collection: this.collectionName });
       return false;
     }

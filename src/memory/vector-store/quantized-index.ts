@@ -378,9 +378,9 @@ export class Int8Arena {
     return this.view().subarray(offset, offset + rows * this.stride);
   }
 
-  /** Writes whole rows (`codes.length` a multiple of the stride) from the start of a block. */
-  writeRows(block: number, codes: Int8Array): void {
-    this.view().set(codes, this.rowOffset(block, 0));
+  /** Writes whole rows (`codes.length` a multiple of the stride) into a block from `slot` on. */
+  writeRows(block: number, slot: number, codes: Int8Array): void {
+    this.view().set(codes, this.rowOffset(block, slot));
   }
 
   copyRow(fromBlock: number, fromSlot: number, toBlock: number, toSlot: number): void {
@@ -461,8 +461,27 @@ const PARTITION_OVERHEAD_BYTES = 4096;
 /** Per-row bookkeeping beyond the codes (id string, map entry, scale), roughly. */
 const ROW_OVERHEAD_BYTES = 120;
 
-const IMAGE_MAGIC = 'EVI1';
+const IMAGE_MAGIC = 'EVI2';
 const IMAGE_HEADER_BYTES = 16;
+
+/** Part 0 of an image (see `Partition.toImage`), or undefined when it is not one for `stride`. */
+function readImageHead(part: Buffer, stride: number): { ids: string[]; scales: Float64Array } | undefined {
+  if (part.byteLength < IMAGE_HEADER_BYTES || part.toString('latin1', 0, 4) !== IMAGE_MAGIC || part.readUInt32LE(4) !== stride) return undefined;
+  const n = part.readUInt32LE(8);
+  const idsBytes = part.readUInt32LE(12);
+  const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(idsBytes / 8) * 8;
+  if (part.byteLength !== scalesAt + n * 8) return undefined;
+  let ids: unknown;
+  try {
+    ids = JSON.parse(part.toString('utf8', IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES + idsBytes));
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(ids) || ids.length !== n || !ids.every((id) => typeof id === 'string') || new Set(ids).size !== n) return undefined;
+  const scales = new Float64Array(n);
+  for (let i = 0; i < n; i++) scales[i] = part.readDoubleLE(scalesAt + i * 8);
+  return { ids: ids as string[], scales };
+}
 
 /** Ids and quantized vectors only: payloads stay on disk and are read for results. */
 export class Partition {
@@ -520,66 +539,82 @@ export class Partition {
   }
 
   /**
-   * The partition as bytes, for `loadImage` at a later start: "EVI1", stride, row count and the
-   * ids' byte length (u32 LE each), the ids as a JSON array (padded to 8 bytes), each row's scale
-   * (f64 LE), then each row's codes (stride bytes).
+   * The partition as parts of at most `maxPartBytes` (for `loadImage` at a later start). Part 0:
+   * "EVI2", stride, row count and the ids' byte length (u32 LE each), the ids as a JSON array
+   * (padded to 8 bytes), each row's scale (f64 LE). Then the codes, `stride` bytes a row, a whole
+   * number of rows per part.
    */
-  toImage(): Buffer {
+  toImage(maxPartBytes: number): Buffer[] {
     const n = this.ids.length;
     const stride = this.arena.stride;
     const ids = Buffer.from(JSON.stringify(this.ids), 'utf8');
     const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(ids.length / 8) * 8;
-    const codesAt = scalesAt + n * 8;
-    const out = Buffer.alloc(codesAt + n * stride);
-    out.write(IMAGE_MAGIC, 0, 'latin1');
-    out.writeUInt32LE(stride, 4);
-    out.writeUInt32LE(n, 8);
-    out.writeUInt32LE(ids.length, 12);
-    ids.copy(out, IMAGE_HEADER_BYTES);
-    for (let i = 0; i < n; i++) out.writeDoubleLE(this.scales[i]!, scalesAt + i * 8);
-    const blockRows = this.arena.blockRows;
-    for (let b = 0; b < this.blocks.length; b++) {
-      const rows = Math.min(blockRows, n - b * blockRows);
-      const codes = this.arena.rowsOf(this.blocks[b]!, rows);
-      out.set(new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), codesAt + b * blockRows * stride);
+    const head = Buffer.alloc(scalesAt + n * 8);
+    head.write(IMAGE_MAGIC, 0, 'latin1');
+    head.writeUInt32LE(stride, 4);
+    head.writeUInt32LE(n, 8);
+    head.writeUInt32LE(ids.length, 12);
+    ids.copy(head, IMAGE_HEADER_BYTES);
+    for (let i = 0; i < n; i++) head.writeDoubleLE(this.scales[i]!, scalesAt + i * 8);
+    const parts = [head];
+    const rowsPerPart = Math.max(1, Math.floor(maxPartBytes / stride));
+    for (let first = 0; first < n; first += rowsPerPart) {
+      const rows = Math.min(rowsPerPart, n - first);
+      const part = Buffer.alloc(rows * stride);
+      this.forEachRun(first, rows, (block, slot, count, offset) => {
+        const codes = this.arena.rowsOf(block, slot + count).subarray(slot * stride);
+        part.set(new Uint8Array(codes.buffer, codes.byteOffset, count * stride), offset * stride);
+      });
+      parts.push(part);
     }
-    return out;
+    return parts;
   }
 
   /**
-   * Fills an empty partition from `toImage`'s bytes. False (the partition left empty) when the
-   * bytes are not an image of this arena's stride or do not add up.
+   * Fills an empty partition from `toImage`'s parts, in order. False (the partition left empty)
+   * when they are not an image of this arena's stride or do not add up.
    */
-  loadImage(image: Buffer): boolean {
-    if (this.ids.length !== 0 || image.byteLength < IMAGE_HEADER_BYTES || image.toString('latin1', 0, 4) !== IMAGE_MAGIC) return false;
-    const stride = image.readUInt32LE(4);
-    const n = image.readUInt32LE(8);
-    const idsBytes = image.readUInt32LE(12);
-    const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(idsBytes / 8) * 8;
-    const codesAt = scalesAt + n * 8;
-    if (stride !== this.arena.stride || image.byteLength !== codesAt + n * stride) return false;
-    let ids: unknown;
-    try {
-      ids = JSON.parse(image.toString('utf8', IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES + idsBytes));
-    } catch {
-      return false;
+  loadImage(parts: Iterable<Buffer>): boolean {
+    if (this.ids.length !== 0) return false;
+    const stride = this.arena.stride;
+    let n = -1;
+    let loaded = 0;
+    for (const part of parts) {
+      if (n < 0) {
+        const head = readImageHead(part, stride);
+        if (!head) return false;
+        n = head.ids.length;
+        const blockRows = this.arena.blockRows;
+        for (let first = 0; first < n; first += blockRows) this.blocks.push(this.arena.allocBlock());
+        head.ids.forEach((id, i) => {
+          this.ids.push(id);
+          this.scales.push(head.scales[i]!);
+          this.rowOf.set(id, i);
+        });
+        continue;
+      }
+      const rows = part.byteLength / stride;
+      if (!Number.isInteger(rows) || loaded + rows > n) break;
+      this.forEachRun(loaded, rows, (block, slot, count, offset) => {
+        this.arena.writeRows(block, slot, new Int8Array(part.buffer, part.byteOffset + offset * stride, count * stride));
+      });
+      loaded += rows;
     }
-    if (!Array.isArray(ids) || ids.length !== n || !ids.every((id) => typeof id === 'string') || new Set(ids).size !== n) return false;
+    if (n >= 0 && loaded === n) return true;
+    this.release();
+    return false;
+  }
+
+  /** Calls `fn` for each stretch of rows `first`..`first + rows` that lies in one block. */
+  private forEachRun(first: number, rows: number, fn: (block: number, slot: number, count: number, offset: number) => void): void {
     const blockRows = this.arena.blockRows;
-    for (let first = 0; first < n; first += blockRows) {
-      const rows = Math.min(blockRows, n - first);
-      const block = this.arena.allocBlock();
-      this.blocks.push(block);
-      const from = codesAt + first * stride;
-      this.arena.writeRows(block, new Int8Array(image.buffer, image.byteOffset + from, rows * stride));
+    for (let done = 0; done < rows; ) {
+      const row = first + done;
+      const slot = row % blockRows;
+      const count = Math.min(blockRows - slot, rows - done);
+      fn(this.blocks[Math.floor(row / blockRows)]!, slot, count, done);
+      done += count;
     }
-    for (let i = 0; i < n; i++) {
-      const id = ids[i] as string;
-      this.ids.push(id);
-      this.scales.push(image.readDoubleLE(scalesAt + i * 8));
-      this.rowOf.set(id, i);
-    }
-    return true;
   }
 
   release(): void {
