@@ -456,6 +456,9 @@ class SharedDb {
           const image = partition.toImage(IMAGE_PART_BYTES);
           this.db
             .transaction(() => {
+              // The write lock is held: if another connection committed since the sync above,
+              // this partition may lack its rows, so it gets no image.
+              if (this.readDataVersion() !== this.dataVersion) return;
               const version = this.scopeVersion(collection, field, value);
               this.stmt('DELETE FROM evs_images WHERE collection = ? AND field = ? AND value = ?').run(collection, field, value);
               for (const [part, data] of image.entries()) {
