@@ -32,13 +32,16 @@ import type { ChatMemory } from './memory/chat-memory';
 import type { MemoryService } from './memory/types';
 import { apiOf } from './proxy/api';
 import { setOverheadHeader, type Upstream } from './proxy/upstream';
+import type { TraceStore } from './memory/trace-store';
 import { memoryChatRoute } from './routes/chat';
+import { consoleRoutes } from './routes/console';
 import { messagesRoute } from './routes/messages';
 import { healthRoute, type SaveQueueStats } from './routes/health';
 import { mcpRoutes } from './routes/mcp';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
 import { passthroughRoute, routeLabel } from './routes/proxy';
+import { uiRoute } from './routes/ui';
 
 export interface AppDeps {
   config: Config;
@@ -58,6 +61,8 @@ export interface AppDeps {
   rateLimitStore?: RateLimitStoreFactory | undefined;
   /** Refused credentials per address shared by the instances (Redis); in-process when absent. */
   failedLoginCounter?: SharedFailureCounter | undefined;
+  /** The injection trace the console shows; absent when tracing is off. */
+  traces?: TraceStore | undefined;
 }
 
 const ADMIN_BODY_LIMIT = '1mb';
@@ -78,8 +83,8 @@ export function createApp(deps: AppDeps): RequestListener {
   app.set('etag', false);
   app.set('trust proxy', config.server.trustProxy);
 
-  // The steps every request takes.
-  const front = chain(
+  // The steps every request takes: identified, logged, checked for origin, then authenticated.
+  const identified = chain(
     requestId(),
     (req, _res, next) => {
       req.routeLabel = routeLabel(pathOf(req), req.api);
@@ -87,11 +92,17 @@ export function createApp(deps: AppDeps): RequestListener {
     },
     requestLog(logger, metrics),
     sameOrigin(config.allowedOrigins, config.allowedHosts),
+  );
+  const front = chain(
+    identified,
     authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute, { shared: deps.failedLoginCounter })),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security
   // headers; /v1/* never reaches this app, so upstream headers there pass through unchanged.
   app.use(securityHeaders() as RequestHandler);
+  // The console's page and scripts hold no data: served before authentication (the page asks for
+  // the token and sends it to the API itself), with their own CSP.
+  app.use('/ui', identified as RequestHandler, uiRoute(config.console.uiDir));
   app.use(front as RequestHandler);
 
   const limits = createRateLimiters({
@@ -147,6 +158,23 @@ export function createApp(deps: AppDeps): RequestListener {
   app.post('/list', limits.list, ...json, admin.list);
   app.post('/remember', limits.remember, ...json, admin.remember);
   app.post('/forget', limits.forget, ...json, admin.forget);
+
+  // What the console is built on (admin API too): users, edits, the injection preview and trace.
+  const consoleApi = consoleRoutes({
+    memory,
+    chatMemory: deps.chatMemory,
+    traces: deps.traces,
+    maxBlockChars: config.memory.injection.maxChars,
+    logger,
+    saveQueue: deps.saveQueueStats,
+  });
+  app.get('/whoami', limits.console, consoleApi.whoami);
+  app.get('/stats', limits.console, consoleApi.stats);
+  app.post('/users', limits.console, ...json, consoleApi.users);
+  app.post('/update', limits.console, ...json, consoleApi.update);
+  app.post('/preview', limits.console, ...json, consoleApi.preview);
+  app.post('/traces', limits.console, ...json, consoleApi.traces);
+  app.post('/export', limits.console, ...json, consoleApi.exportMemories);
 
   // The same memory for MCP clients (Streamable HTTP, stateless; the transport reads its own body).
   const mcp = mcpRoutes({ memory, logger, version: config.version, defaults: adminDefaults });

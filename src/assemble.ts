@@ -4,6 +4,7 @@
  * tests both come through here, so they run the same wiring.
  */
 import type { RequestListener } from 'node:http';
+import path from 'node:path';
 import { createApp } from './app';
 import type { Config } from './config';
 import type { Authenticator } from './http/authenticate';
@@ -12,7 +13,9 @@ import type { RateLimitStoreFactory } from './http/rate-limit';
 import type { Logger } from './logger';
 import { createChatMemory } from './memory/chat-memory';
 import type { SaveQueue, SaveQueueOptions } from './memory/save-queue';
+import { TraceStore } from './memory/trace-store';
 import type { MemoryService } from './memory/types';
+import { UnavailableMemoryService } from './memory/unavailable';
 import type { Metrics } from './metrics';
 import { Upstream } from './proxy/upstream';
 
@@ -64,6 +67,11 @@ export function assemble(options: AssembleOptions): Assembled {
     logger,
     metrics,
   });
+  // The console's injection trace: only where there is memory to trace.
+  const traces =
+    config.console.traceRequests > 0 && !(memory instanceof UnavailableMemoryService)
+      ? TraceStore.open(path.join(config.dataDir, 'traces.db'), { max: config.console.traceRequests, keepText: config.debug, logger })
+      : undefined;
   const { chatMemory, queue } = createChatMemory({
     memory,
     dataDir: config.dataDir,
@@ -73,6 +81,7 @@ export function assemble(options: AssembleOptions): Assembled {
     threshold: config.memory.scoreThreshold,
     timeoutMs: config.memory.searchTimeoutMs,
     queueOptions: options.queueOptions,
+    traces,
   });
   if (options.startQueue ?? true) queue?.start();
   const saveQueueStats = queue
@@ -90,6 +99,7 @@ export function assemble(options: AssembleOptions): Assembled {
     saveQueueStats,
     rateLimitStore: options.rateLimitStore,
     failedLoginCounter: options.failedLoginCounter,
+    traces,
   });
   return {
     app,
@@ -100,6 +110,7 @@ export function assemble(options: AssembleOptions): Assembled {
       anthropicUpstream.close();
       // In-flight saves get a bounded wait; the rest stays durable for the next start.
       await queue?.stop();
+      traces?.close();
       await memory.close();
     },
   };

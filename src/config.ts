@@ -15,7 +15,7 @@ export const MASK = '***';
 
 export type MemoryBackend = 'embedded' | 'platform' | 'pgvector' | 'qdrant';
 export type InjectionPlacement = 'before_last_user' | 'first_system';
-export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1' | 'mcp';
+export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1' | 'mcp' | 'console';
 export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
   'health',
   'search',
@@ -24,6 +24,7 @@ export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
   'forget',
   'v1',
   'mcp',
+  'console',
 ];
 
 export interface Config {
@@ -52,6 +53,13 @@ export interface Config {
     readonly failClosed: boolean;
     /** Refused credentials per minute per client address before it is answered 429 (this process). */
     readonly failedAuthPerMinute: number;
+  };
+  /** The memory console (`/ui`) and its injection trace. */
+  readonly console: {
+    /** Memory-route requests the trace keeps (0: no trace). */
+    readonly traceRequests: number;
+    /** Where the built console (`npm run build`) is served from. */
+    readonly uiDir: string;
   };
   readonly memory: {
     readonly backend: MemoryBackend;
@@ -204,6 +212,8 @@ const envSchema = z.object({
   RATE_LIMIT_FORGET: intVar(1, 1e9),
   RATE_LIMIT_V1: intVar(1, 1e9),
   RATE_LIMIT_MCP: intVar(1, 1e9),
+  RATE_LIMIT_CONSOLE: intVar(1, 1e9),
+  TRACE_REQUESTS: intVar(0, 1_000_000),
   RATE_LIMIT_REDIS_PREFIX: optionalString,
   RATE_LIMIT_FAIL_CLOSED: boolVar,
   RATE_LIMIT_FAILED_AUTH: intVar(1, 1e9),
@@ -222,6 +232,7 @@ const rateLimitSchema = z.object({
     forget: z.number().int().positive(),
     v1: z.number().int().positive(),
     mcp: z.number().int().positive(),
+    console: z.number().int().positive(),
   }),
 });
 
@@ -354,6 +365,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     forget: e.RATE_LIMIT_FORGET ?? defaults.rateLimits.perMinute.forget,
     v1: e.RATE_LIMIT_V1 ?? defaults.rateLimits.perMinute.v1,
     mcp: e.RATE_LIMIT_MCP ?? defaults.rateLimits.perMinute.mcp,
+    console: e.RATE_LIMIT_CONSOLE ?? defaults.rateLimits.perMinute.console,
   };
 
   const secrets = [
@@ -381,6 +393,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
       redisPrefix: e.RATE_LIMIT_REDIS_PREFIX ?? 'mp:rl:',
       failClosed: e.RATE_LIMIT_FAIL_CLOSED ?? false,
       failedAuthPerMinute: e.RATE_LIMIT_FAILED_AUTH ?? 30,
+    },
+    console: {
+      traceRequests: e.TRACE_REQUESTS ?? 1000,
+      uiDir: path.resolve(__dirname, '..', 'dist', 'ui'),
     },
     memory: {
       backend: e.MEMORY_BACKEND ?? 'embedded',

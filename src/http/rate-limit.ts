@@ -75,5 +75,6 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
     forget: build('forget'),
     v1: build('v1'),
     mcp: build('mcp'),
+    console: build('console'),
   };
 }

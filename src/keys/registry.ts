@@ -31,6 +31,7 @@ export const LIMIT_PATHS: Readonly<Record<string, RateLimitedEndpoint>> = Object
   '/forget': 'forget',
   '/health': 'health',
   '/mcp': 'mcp',
+  '/console': 'console',
 });
 
 /** Ids become rate-limit keys and log fields: a plain, short charset, and never a built-in caller id. */

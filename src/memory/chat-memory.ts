@@ -10,6 +10,7 @@ import type { Metrics } from '../metrics';
 import type { CapturedReply } from '../proxy/capture';
 import { MAX_CONTENT_CHARS } from './limits';
 import { SaveQueue, type SaveQueueOptions } from './save-queue';
+import type { TraceInput, TraceStore } from './trace-store';
 import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
 
@@ -35,6 +36,17 @@ export interface ChatMemoryOptions {
   topK: number;
   threshold: number;
   timeoutMs: number;
+  /** The injection trace (console); absent when tracing is off. */
+  traces?: TraceStore | undefined;
+}
+
+/** Recalls the console's search percentiles are taken over. */
+const SEARCH_WINDOW = 1000;
+
+/** What a recall found, and how long it took (milliseconds, timeouts and failures included). */
+export interface Recalled {
+  memories: MemoryItem[];
+  ms: number;
 }
 
 /**
@@ -67,8 +79,22 @@ export class ChatMemory {
   enqueueFailures = 0;
   /** Whether the last exchange offered to the queue could not be written (the disk is full, say). */
   lastEnqueueFailed = false;
+  /** The last save attempt's error (the console shows it), null before any failure. */
+  lastSaveError: string | null = null;
+  /** Exchanges the queue gave up on, since start. */
+  deadSaves = 0;
+  /** The last SEARCH_WINDOW recall durations (ms), a ring, for the console's p50/p95. */
+  private readonly searchWindow: number[] = [];
+  private searchNext = 0;
+  private chats = 0;
+  private injectedTotal = 0;
 
-  constructor(private readonly options: ChatMemoryOptions) {}
+  constructor(private options: ChatMemoryOptions) {}
+
+  /** Sets the save queue once it is built (it reports back to this object). */
+  attachQueue(queue: SaveQueue | undefined): void {
+    this.options = { ...this.options, queue };
+  }
 
   /** Whether memory can work at all in this process. */
   get enabled(): boolean {
@@ -79,11 +105,11 @@ export class ChatMemory {
    * The user's memories relevant to `query`, or none when the search fails or takes longer than
    * the budget (the search itself may go on in the background; its result is then dropped).
    */
-  async recall(scope: MemoryScope, query: string, requestId: string): Promise<MemoryItem[]> {
+  async recall(scope: MemoryScope, query: string, requestId: string): Promise<Recalled> {
     const { memory, metrics, logger, topK, threshold, timeoutMs } = this.options;
-    if (topK === 0) return [];
+    if (topK === 0) return { memories: [], ms: 0 };
     const started = process.hrtime.bigint();
-    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
+    const ms = (): number => Number(process.hrtime.bigint() - started) / 1e6;
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), timeoutMs);
@@ -91,24 +117,63 @@ export class ChatMemory {
     try {
       const result = await Promise.race([memory.search(scope, query, { limit: topK, threshold }), deadline]);
       if (result === 'timeout') {
-        metrics.memorySearchDuration.observe({ outcome: 'timeout' }, seconds());
+        metrics.memorySearchDuration.observe({ outcome: 'timeout' }, ms() / 1000);
         logger.warn('memory search past its budget; answering without memories', { request_id: requestId, budget_ms: timeoutMs });
-        return [];
+        return { memories: [], ms: ms() };
       }
-      metrics.memorySearchDuration.observe({ outcome: 'ok' }, seconds());
-      return result;
+      const took = ms();
+      metrics.memorySearchDuration.observe({ outcome: 'ok' }, took / 1000);
+      this.searchWindow[this.searchNext] = took;
+      this.searchNext = (this.searchNext + 1) % SEARCH_WINDOW;
+      return { memories: result, ms: took };
     } catch (err) {
-      metrics.memorySearchDuration.observe({ outcome: 'error' }, seconds());
+      metrics.memorySearchDuration.observe({ outcome: 'error' }, ms() / 1000);
       logger.warn('memory search failed; answering without memories', { request_id: requestId, error: err instanceof Error ? err.message : String(err) });
-      return [];
+      return { memories: [], ms: ms() };
     } finally {
       clearTimeout(timer);
     }
   }
 
-  /** Counts how many memories went into a request (0 included) for /metrics. */
-  injected(count: number): void {
-    this.options.metrics.memoriesInjected.observe(count);
+  /**
+   * The same search the chat path makes (top-k, threshold), without its deadline and failing
+   * loudly: the console's "what would be injected?".
+   */
+  preview(scope: MemoryScope, query: string): Promise<MemoryItem[]> {
+    const { memory, topK, threshold } = this.options;
+    if (topK === 0) return Promise.resolve([]);
+    return memory.search(scope, query, { limit: topK, threshold });
+  }
+
+  /** The chat path's recall settings, as the console shows them. */
+  get recallSettings(): { topK: number; threshold: number } {
+    return { topK: this.options.topK, threshold: this.options.threshold };
+  }
+
+  /**
+   * Reports one memory-route request: how many memories went in (0 included) for /metrics when
+   * it recalled, and the request for the injection trace.
+   */
+  noteRequest(input: TraceInput): void {
+    if (input.searchMs !== undefined) {
+      this.options.metrics.memoriesInjected.observe(input.injected.length);
+      this.chats++;
+      this.injectedTotal += input.injected.length;
+    }
+    this.options.traces?.record(input);
+  }
+
+  /** Search time percentiles over the last successful recalls, and memories injected per chat since start. */
+  recallStats(): { search: { count: number; p50_ms: number | null; p95_ms: number | null }; injected: { chats: number; mean: number | null } } {
+    const sorted = [...this.searchWindow].sort((a, b) => a - b);
+    const at = (q: number): number | null => {
+      const v = sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+      return v === undefined ? null : Math.round(v * 10) / 10;
+    };
+    return {
+      search: { count: sorted.length, p50_ms: at(0.5), p95_ms: at(0.95) },
+      injected: { chats: this.chats, mean: this.chats === 0 ? null : Math.round((this.injectedTotal / this.chats) * 100) / 100 },
+    };
   }
 
   /**
@@ -125,12 +190,14 @@ export class ChatMemory {
     try {
       const queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
       this.lastEnqueueFailed = false;
+      if (queued) this.options.traces?.queued(exchange.id);
       if (!queued) logger.debug('exchange already queued or saved', { request_id: exchange.metadata['request_id'] });
     } catch (err) {
       // The response has gone out already: the loss is counted (/metrics, /health) and logged, never thrown.
       this.enqueueFailures++;
       this.lastEnqueueFailed = true;
       this.options.metrics.saveEnqueueFailures.inc();
+      this.options.traces?.failed(exchange.id, 'could not be queued');
       logger.error('could not queue an exchange for saving; it is lost', { request_id: exchange.metadata['request_id'], error: err instanceof Error ? err.message : String(err) });
     }
   }
@@ -151,19 +218,35 @@ export function createChatMemory(options: {
   timeoutMs: number;
   /** Queue tuning (backoff, concurrency); tests shorten the delays. */
   queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
+  traces?: TraceStore | undefined;
 }): { chatMemory: ChatMemory; queue: SaveQueue | undefined } {
-  const { memory, metrics, logger } = options;
+  const { memory, metrics, logger, traces } = options;
+  const chatMemory = new ChatMemory({ ...options, queue: undefined });
   let queue: SaveQueue | undefined;
   if (!(memory instanceof UnavailableMemoryService)) {
     queue = new SaveQueue({
       path: path.join(options.dataDir, 'save-queue.db'),
-      save: (job) => memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true }),
+      save: async (job) => {
+        const created = await memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true });
+        traces?.saved(job.id, created.map((m) => m.id));
+        return created;
+      },
       onDepth: (depth) => metrics.saveQueueDepth.set(depth),
-      onFailure: () => metrics.saveFailures.inc(),
-      onDead: () => metrics.saveDead.inc(),
       logger,
       ...options.queueOptions,
+      onFailure: (err) => {
+        metrics.saveFailures.inc();
+        chatMemory.lastSaveError = err instanceof Error ? err.message.slice(0, 500) : String(err).slice(0, 500);
+        options.queueOptions?.onFailure?.(err);
+      },
+      onDead: (jobId, error) => {
+        metrics.saveDead.inc();
+        chatMemory.deadSaves++;
+        traces?.failed(jobId, error);
+        options.queueOptions?.onDead?.(jobId, error);
+      },
     });
   }
-  return { chatMemory: new ChatMemory({ ...options, queue }), queue };
+  chatMemory.attachQueue(queue);
+  return { chatMemory, queue };
 }

@@ -195,29 +195,34 @@ export function formatMemoryBlock(memories: MemoryItem[], maxChars: number): str
 }
 
 /** `formatMemoryBlock`, also saying how many memories made it into the block (for `X-Mem0-Memories`). */
-export function buildMemoryBlock(memories: MemoryItem[], maxChars: number): { text: string; count: number } | undefined {
+export function buildMemoryBlock(memories: MemoryItem[], maxChars: number): { text: string; count: number; included: MemoryItem[] } | undefined {
   const head = `${MEMORY_BLOCK_PREAMBLE}\n${MEMORY_OPEN_TAG}\n`;
   const tail = MEMORY_CLOSE_TAG;
   let budget = maxChars - head.length - tail.length;
   const lines: string[] = [];
-  const texts = memories.map((m) => sanitizeMemoryText(typeof m.memory === 'string' ? m.memory : '')).filter((t) => t !== '');
-  if (texts.length === 0) return undefined;
-  for (const text of texts) {
+  const included: MemoryItem[] = [];
+  const candidates = memories
+    .map((memory) => ({ memory, text: sanitizeMemoryText(typeof memory.memory === 'string' ? memory.memory : '') }))
+    .filter((c) => c.text !== '');
+  const best = candidates[0];
+  if (best === undefined) return undefined;
+  for (const { memory, text } of candidates) {
     const line = `- ${text}\n`;
     if (line.length <= budget) {
       lines.push(line);
+      included.push(memory);
       budget -= line.length;
     }
   }
   if (lines.length === 0) {
     // Not one memory fits whole: the best one, cut to the budget ("- " and "\n" included).
-    const first = texts[0] ?? '';
     const room = budget - 3;
-    const cut = truncate(first, room);
+    const cut = truncate(best.text, room);
     if (room < 2 || cut === '' || cut === '…') return undefined;
     lines.push(`- ${cut}\n`);
+    included.push(best.memory);
   }
-  return { text: `${head}${lines.join('')}${tail}`, count: lines.length };
+  return { text: `${head}${lines.join('')}${tail}`, count: lines.length, included };
 }
 
 /** The message carrying the block: a plain system message, which every OpenAI-compatible server accepts. */

@@ -26,8 +26,9 @@ import { BatchingEmbedder, type EmbedderLike } from './batching-embedder';
 import { EntityOracle } from './entity-oracle';
 import { Recall, type RecallStores } from './recall';
 import { EngineGuard, withTimeout, type GuardTuning } from './resilience';
-import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions } from './types';
+import type { AddInput, ListFilter, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UserSummary, UsersOptions, UsersPage } from './types';
 import { UnavailableMemoryService } from './unavailable';
+import { EmbeddedVectorStore } from './vector-store/embedded-store';
 import { registerEmbeddedVectorStore } from './vector-store/register';
 
 // ---------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ export interface Mem0Engine {
   search(query: string, config: { topK?: number; threshold?: number; filters?: ScopeFilters }): Promise<{ results: readonly unknown[] }>;
   getAll(config: { topK?: number; filters?: ScopeFilters }): Promise<{ results: readonly unknown[] }>;
   get(memoryId: string): Promise<unknown>;
+  update(memoryId: string, text: string): Promise<unknown>;
   delete(memoryId: string): Promise<unknown>;
   deleteAll(config: EntityOptions): Promise<unknown>;
 }
@@ -198,6 +200,25 @@ export interface Mem0ServiceOptions {
   /** Most memories a user may have (0 or unset: no limit), counted by `countMemories` before each add. */
   maxPerUser?: number | undefined;
   countMemories?: ((userId: string) => Promise<number>) | undefined;
+  /** The users with memories (the console's directory); `users` is unavailable without it. */
+  userDirectory?: ((options: UsersOptions) => Promise<UsersPage>) | undefined;
+}
+
+/** Most memories a filtered listing reads when no per-user limit bounds them. */
+const LIST_FILTER_SCAN_LIMIT = 100_000;
+
+/** Whether a memory passes the console's filters (text substring, creation window). */
+export function matchesListFilter(filter: ListFilter): (item: MemoryItem) => boolean {
+  const text = filter.text?.toLowerCase();
+  const since = filter.since === undefined ? undefined : Date.parse(filter.since);
+  const until = filter.until === undefined ? undefined : Date.parse(filter.until);
+  return (item) => {
+    if (text !== undefined && !item.memory.toLowerCase().includes(text)) return false;
+    if (since === undefined && until === undefined) return true;
+    const created = item.created_at === null ? NaN : Date.parse(item.created_at);
+    if (Number.isNaN(created)) return false;
+    return (since === undefined || created >= since) && (until === undefined || created < until);
+  };
 }
 
 /**
@@ -260,11 +281,33 @@ export class Mem0MemoryService implements MemoryService {
 
   async list(scope: MemoryScope, options: ListOptions): Promise<MemoryItem[]> {
     checkScope(scope);
+    const end = options.offset + options.limit;
+    const filter = options.filter;
+    if (filter && (filter.text !== undefined || filter.since !== undefined || filter.until !== undefined)) {
+      // The engine filters by scope only: read the user's memories (bounded) and narrow them here.
+      const topK = this.options.maxPerUser || LIST_FILTER_SCAN_LIMIT;
+      const result = await this.call('read', 'list', 'part', () => this.engine().getAll({ filters: scopeFilters(scope), topK }));
+      return toUserItems(result.results, scope.userId).filter(matchesListFilter(filter)).slice(options.offset, end);
+    }
     // mem0's getAll has no offset and returns 20 unless told: ask for everything up to the end of
     // the page and slice.
-    const topK = options.offset + options.limit;
-    const result = await this.call('read', 'list', 'part', () => this.engine().getAll({ filters: scopeFilters(scope), topK }));
-    return toUserItems(result.results.slice(options.offset, topK), scope.userId);
+    const result = await this.call('read', 'list', 'part', () => this.engine().getAll({ filters: scopeFilters(scope), topK: end }));
+    return toUserItems(result.results.slice(options.offset, end), scope.userId);
+  }
+
+  async update(scope: MemoryScope, id: string, text: string): Promise<MemoryItem> {
+    if (!(await this.get(scope, id))) throw memoryNotFound();
+    await this.call('write', 'update', 'all', () => this.engine().update(id, text));
+    const stored = await this.get(scope, id);
+    if (!stored) throw memoryNotFound();
+    return stored;
+  }
+
+  async users(options: UsersOptions): Promise<UsersPage> {
+    const directory = this.options.userDirectory;
+    if (!directory) throw new MemoryUnavailableError(false);
+    const page = await this.call('read', 'users', 'part', () => directory(options));
+    return { total: page.total, users: page.users.filter((u) => u.user_id !== PROBE_USER) };
   }
 
   async add(scope: MemoryScope, input: AddInput): Promise<MemoryItem[]> {
@@ -578,6 +621,72 @@ function memoryCounter(backend: Mem0ServiceOptions['backend'], stores: RecallSto
   };
 }
 
+/** Most memories the generic user directory reads (backends without a grouped query: Qdrant). */
+export const USER_DIRECTORY_SCAN_LIMIT = 100_000;
+
+interface PgVectorInternals {
+  client: { query(sql: string, params: unknown[]): Promise<{ rows: Record<string, unknown>[] }> };
+  col(): string;
+  initialize?: () => Promise<void>;
+}
+
+const lastActivity = (payload: Record<string, unknown> | undefined): string | null => {
+  const at = payload?.['updatedAt'] ?? payload?.['createdAt'];
+  return typeof at === 'string' ? at : null;
+};
+
+/**
+ * Users and their memory counts from any vector store's `list`: reads up to
+ * USER_DIRECTORY_SCAN_LIMIT memories and groups them here.
+ */
+export async function scanUserDirectory(store: VectorStore, options: UsersOptions): Promise<UsersPage> {
+  const [rows] = await store.list(undefined, USER_DIRECTORY_SCAN_LIMIT);
+  const query = options.query?.toLowerCase() ?? '';
+  const byUser = new Map<string, UserSummary>();
+  for (const row of rows) {
+    const userId = row.payload?.['user_id'];
+    if (typeof userId !== 'string' || (query !== '' && !userId.toLowerCase().includes(query))) continue;
+    const at = lastActivity(row.payload);
+    const seen = byUser.get(userId);
+    if (!seen) byUser.set(userId, { user_id: userId, memories: 1, last_activity: at });
+    else {
+      seen.memories++;
+      if (at !== null && (seen.last_activity === null || at > seen.last_activity)) seen.last_activity = at;
+    }
+  }
+  const users = [...byUser.values()].sort((a, b) => (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
+  return { users: users.slice(options.offset, options.offset + options.limit), total: users.length };
+}
+
+/**
+ * The users with memories, from the store: one grouped query on the embedded store and on mem0's
+ * pgvector table, a bounded scan elsewhere.
+ */
+function userDirectory(backend: Mem0ServiceOptions['backend'], stores: RecallStores): (options: UsersOptions) => Promise<UsersPage> {
+  return async (options) => {
+    const store: unknown = await stores.memories();
+    if (store instanceof EmbeddedVectorStore) return store.users(options.query ?? '', options.limit, options.offset);
+    if (backend === 'pgvector' && isRecord(store) && typeof store['col'] === 'function' && isRecord(store['client'])) {
+      const pg = store as unknown as PgVectorInternals;
+      await pg.initialize?.();
+      const match = `payload->>'user_id' IS NOT NULL AND ($1 = '' OR strpos(lower(payload->>'user_id'), lower($1)) > 0)`;
+      const query = options.query ?? '';
+      const counted = await pg.client.query(`SELECT COUNT(DISTINCT payload->>'user_id')::int AS n FROM ${pg.col()} WHERE ${match}`, [query]);
+      const grouped = await pg.client.query(
+        `SELECT payload->>'user_id' AS user_id, COUNT(*)::int AS memories,
+                MAX(COALESCE(payload->>'updatedAt', payload->>'createdAt')) AS last
+         FROM ${pg.col()} WHERE ${match} GROUP BY 1 ORDER BY 1 LIMIT $2 OFFSET $3`,
+        [query, options.limit, options.offset],
+      );
+      return {
+        total: Number(counted.rows[0]?.['n'] ?? 0),
+        users: grouped.rows.map((r) => ({ user_id: String(r['user_id']), memories: Number(r['memories']), last_activity: typeof r['last'] === 'string' ? r['last'] : null })),
+      };
+    }
+    return scanUserDirectory(store as VectorStore, options);
+  };
+}
+
 /**
  * One embedding round trip per search and per save: a BatchingEmbedder in front of the engine's
  * embedder (saves) and Recall in place of mem0's search, both driven by the entity oracle.
@@ -667,6 +776,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     recall,
     maxPerUser: config.memory.maxPerUser,
     countMemories: memoryCounter(backend, engineStores(memory, internals)),
+    userDirectory: userDirectory(backend, engineStores(memory, internals)),
   });
 
   const failure = await service.startupCheck(options.startupTimeoutMs ?? 15_000);

@@ -11,7 +11,9 @@
  *   POST   /v3/memories/?page=&page_size= {filters} -> {count, next, previous, results:[…]}
  *   GET    /v1/memories/{id}/             -> memory, 404 when unknown
  *   DELETE /v1/memories/{id}/             -> {message}
+ *   PUT    /v1/memories/{id}/             {text} -> the memory (or a list of it)
  *   DELETE /v1/memories/?user_id=…        -> {message}
+ *   GET    /v1/entities/                  -> {count, results:[{name, type:"user"|…, total_memories, updated_at}]}
  * Errors come back as mem0ai's MemoryError subclasses with `errorCode` "HTTP_<status>".
  *
  * The Platform processes adds in the background, so `/remember` answers with the memories only
@@ -25,16 +27,18 @@ import type { MemoryClient } from 'mem0ai';
 import type { Config } from '../config';
 import { MemoryUnavailableError } from '../errors';
 import type { Logger } from '../logger';
-import { engineItemOwner, isMemoryId, memoryNotFound, toMemoryItem, toUserItems } from './mem0-service';
+import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './mem0-service';
 import { EngineGuard, isTransientError, isTransientStatus, withTimeout, type FailureKind, type GuardTuning } from './resilience';
-import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions } from './types';
+import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UserSummary, UsersOptions, UsersPage } from './types';
 import { UnavailableMemoryService } from './unavailable';
 
 /** The part of MemoryClient this service calls. */
-export type PlatformClient = Pick<MemoryClient, 'ping' | 'add' | 'search' | 'getAll' | 'get' | 'delete' | 'deleteAll'>;
+export type PlatformClient = Pick<MemoryClient, 'ping' | 'add' | 'search' | 'getAll' | 'get' | 'update' | 'delete' | 'deleteAll' | 'users'>;
 
 /** Largest page we ask the Platform for; a longer listing takes several pages. */
 const MAX_PAGE_SIZE = 100;
+/** Most memories a filtered listing reads from the Platform. */
+const FILTER_SCAN_LIMIT = 10_000;
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null;
@@ -147,6 +151,12 @@ export class PlatformMemoryService implements MemoryService {
   }
 
   async list(scope: MemoryScope, options: ListOptions): Promise<MemoryItem[]> {
+    const filter = options.filter;
+    if (filter && (filter.text !== undefined || filter.since !== undefined || filter.until !== undefined)) {
+      // The Platform filters by entity here: read the user's memories (bounded) and narrow them.
+      const all = await this.list(scope, { limit: FILTER_SCAN_LIMIT, offset: 0 });
+      return all.filter(matchesListFilter(filter)).slice(options.offset, options.offset + options.limit);
+    }
     // Offset and limit on top of page-number pagination: fetch the pages that cover the window.
     const pageSize = Math.min(options.limit, MAX_PAGE_SIZE);
     const firstPage = Math.floor(options.offset / pageSize) + 1;
@@ -201,6 +211,37 @@ export class PlatformMemoryService implements MemoryService {
     });
     if (raw === undefined || engineItemOwner(raw) !== scope.userId) return undefined;
     return toMemoryItem(raw, scope.userId);
+  }
+
+  async update(scope: MemoryScope, id: string, text: string): Promise<MemoryItem> {
+    if (!(await this.get(scope, id))) throw memoryNotFound();
+    await this.guard.write('update', async () => {
+      try {
+        await this.api().update(id, { text });
+      } catch (err) {
+        if (isNotFound(err)) throw memoryNotFound();
+        throw err;
+      }
+    });
+    const stored = await this.get(scope, id);
+    if (!stored) throw memoryNotFound();
+    return stored;
+  }
+
+  /** The Platform's user entities (one listing), filtered and paged here. */
+  async users(options: UsersOptions): Promise<UsersPage> {
+    const response: unknown = await this.guard.read('users', () => this.api().users());
+    const query = options.query?.toLowerCase() ?? '';
+    const users: UserSummary[] = [];
+    for (const raw of resultList(response)) {
+      if (!isRecord(raw) || raw['type'] !== 'user' || typeof raw['name'] !== 'string') continue;
+      if (query !== '' && !raw['name'].toLowerCase().includes(query)) continue;
+      const count = raw['total_memories'] ?? raw['totalMemories'];
+      const at = raw['updated_at'] ?? raw['updatedAt'];
+      users.push({ user_id: raw['name'], memories: typeof count === 'number' ? count : 0, last_activity: typeof at === 'string' ? at : null });
+    }
+    users.sort((a, b) => (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
+    return { users: users.slice(options.offset, options.offset + options.limit), total: users.length };
   }
 
   async delete(scope: MemoryScope, id: string): Promise<void> {

@@ -98,7 +98,7 @@ export interface SaveQueueOptions {
    */
   isPermanent?: (err: unknown) => boolean;
   /** Told about every job that went 'dead' (metrics counter). */
-  onDead?: () => void;
+  onDead?: (jobId: string, error: string) => void;
   /** A save running longer is given up (transient failure; it may still finish: at-least-once). Default 5 min. */
   saveTimeoutMs?: number;
   /** How long `stop` waits for running saves (default 10 s). */
@@ -533,7 +533,7 @@ export class SaveQueue {
           this.pending = Math.max(0, this.pending - 1);
           this.emitDepth();
           try {
-            this.options.onDead?.();
+            this.options.onDead?.(id, message);
           } catch {
             // A metrics hook must not break the queue.
           }

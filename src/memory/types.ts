@@ -49,6 +49,37 @@ export interface SearchOptions {
 export interface ListOptions {
   limit: number;
   offset: number;
+  /** Narrows the listing before the page is cut (the console's filters). */
+  filter?: ListFilter | undefined;
+}
+
+export interface ListFilter {
+  /** Case-insensitive substring of the memory text. */
+  text?: string | undefined;
+  /** Created at or after this instant (ISO 8601). */
+  since?: string | undefined;
+  /** Created before this instant (ISO 8601). */
+  until?: string | undefined;
+}
+
+/** One user of the store: how many memories they have and when one last changed. */
+export interface UserSummary {
+  user_id: string;
+  memories: number;
+  last_activity: string | null;
+}
+
+export interface UsersOptions {
+  /** Case-insensitive substring of the user id. */
+  query?: string | undefined;
+  limit: number;
+  offset: number;
+}
+
+export interface UsersPage {
+  users: UserSummary[];
+  /** Users matching the query, on every page. */
+  total: number;
 }
 
 export interface MemoryService {
@@ -59,6 +90,10 @@ export interface MemoryService {
   add(scope: MemoryScope, input: AddInput): Promise<MemoryItem[]>;
   /** The memory with this id if it belongs to `scope.userId`, else undefined. */
   get(scope: MemoryScope, id: string): Promise<MemoryItem | undefined>;
+  /** Replaces one memory's text (re-embedded by the engine); NotFoundError when it is not theirs. */
+  update(scope: MemoryScope, id: string, text: string): Promise<MemoryItem>;
+  /** The users who have memories, by user id, paged. */
+  users(options: UsersOptions): Promise<UsersPage>;
   /** Deletes one memory of this user; throws NotFoundError when it is not theirs or does not exist. */
   delete(scope: MemoryScope, id: string): Promise<void>;
   deleteAll(scope: MemoryScope): Promise<void>;

@@ -30,6 +30,12 @@ export class UnavailableMemoryService implements MemoryService {
   get(): Promise<never> {
     return Promise.reject(new MemoryUnavailableError(false));
   }
+  update(): Promise<never> {
+    return Promise.reject(new MemoryUnavailableError(false));
+  }
+  users(): Promise<never> {
+    return Promise.reject(new MemoryUnavailableError(false));
+  }
   delete(): Promise<never> {
     return Promise.reject(new MemoryUnavailableError(false));
   }

@@ -17,6 +17,7 @@ import { readBody, requireJson } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
 import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory, type MemoryMode } from '../memory/chat-memory';
 import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
+import type { MemoryItem } from '../memory/types';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
 import { nestsDeeperThan } from '../util/json-spans';
 import { tapReply } from '../proxy/capture';
@@ -72,20 +73,32 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body, through) : lastUserInputText(body, through)) : undefined;
 
     let forwardBody = raw;
-    let injected = 0;
-    if (scope !== undefined && userText !== undefined && reads(mode)) {
-      const memories = await chatMemory.recall(scope, userText, req.id);
-      const block = buildMemoryBlock(memories, options.maxBlockChars);
+    let injected: MemoryItem[] = [];
+    if (scope !== undefined && userText !== undefined && mode !== 'off') {
+      const recalled = reads(mode) ? await chatMemory.recall(scope, userText, req.id) : undefined;
+      const block = recalled && buildMemoryBlock(recalled.memories, options.maxBlockChars);
       // Re-serialising would round an integer beyond 2^53 the caller sent: forward such a body as
       // sent, without memories, rather than change one of its values.
       if (block && !hasUnsafeInteger(raw.toString('utf8'))) {
         const rewritten = kind === 'chat' ? injectChat(body, block.text, options.placement) : injectResponses(body, block.text);
         forwardBody = Buffer.from(JSON.stringify(rewritten));
-        injected = block.count;
+        injected = block.included;
       }
-      chatMemory.injected(injected);
+      chatMemory.noteRequest({
+        requestId: req.id,
+        exchangeId: exchangeId(caller.id, scope, req.id),
+        callerId: caller.id,
+        scope,
+        api: 'openai',
+        route: kind === 'chat' ? '/v1/chat/completions' : '/v1/responses',
+        model: body['model'],
+        searchMs: recalled?.ms,
+        recalled: recalled?.memories ?? [],
+        injected,
+        prompt: userText,
+      });
     }
-    res.setHeader('X-Mem0-Memories', String(injected));
+    res.setHeader('X-Mem0-Memories', String(injected.length));
 
     let forwardOptions: ForwardOptions = { body: forwardBody };
     if (scope !== undefined && userText !== undefined && writes(mode)) {

@@ -20,7 +20,7 @@ const KNOWN_ANTHROPIC = new Set(['messages', 'models', 'files', 'complete', 'ski
 /** Anthropic paths under `/v1/messages/` that get a label of their own. */
 const KNOWN_ANTHROPIC_MESSAGES = new Set(['count_tokens', 'batches']);
 
-const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp']);
+const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp', '/whoami', '/stats', '/users', '/update', '/preview', '/traces', '/export']);
 
 /**
  * Route label for logs and metrics, from the path alone, so it is known before authentication
@@ -28,6 +28,7 @@ const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remem
  */
 export function routeLabel(path: string, api: Api | undefined): string {
   if (path === '/v1' || path.startsWith('/v1/')) return api === 'anthropic' ? anthropicLabel(path) : v1Label(path);
+  if (path === '/ui' || path.startsWith('/ui/')) return '/ui';
   const trimmed = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
   return ADMIN_ROUTES.has(trimmed) ? trimmed : 'unmatched';
 }

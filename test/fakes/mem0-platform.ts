@@ -232,7 +232,30 @@ export async function startFakePlatform(options: FakePlatformOptions): Promise<F
       return;
     }
 
+    if (method === 'GET' && path === '/v1/entities/') {
+      const byUser = new Map<string, { count: number; updated: string }>();
+      for (const m of memories.values()) {
+        if (typeof m.user_id !== 'string') continue;
+        const seen = byUser.get(m.user_id);
+        byUser.set(m.user_id, { count: (seen?.count ?? 0) + 1, updated: seen && seen.updated > m.updated_at ? seen.updated : m.updated_at });
+      }
+      const results = [...byUser].map(([name, u]) => ({ id: randomUUID(), name, type: 'user', total_memories: u.count, owner: 'fake', organization: 'org_fake', metadata: null, created_at: u.updated, updated_at: u.updated }));
+      send(res, 200, { count: results.length, results });
+      return;
+    }
+
     const one = /^\/v1\/memories\/([^/]+)\/$/.exec(path);
+    if (one?.[1] !== undefined && method === 'PUT') {
+      const memory = memories.get(decodeURIComponent(one[1]));
+      if (!memory) {
+        send(res, 404, { detail: 'Memory not found.' });
+        return;
+      }
+      if (typeof body['text'] === 'string') memory.memory = body['text'];
+      memory.updated_at = new Date().toISOString();
+      send(res, 200, memory);
+      return;
+    }
     if (one?.[1] !== undefined && (method === 'GET' || method === 'DELETE')) {
       const memory = memories.get(decodeURIComponent(one[1]));
       if (!memory) {

@@ -292,6 +292,18 @@ describe('memory admin API with the pgvector backend', () => {
     expect((await list(app, { user_id: 'pager', offset: 25 })).count).toBe(0);
   });
 
+  it('lists users with their counts from one grouped query, and edits a memory (re-embedded in the table)', async () => {
+    await remember(app, { user_id: 'pg-ann', infer: false, messages: [{ role: 'user', content: 'Ann sails' }, { role: 'user', content: 'Ann rows' }] });
+    const [one] = (await remember(app, { user_id: 'pg-bo', infer: false, content: 'Bo climbs' })).memories;
+    const res = await post(app, '/users', { query: 'pg-' }).expect(200);
+    expect(res.body).toMatchObject({ total: 2, count: 2, users: [{ user_id: 'pg-ann', memories: 2 }, { user_id: 'pg-bo', memories: 1 }] });
+    const updated = await post(app, '/update', { user_id: 'pg-bo', memory_id: one?.id, memory: 'Bo skis' }).expect(200);
+    expect(updated.body).toMatchObject({ memories: [{ id: one?.id, memory: 'Bo skis' }] });
+    const found = await search(app, { user_id: 'pg-bo', query: 'Does Bo ski? skis' });
+    expect(found.memories[0]?.memory).toBe('Bo skis');
+    await post(app, '/update', { user_id: 'pg-ann', memory_id: one?.id, memory: 'stolen' }).expect(404);
+  });
+
   it('never shows or deletes one user’s memories to another', async () => {
     const cat = (await remember(app, { user_id: 'alice', content: 'My cat is called Miso' })).memories[0]!;
     await remember(app, { user_id: 'bob', content: 'My dog is called Rex' });

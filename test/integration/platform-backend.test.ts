@@ -166,6 +166,21 @@ describe('platform backend', () => {
     await post(app, '/forget', { user_id: 'alice', memory_id: '6f1c1b7e-9a1d-4f6e-8a57-0c5d1e2f3a4b' }).expect(404);
   });
 
+  it('lists the Platform’s users and edits a memory with PUT, never another user’s', async () => {
+    await ok(app, '/remember', { user_id: 'plat-ann', content: 'Ann sails', infer: false });
+    await ok(app, '/remember', { user_id: 'plat-ann', content: 'Ann rows', infer: false });
+    await ok(app, '/remember', { user_id: 'plat-bo', content: 'Bo climbs', infer: false });
+    const users = await post(app, '/users', { query: 'PLAT-' }).expect(200);
+    expect(users.body).toMatchObject({ total: 2, users: [{ user_id: 'plat-ann', memories: 2 }, { user_id: 'plat-bo', memories: 1 }] });
+    const [bo] = (await ok(app, '/list', { user_id: 'plat-bo' })).memories;
+    await post(app, '/update', { user_id: 'plat-ann', memory_id: bo?.id, memory: 'stolen' }).expect(404);
+    expect(platform.requestsTo(`/v1/memories/${bo?.id}/`, 'PUT')).toHaveLength(0);
+    const res = await post(app, '/update', { user_id: 'plat-bo', memory_id: bo?.id, memory: 'Bo skis' }).expect(200);
+    expect(res.body).toMatchObject({ memories: [{ id: bo?.id, memory: 'Bo skis' }] });
+    expect(platform.requestsTo(`/v1/memories/${bo?.id}/`, 'PUT')[0]?.json).toEqual({ text: 'Bo skis' });
+    expect((await ok(app, '/list', { user_id: 'plat-bo', text: 'skis' })).memories.map((m) => m.memory)).toEqual(['Bo skis']);
+  });
+
   it('answers 503 "temporarily unavailable" while the Platform fails, and recovers by itself', async () => {
     platform.failNext(503, { times: Infinity });
     const res = await post(app, '/search', { user_id: 'alice', query: 'anything' }).expect(503);

@@ -18,7 +18,8 @@ describe('loadConfig', () => {
     expect(config.memory.model).toBe('gpt-4o-mini');
     expect(config.memory.embeddingDims).toBe(1536);
     expect(config.memory.telemetry).toBe(false);
-    expect(config.rateLimits.perMinute).toEqual({ health: 10, search: 30, list: 20, remember: 20, forget: 10, v1: 60, mcp: 60 });
+    expect(config.rateLimits.perMinute).toEqual({ health: 10, search: 30, list: 20, remember: 20, forget: 10, v1: 60, mcp: 60, console: 120 });
+    expect(config.console.traceRequests).toBe(1000);
     expect(config.dataDir).toBe(path.resolve('./data'));
   });
 

@@ -32,6 +32,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
+import type { UserSummary } from '../types';
 import {
   ArenaFullError,
   Partition,
@@ -1025,6 +1026,25 @@ export class EmbeddedVectorStore implements VectorStore {
       if (results.length < k) results.push({ id: row.id, payload });
     }
     return [results, total];
+  }
+
+  /**
+   * The users with rows in this collection, by user id: their row count and the latest
+   * `updatedAt` (else `createdAt`) of their payloads. `query` is a case-insensitive substring of
+   * the user id. One grouped pass over the user index.
+   */
+  users(query: string, limit: number, offset: number): { users: UserSummary[]; total: number } {
+    this.assertOpen();
+    const match = "collection = ? AND user_id IS NOT NULL AND (? = '' OR instr(lower(user_id), lower(?)) > 0)";
+    const params = [this.collectionName, query, query];
+    const total = (this.shared.stmt(`SELECT COUNT(DISTINCT user_id) AS n FROM evs_vectors WHERE ${match}`).get(...params) as { n: number }).n;
+    const rows = this.shared
+      .stmt(
+        `SELECT user_id, COUNT(*) AS memories, MAX(COALESCE(json_extract(payload, '$.updatedAt'), json_extract(payload, '$.createdAt'))) AS last
+         FROM evs_vectors WHERE ${match} GROUP BY user_id ORDER BY user_id LIMIT ? OFFSET ?`,
+      )
+      .all(...params, limit, offset) as { user_id: string; memories: number; last: unknown }[];
+    return { users: rows.map((r) => ({ user_id: r.user_id, memories: r.memories, last_activity: typeof r.last === 'string' ? r.last : null })), total };
   }
 
   async getUserId(): Promise<string> {

@@ -53,6 +53,10 @@ async function run(service: MemoryService, call: EngineCall): Promise<unknown> {
       return service.add(call.scope, call.input);
     case 'get':
       return service.get(call.scope, call.id);
+    case 'update':
+      return service.update(call.scope, call.id, call.text);
+    case 'users':
+      return service.users(call.options);
     case 'delete':
       return service.delete(call.scope, call.id);
     case 'deleteAll':

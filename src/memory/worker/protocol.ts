@@ -7,7 +7,7 @@
 import { AppError, BadRequestError, MemoryLimitError, MemoryRejectedError, MemoryUnavailableError, NotFoundError } from '../../errors';
 import type { ConfigData } from '../../config';
 import type { GuardTuning } from '../resilience';
-import type { AddInput, ListOptions, MemoryScope, SearchOptions } from '../types';
+import type { AddInput, ListOptions, MemoryScope, SearchOptions, UsersOptions } from '../types';
 
 /** What the worker is started with. */
 export interface EngineWorkerData {
@@ -24,6 +24,8 @@ export type EngineCall =
   | { op: 'list'; scope: MemoryScope; options: ListOptions }
   | { op: 'add'; scope: MemoryScope; input: AddInput }
   | { op: 'get'; scope: MemoryScope; id: string }
+  | { op: 'update'; scope: MemoryScope; id: string; text: string }
+  | { op: 'users'; options: UsersOptions }
   | { op: 'delete'; scope: MemoryScope; id: string }
   | { op: 'deleteAll'; scope: MemoryScope }
   | { op: 'available' };

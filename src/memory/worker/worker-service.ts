@@ -16,7 +16,7 @@ import type { Config } from '../../config';
 import { MemoryUnavailableError } from '../../errors';
 import type { Logger } from '../../logger';
 import type { GuardTuning } from '../resilience';
-import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions } from '../types';
+import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UsersOptions, UsersPage } from '../types';
 import { UnavailableMemoryService } from '../unavailable';
 import { fromWire, type EngineCall, type EngineWorkerData, type FromWorker } from './protocol';
 
@@ -77,7 +77,7 @@ export class WorkerMemoryService implements MemoryService {
     this.attach(worker);
     // Bound, so a wrapper made with Object.create(service) (tests slow one call down that way)
     // still closes and counts on this instance, not on the wrapper.
-    for (const name of ['search', 'list', 'add', 'get', 'delete', 'deleteAll', 'available', 'close'] as const) {
+    for (const name of ['search', 'list', 'add', 'get', 'update', 'users', 'delete', 'deleteAll', 'available', 'close'] as const) {
       Object.defineProperty(this, name, { value: this[name].bind(this), writable: true, configurable: true });
     }
   }
@@ -138,6 +138,14 @@ export class WorkerMemoryService implements MemoryService {
 
   get(scope: MemoryScope, id: string): Promise<MemoryItem | undefined> {
     return this.call({ op: 'get', scope, id }) as Promise<MemoryItem | undefined>;
+  }
+
+  update(scope: MemoryScope, id: string, text: string): Promise<MemoryItem> {
+    return this.call({ op: 'update', scope, id, text }) as Promise<MemoryItem>;
+  }
+
+  users(options: UsersOptions): Promise<UsersPage> {
+    return this.call({ op: 'users', options }) as Promise<UsersPage>;
   }
 
   async delete(scope: MemoryScope, id: string): Promise<void> {
