@@ -11,6 +11,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+COPY ui ./ui
+COPY scripts/build-ui.mjs ./scripts/
 RUN npm run build
 
 # ---- deps: production dependencies only, native modules built here
