@@ -40,7 +40,8 @@ RUN mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
 EXPOSE 8000
-# /health with the bearer token when AUTH_TOKEN is set (it is rate-limited per caller: 10/min by default).
+# /readyz: no token and no rate limit; 503 once shutdown begins or without an upstream key (memory
+# being down does not count). Its Host is the first ALLOWED_HOSTS name, so the Host check passes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["node", "-e", "const t=process.env.AUTH_TOKEN;fetch('http://127.0.0.1:'+(process.env.SERVER_PORT||8000)+'/health',{headers:t?{Authorization:'Bearer '+t}:{}}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "const h=(process.env.ALLOWED_HOSTS||'').split(',').map(s=>s.trim()).find(s=>s&&s!=='*');require('http').get({host:'127.0.0.1',port:process.env.SERVER_PORT||8000,path:'/readyz',headers:h?{host:h.includes(':')?'['+h+']':h}:{}},r=>process.exit(r.statusCode===200?0:1)).on('error',()=>process.exit(1))"]
 CMD ["node", "dist/index.js"]

@@ -8,7 +8,8 @@
  * `/v1/messages` read and check their body and carry memory; every other `/v1/*` path is forwarded
  * untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the same
  * memory to MCP clients. `HEAD /` and `HEAD /api/hello` (Claude Code's connectivity probe) get an
- * empty 200 before anything else.
+ * empty 200 before anything else; the orchestrator's probes (`/livez`, `/readyz`) and the console's
+ * static files (`/ui`) are served after the origin check but before authentication.
  *
  * `/v1/*` (the traffic) runs through a plain chain of the same middleware without Express;
  * everything else is an Express app. The split is for speed: Express's own per-request work cost
@@ -40,6 +41,7 @@ import { healthRoute, type SaveQueueStats } from './routes/health';
 import { mcpRoutes } from './routes/mcp';
 import { memoryRoutes } from './routes/memory';
 import { metricsRoute } from './routes/metrics';
+import { probeRoutes, type Readiness } from './routes/probes';
 import { passthroughRoute, routeLabel } from './routes/proxy';
 import { uiRoute } from './routes/ui';
 
@@ -63,6 +65,8 @@ export interface AppDeps {
   failedLoginCounter?: SharedFailureCounter | undefined;
   /** The injection trace the console shows; absent when tracing is off. */
   traces?: TraceStore | undefined;
+  /** Set by the process when shutdown begins (`/readyz` then answers 503); absent: never. */
+  readiness?: Readiness | undefined;
 }
 
 const ADMIN_BODY_LIMIT = '1mb';
@@ -102,7 +106,20 @@ export function createApp(deps: AppDeps): RequestListener {
   app.use(securityHeaders() as RequestHandler);
   // The console's page and scripts hold no data: served before authentication (the page asks for
   // the token and sends it to the API itself), with their own CSP.
-  app.use('/ui', identified as RequestHandler, uiRoute(config.console.uiDir));
+  const ui = uiRoute(config.console.uiDir);
+  app.get(['/ui', '/ui/{*file}'], identified as RequestHandler, ui);
+  // The orchestrator's probes: no token (a probe cannot carry one) and no per-caller limit, but
+  // the same origin and Host checks as everything else. They answer harmless bodies either way;
+  // the check stays so that every path has one rule, and a kubelet (which sends
+  // `Host: <pod-ip>:<port>`) passes it with SERVER_HOST=0.0.0.0 and ALLOWED_HOSTS unset (any host)
+  // or with a probe `Host` header that ALLOWED_HOSTS names (deploy/kubernetes/).
+  const probes = probeRoutes({
+    readiness: deps.readiness,
+    authRequired: () => deps.authenticator.required,
+    hasUpstreamKey: config.openaiApiKey !== undefined || config.anthropic.apiKey !== undefined,
+  });
+  app.get('/livez', identified as RequestHandler, probes.livez);
+  app.get('/readyz', identified as RequestHandler, probes.readyz);
   app.use(front as RequestHandler);
 
   const limits = createRateLimiters({

@@ -12,12 +12,14 @@ import type { SharedFailureCounter } from './http/failed-logins';
 import type { RateLimitStoreFactory } from './http/rate-limit';
 import type { Logger } from './logger';
 import { createChatMemory } from './memory/chat-memory';
-import type { SaveQueue, SaveQueueOptions } from './memory/save-queue';
+import type { PostgresSaveQueueOptions } from './memory/pg-save-queue';
+import type { ExchangeQueue } from './memory/save-queue';
 import { TraceStore } from './memory/trace-store';
 import type { MemoryService } from './memory/types';
 import { UnavailableMemoryService } from './memory/unavailable';
 import type { Metrics } from './metrics';
 import { Upstream } from './proxy/upstream';
+import type { Readiness } from './routes/probes';
 
 export interface AssembleOptions {
   config: Config;
@@ -28,15 +30,17 @@ export interface AssembleOptions {
   rateLimitStore?: RateLimitStoreFactory | undefined;
   failedLoginCounter?: SharedFailureCounter | undefined;
   /** Save-queue tuning (tests shorten the backoffs). */
-  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
+  queueOptions?: Partial<Omit<PostgresSaveQueueOptions, 'connectionString' | 'save'>> | undefined;
   /** Start the save queue's workers now (default true): drains what an earlier run left. */
   startQueue?: boolean | undefined;
+  /** The process's shutdown state, for `/readyz`. */
+  readiness?: Readiness | undefined;
 }
 
 export interface Assembled {
   app: RequestListener;
   upstream: Upstream;
-  queue: SaveQueue | undefined;
+  queue: ExchangeQueue | undefined;
   /** Closes the upstream connections, then the save queue (bounded wait), then the memory service. */
   close(): Promise<void>;
 }
@@ -80,6 +84,7 @@ export function assemble(options: AssembleOptions): Assembled {
     topK: config.memory.topK,
     threshold: config.memory.scoreThreshold,
     timeoutMs: config.memory.searchTimeoutMs,
+    saveQueue: config.saveQueue,
     queueOptions: options.queueOptions,
     traces,
   });
@@ -100,6 +105,7 @@ export function assemble(options: AssembleOptions): Assembled {
     rateLimitStore: options.rateLimitStore,
     failedLoginCounter: options.failedLoginCounter,
     traces,
+    readiness: options.readiness,
   });
   return {
     app,

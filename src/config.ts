@@ -54,6 +54,14 @@ export interface Config {
     /** Refused credentials per minute per client address before it is answered 429 (this process). */
     readonly failedAuthPerMinute: number;
   };
+  /** Where queued exchanges wait to be saved: a SQLite file under DATA_DIR, or Postgres shared by the instances. */
+  readonly saveQueue: {
+    readonly kind: 'sqlite' | 'postgres';
+    /** The Postgres queue's database (SAVE_QUEUE_URL, else DATABASE_URL). */
+    readonly url: string | undefined;
+    /** How long a claimed save is one instance's without renewal before another may take it. */
+    readonly leaseMs: number;
+  };
   /** The memory console (`/ui`) and its injection trace. */
   readonly console: {
     /** Memory-route requests the trace keeps (0: no trace). */
@@ -78,6 +86,8 @@ export interface Config {
     readonly mem0ApiKey: string | undefined;
     readonly mem0Host: string | undefined;
     readonly databaseUrl: string | undefined;
+    /** Connections each pgvector store (memories, entities) may hold at once. */
+    readonly pgPoolSize: number;
     readonly qdrantUrl: string | undefined;
     readonly qdrantApiKey: string | undefined;
     readonly telemetry: boolean;
@@ -98,7 +108,7 @@ export class ConfigError extends Error {
 /** Names of variables whose values are secrets in their own right. */
 const SECRET_VARIABLES = ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'AUTH_TOKEN', 'MEM0_API_KEY', 'QDRANT_API_KEY'] as const;
 /** Names of variables that are URLs and may carry credentials. */
-const URL_VARIABLES_WITH_CREDENTIALS = ['REDIS_URL', 'DATABASE_URL', 'QDRANT_URL'] as const;
+const URL_VARIABLES_WITH_CREDENTIALS = ['REDIS_URL', 'DATABASE_URL', 'QDRANT_URL', 'SAVE_QUEUE_URL'] as const;
 
 // ---------------------------------------------------------------- schema helpers
 
@@ -203,6 +213,10 @@ const envSchema = z.object({
   MEM0_HOST: urlVar(['http:', 'https:']),
   MEM0_TELEMETRY: boolVar,
   DATABASE_URL: urlVar(['postgres:', 'postgresql:']),
+  PGVECTOR_POOL_SIZE: intVar(1, 1000),
+  SAVE_QUEUE: z.preprocess(blankToUndefined, z.enum(['sqlite', 'postgres']).optional()),
+  SAVE_QUEUE_URL: urlVar(['postgres:', 'postgresql:']),
+  SAVE_QUEUE_LEASE_MS: intVar(1000, 3_600_000),
   QDRANT_URL: urlVar(['http:', 'https:']),
   QDRANT_API_KEY: optionalString,
   RATE_LIMIT_HEALTH: intVar(1, 1e9),
@@ -353,6 +367,8 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     );
   }
   if (e.MEMORY_BACKEND === 'pgvector' && !e.DATABASE_URL) problems.push('DATABASE_URL: required when MEMORY_BACKEND=pgvector');
+  const saveQueueKind = e.SAVE_QUEUE ?? (e.MEMORY_BACKEND === 'pgvector' ? 'postgres' : 'sqlite');
+  if (saveQueueKind === 'postgres' && !(e.SAVE_QUEUE_URL ?? e.DATABASE_URL)) problems.push('SAVE_QUEUE_URL: required when SAVE_QUEUE=postgres (or set DATABASE_URL)');
   if (e.MEMORY_BACKEND === 'qdrant' && !e.QDRANT_URL) problems.push('QDRANT_URL: required when MEMORY_BACKEND=qdrant');
   if (problems.length > 0) throw new ConfigError(problems);
 
@@ -394,6 +410,11 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
       failClosed: e.RATE_LIMIT_FAIL_CLOSED ?? false,
       failedAuthPerMinute: e.RATE_LIMIT_FAILED_AUTH ?? 30,
     },
+    saveQueue: {
+      kind: saveQueueKind,
+      url: saveQueueKind === 'postgres' ? (e.SAVE_QUEUE_URL ?? e.DATABASE_URL) : undefined,
+      leaseMs: e.SAVE_QUEUE_LEASE_MS ?? 60_000,
+    },
     console: {
       traceRequests: e.TRACE_REQUESTS ?? 1000,
       uiDir: path.resolve(__dirname, '..', 'dist', 'ui'),
@@ -417,6 +438,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
       mem0ApiKey: e.MEM0_API_KEY,
       mem0Host: e.MEM0_HOST,
       databaseUrl: e.DATABASE_URL,
+      pgPoolSize: e.PGVECTOR_POOL_SIZE ?? 4,
       qdrantUrl: e.QDRANT_URL,
       qdrantApiKey: e.QDRANT_API_KEY,
       telemetry: e.MEM0_TELEMETRY ?? false,
@@ -468,6 +490,7 @@ function sealConfig(data: ConfigData, secrets: string[]): Config {
       openaiApiKey: mask(data.openaiApiKey),
       anthropic: { ...data.anthropic, apiKey: mask(data.anthropic.apiKey) },
       redisUrl: maskU(data.redisUrl),
+      saveQueue: { ...data.saveQueue, url: maskU(data.saveQueue.url) },
       memory: {
         ...data.memory,
         mem0ApiKey: mask(data.memory.mem0ApiKey),

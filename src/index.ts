@@ -13,6 +13,7 @@ import { createLogger, type Logger } from './logger';
 import { createMemoryService } from './memory/factory';
 import { closeAllEmbeddedVectorStores } from './memory/vector-store/embedded-store';
 import { createMetrics } from './metrics';
+import { Readiness } from './routes/probes';
 
 /** How long in-flight requests and streams may take to finish after SIGTERM. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -23,7 +24,7 @@ export interface RunningServer {
   logger: Logger;
   /** Re-reads `KEYS_FILE` (SIGHUP); a bad file keeps the keys in effect. */
   reloadKeys(): void;
-  /** Stops accepting, waits for in-flight requests (bounded), closes stores. */
+  /** Reports not ready (`/readyz`), stops accepting, waits for in-flight requests (bounded), closes stores. */
   close(): Promise<void>;
 }
 
@@ -56,6 +57,8 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
         : 'Redis is not reachable yet: requests are served without rate limits until it is',
     );
   }
+  // /readyz reports not ready from the first moment of shutdown.
+  const readiness = new Readiness();
   const { app, close: closeParts } = assemble({
     config,
     logger,
@@ -64,6 +67,7 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
     authenticator,
     rateLimitStore: redis?.storeFactory,
     failedLoginCounter: redis?.failureCounter,
+    readiness,
   });
   const server = createHttpServer(app);
 
@@ -82,6 +86,9 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      // Not ready before anything else: requests on connections still open (a load balancer's
+      // health checks among them) see 503 while in-flight requests drain.
+      readiness.beginShutdown();
       logger.info('shutting down');
       const done = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();

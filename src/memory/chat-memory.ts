@@ -9,7 +9,9 @@ import type { Logger } from '../logger';
 import type { Metrics } from '../metrics';
 import type { CapturedReply } from '../proxy/capture';
 import { MAX_CONTENT_CHARS } from './limits';
-import { SaveQueue, type SaveQueueOptions } from './save-queue';
+import type { Config } from '../config';
+import { PostgresSaveQueue, type PostgresSaveQueueOptions } from './pg-save-queue';
+import { SaveQueue, type ExchangeQueue, type SaveQueueOptions } from './save-queue';
 import type { TraceInput, TraceStore } from './trace-store';
 import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
@@ -30,7 +32,7 @@ export const writes = (mode: MemoryMode): boolean => mode === 'on' || mode === '
 export interface ChatMemoryOptions {
   memory: MemoryService;
   /** Undefined when memory is off for good (never initialised): nothing is queued. */
-  queue: SaveQueue | undefined;
+  queue: ExchangeQueue | undefined;
   metrics: Metrics;
   logger: Logger;
   topK: number;
@@ -92,7 +94,7 @@ export class ChatMemory {
   constructor(private options: ChatMemoryOptions) {}
 
   /** Sets the save queue once it is built (it reports back to this object). */
-  attachQueue(queue: SaveQueue | undefined): void {
+  attachQueue(queue: ExchangeQueue | undefined): void {
     this.options = { ...this.options, queue };
   }
 
@@ -177,36 +179,56 @@ export class ChatMemory {
   }
 
   /**
-   * Queues a completed exchange for saving (durably, before returning). A reply without text
-   * saves the user turn alone.
+   * Queues a completed exchange for saving: committed when this returns (SQLite) or when the
+   * promise it returns settles (Postgres). It never throws or rejects: a failure is counted
+   * (/metrics, /health) and logged. A reply without text saves the user turn alone.
    */
-  remember(exchange: Exchange): void {
-    const { queue, logger } = this.options;
-    if (!queue) return;
+  remember(exchange: Exchange): void | Promise<void> {
+    const { queue } = this.options;
+    if (!queue) return undefined;
     // An exchange is queued at most MAX_CONTENT_CHARS per turn (a pasted document keeps its
-    // beginning): the queue file stays bounded and extraction gets what a model can read.
+    // beginning): the queue stays bounded and extraction gets what a model can read.
     const messages: ChatMessage[] = [{ role: 'user', content: clip(exchange.userText) }];
     if (exchange.reply.text.trim() !== '') messages.push({ role: 'assistant', content: clip(exchange.reply.text) });
+    let queued: boolean | Promise<boolean>;
     try {
-      const queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
-      this.lastEnqueueFailed = false;
-      if (queued) this.options.traces?.queued(exchange.id);
-      if (!queued) logger.debug('exchange already queued or saved', { request_id: exchange.metadata['request_id'] });
+      queued = queue.enqueue({ id: exchange.id, scope: exchange.scope, messages, metadata: exchange.metadata });
     } catch (err) {
-      // The response has gone out already: the loss is counted (/metrics, /health) and logged, never thrown.
-      this.enqueueFailures++;
-      this.lastEnqueueFailed = true;
-      this.options.metrics.saveEnqueueFailures.inc();
-      this.options.traces?.failed(exchange.id, 'could not be queued');
-      logger.error('could not queue an exchange for saving; it is lost', { request_id: exchange.metadata['request_id'], error: err instanceof Error ? err.message : String(err) });
+      this.enqueueFailed(exchange, err);
+      return undefined;
     }
+    if (typeof queued === 'boolean') {
+      this.enqueued(exchange, queued);
+      return undefined;
+    }
+    return queued.then(
+      (q) => this.enqueued(exchange, q),
+      (err: unknown) => this.enqueueFailed(exchange, err),
+    );
+  }
+
+  private enqueued(exchange: Exchange, queued: boolean): void {
+    this.lastEnqueueFailed = false;
+    if (queued) this.options.traces?.queued(exchange.id);
+    else this.options.logger.debug('exchange already queued or saved', { request_id: exchange.metadata['request_id'] });
+  }
+
+  private enqueueFailed(exchange: Exchange, err: unknown): void {
+    this.enqueueFailures++;
+    this.lastEnqueueFailed = true;
+    this.options.metrics.saveEnqueueFailures.inc();
+    this.options.traces?.failed(exchange.id, 'could not be queued');
+    this.options.logger.error('could not queue an exchange for saving; it is lost', {
+      request_id: exchange.metadata['request_id'],
+      error: err instanceof Error ? err.message : String(err),
+    });
   }
 }
 
 /**
- * The chat path's memory and its durable save queue (under DATA_DIR), or a disabled one when the
- * memory service was never initialised (nothing could ever be saved; the queue would only grow).
- * The caller starts and stops the queue.
+ * The chat path's memory and its durable save queue (SQLite under DATA_DIR, or Postgres shared by
+ * the instances), or a disabled one when the memory service was never initialised (nothing could
+ * ever be saved; the queue would only grow). The caller starts and stops the queue.
  */
 export function createChatMemory(options: {
   memory: MemoryService;
@@ -216,16 +238,17 @@ export function createChatMemory(options: {
   topK: number;
   threshold: number;
   timeoutMs: number;
+  /** Where the queue lives (default: SQLite under dataDir). */
+  saveQueue?: Config['saveQueue'] | undefined;
   /** Queue tuning (backoff, concurrency); tests shorten the delays. */
-  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>> | undefined;
+  queueOptions?: Partial<Omit<PostgresSaveQueueOptions, 'connectionString' | 'save'>> | undefined;
   traces?: TraceStore | undefined;
-}): { chatMemory: ChatMemory; queue: SaveQueue | undefined } {
+}): { chatMemory: ChatMemory; queue: ExchangeQueue | undefined } {
   const { memory, metrics, logger, traces } = options;
   const chatMemory = new ChatMemory({ ...options, queue: undefined });
-  let queue: SaveQueue | undefined;
+  let queue: ExchangeQueue | undefined;
   if (!(memory instanceof UnavailableMemoryService)) {
-    queue = new SaveQueue({
-      path: path.join(options.dataDir, 'save-queue.db'),
+    const common: Omit<SaveQueueOptions, 'path'> = {
       save: async (job) => {
         const created = await memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true });
         traces?.saved(job.id, created.map((m) => m.id));
@@ -245,7 +268,12 @@ export function createChatMemory(options: {
         traces?.failed(jobId, error);
         options.queueOptions?.onDead?.(jobId, error);
       },
-    });
+    };
+    const shared = options.saveQueue;
+    queue =
+      shared?.kind === 'postgres' && shared.url !== undefined
+        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url })
+        : new SaveQueue({ ...common, path: path.join(options.dataDir, 'save-queue.db') });
   }
   chatMemory.attachQueue(queue);
   return { chatMemory, queue };

@@ -481,7 +481,18 @@ function vectorStoreConfig(config: Config, logger: Logger): MemoryConfig['vector
   switch (m.backend) {
     case 'pgvector':
       // embeddingModelDims sizes the table mem0 creates; hnsw adds a cosine index at creation.
-      return { provider: 'pgvector', config: { ...common, embeddingModelDims: m.embeddingDims, connectionString: m.databaseUrl, hnsw: true } };
+      // Our pooled subclass of mem0's store (register.ts): it reconnects after a database restart.
+      return {
+        provider: 'pgvector',
+        config: {
+          ...common,
+          embeddingModelDims: m.embeddingDims,
+          connectionString: m.databaseUrl,
+          hnsw: true,
+          poolSize: m.pgPoolSize,
+          onConnectionError: (err: Error) => logger.warn('memory database connection lost; the pool replaces it', { error: err.message }),
+        },
+      };
     case 'qdrant':
       return {
         provider: 'qdrant',
@@ -742,7 +753,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   process.env.MEM0_DIR = path.join(config.dataDir, 'mem0');
 
   const oss = require('mem0ai/oss') as typeof import('mem0ai/oss');
-  if (backend === 'embedded') registerEmbeddedVectorStore(oss.VectorStoreFactory);
+  if (backend === 'embedded' || backend === 'pgvector') registerEmbeddedVectorStore(oss.VectorStoreFactory);
 
   const writeTimeoutMs = options.tuning?.writeTimeoutMs ?? 60_000;
   const readTimeoutMs = options.tuning?.readTimeoutMs ?? 10_000;

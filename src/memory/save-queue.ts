@@ -138,6 +138,29 @@ export function isTransientSaveError(err: unknown): boolean {
   return err instanceof MemoryUnavailableError || err instanceof SaveTimeoutError;
 }
 
+/** Exponential backoff with jitter: 50–100 % of min(max, base · 2^(n−1)). */
+export function jitteredBackoff(n: number, baseMs: number, maxMs: number, random: () => number): number {
+  const step = Math.min(maxMs, baseMs * 2 ** Math.max(0, n - 1));
+  return Math.round(step / 2 + (random() * step) / 2);
+}
+
+/**
+ * What the chat path needs of a save queue: this file's SQLite queue (one instance, under
+ * DATA_DIR) or the Postgres one shared by several (pg-save-queue.ts). `enqueue` has committed
+ * when it returns (SQLite) or resolves (Postgres).
+ */
+export interface ExchangeQueue {
+  enqueue(job: SaveJob): boolean | Promise<boolean>;
+  start(): void;
+  stop(): Promise<void>;
+  /** Jobs waiting to be saved (on every instance, for a shared queue). */
+  depth(): number;
+  /** Failed save attempts of this process. */
+  readonly failures: number;
+  deadCount(): number;
+  drained(timeoutMs: number): Promise<void>;
+}
+
 interface JobRow {
   id: string;
   user_id: string;
@@ -189,12 +212,13 @@ const MAX_ERROR_CHARS = 2000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const PRUNE_EVERY_MS = 60 * 60 * 1000;
 
-function errorText(err: unknown): string {
+/** An error as one bounded line for `last_error` and logs. */
+export function errorText(err: unknown): string {
   const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
   return text.length > MAX_ERROR_CHARS ? `${text.slice(0, MAX_ERROR_CHARS)}…` : text;
 }
 
-export class SaveQueue {
+export class SaveQueue implements ExchangeQueue {
   private readonly db: Database.Database;
   private readonly save: (job: SaveAttempt) => Promise<unknown>;
   private readonly concurrency: number;
@@ -557,10 +581,8 @@ export class SaveQueue {
     return withDeadline(promise, this.saveTimeoutMs, () => new SaveTimeoutError(this.saveTimeoutMs));
   }
 
-  /** Exponential backoff with jitter: 50–100 % of min(max, base · 2^(n−1)). */
   private backoff(n: number): number {
-    const step = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** Math.max(0, n - 1));
-    return Math.round(step / 2 + (this.random() * step) / 2);
+    return jitteredBackoff(n, this.baseDelayMs, this.maxDelayMs, this.random);
   }
 
   /** Arms the one timer for `at` unless it already fires earlier. */

@@ -575,11 +575,12 @@ export function createReplyCapture(kind: ReplyKind, upstreamRes: IncomingMessage
 }
 
 /**
- * Forwarding hooks that tap the reply and hand it to `onReply` once the exchange ended: only a
- * completed 2xx response whose reply could be captured whole (aborted, failed or truncated ones
- * never are).
+ * Forwarding hooks that tap the reply and hand it to `onReply` once the upstream response ended,
+ * before the client's response is ended (which waits for the promise `onReply` returns): only a
+ * complete 2xx response whose reply could be captured whole (aborted, failed or truncated ones
+ * never are; a client that goes away stops the upstream response, so it never ends).
  */
-export function tapReply(kind: ReplyKind, onReply: (reply: CapturedReply) => void): Required<Pick<ForwardOptions, 'onResponse' | 'onEnd'>> {
+export function tapReply(kind: ReplyKind, onReply: (reply: CapturedReply) => void | Promise<void>): Required<Pick<ForwardOptions, 'onResponse' | 'beforeEnd'>> {
   let capture: ReplyCapture | undefined;
   let status = 0;
   return {
@@ -587,10 +588,10 @@ export function tapReply(kind: ReplyKind, onReply: (reply: CapturedReply) => voi
       status = upstreamRes.statusCode ?? 0;
       capture = createReplyCapture(kind, upstreamRes);
     },
-    onEnd: (completed) => {
-      if (!completed || status < 200 || status >= 300) return;
+    beforeEnd: () => {
+      if (status < 200 || status >= 300) return undefined;
       const reply = capture?.result();
-      if (reply) onReply(reply);
+      return reply ? onReply(reply) : undefined;
     },
   };
 }

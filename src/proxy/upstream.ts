@@ -61,6 +61,28 @@ export interface ForwardOptions {
   onResponse?: (upstreamRes: http.IncomingMessage) => void;
   /** Called once when the exchange ends: `completed` is true only when the whole response reached the client. */
   onEnd?: (completed: boolean) => void;
+  /**
+   * Called when the upstream response has ended, before the client's response is ended: the end
+   * waits for the promise it returns (the chat routes commit the exchange to the save queue here,
+   * so it is durable before the client sees the response end).
+   */
+  beforeEnd?: () => void | Promise<void>;
+}
+
+/** Passes chunks through one behind, and lets the last one go only once `beforeLast` settled. */
+class HoldLastChunk extends Transform {
+  private held: Buffer | undefined;
+  constructor(private readonly beforeLast: () => Promise<void>) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    const previous = this.held;
+    this.held = chunk;
+    cb(null, previous);
+  }
+  override _flush(cb: TransformCallback): void {
+    void this.beforeLast().then(() => cb(null, this.held));
+  }
 }
 
 /** Counts bytes of a streamed body and fails once it passes the limit. */
@@ -226,7 +248,30 @@ export class Upstream {
       }
       res.writeHead(status, responseHeaders(upstreamRes));
       opts.onResponse?.(upstreamRes);
-      upstreamRes.pipe(res);
+      const beforeEnd = opts.beforeEnd;
+      if (!beforeEnd) {
+        upstreamRes.pipe(res);
+        return;
+      }
+      const runHook = (): Promise<void> => {
+        try {
+          return Promise.resolve(beforeEnd()).catch(() => undefined);
+        } catch (err) {
+          logger.error('before-end hook failed', { request_id: req.id, error: err instanceof Error ? err.message : String(err) });
+          return Promise.resolve();
+        }
+      };
+      if (upstreamRes.headers['content-length'] !== undefined) {
+        // A sized body is complete for the client with its last byte, not with the end of the
+        // response: its last chunk is what waits for the hook.
+        upstreamRes.pipe(new HoldLastChunk(runHook)).pipe(res);
+        return;
+      }
+      // A chunked body (SSE) ends with its terminating chunk: the end waits, the events do not.
+      upstreamRes.pipe(res, { end: false });
+      upstreamRes.once('end', () => {
+        void runHook().then(() => res.end());
+      });
     });
 
     if (opts.body) {

@@ -106,8 +106,8 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
       const save = tapReply(kind, (reply) => {
         // A reply of tool calls only does not end the turn: the request that carries the tool
         // results gets the final answer, and saves it with the same user text.
-        if (reply.toolCallsOnly) return;
-        chatMemory.remember({
+        if (reply.toolCallsOnly) return undefined;
+        return chatMemory.remember({
           id: exchangeId(caller.id, scope, req.id),
           scope,
           userText,

@@ -68,8 +68,8 @@ export function messagesRoute(options: MessagesRouteOptions): Handler {
       const save = tapReply('messages', (reply) => {
         // Tool-loop steps (`tool_use`), cut-off replies (`max_tokens`) and pauses are not the end
         // of a turn: the turn is saved once, from the request whose reply ends it.
-        if (reply.stopReason !== 'end_turn') return;
-        chatMemory.remember({
+        if (reply.stopReason !== 'end_turn') return undefined;
+        return chatMemory.remember({
           id: exchangeId(caller.id, scope, req.id),
           scope,
           userText: prompt,

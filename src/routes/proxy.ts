@@ -20,7 +20,7 @@ const KNOWN_ANTHROPIC = new Set(['messages', 'models', 'files', 'complete', 'ski
 /** Anthropic paths under `/v1/messages/` that get a label of their own. */
 const KNOWN_ANTHROPIC_MESSAGES = new Set(['count_tokens', 'batches']);
 
-const ADMIN_ROUTES = new Set(['/health', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp', '/whoami', '/stats', '/users', '/update', '/preview', '/traces', '/export']);
+const ADMIN_ROUTES = new Set(['/health', '/livez', '/readyz', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp', '/whoami', '/stats', '/users', '/update', '/preview', '/traces', '/export']);
 
 /**
  * Route label for logs and metrics, from the path alone, so it is known before authentication

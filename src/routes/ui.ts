@@ -25,7 +25,7 @@ const TYPES: Readonly<Record<string, string>> = {
 
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
-/** Serves the files of `dir` under the mount point; index.html for the mount point itself. */
+/** Serves the files of `dir` under `/ui/`; index.html for `/ui` and `/ui/`. */
 export function uiRoute(dir: string): RequestHandler {
   const cache = new Map<string, Buffer>();
   const read = (name: string): Buffer | undefined => {
@@ -39,13 +39,9 @@ export function uiRoute(dir: string): RequestHandler {
       return undefined;
     }
   };
-  // Mounted at /ui: `req.path` is the rest ('/' for the page itself).
+  // Routed for GET (and HEAD) `/ui` and `/ui/<file>`.
   return (req, res, next) => {
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      next();
-      return;
-    }
-    const rest = req.path.replace(/^\//, '');
+    const rest = req.path.replace(/^\/ui\/?/, '');
     const name = rest === '' ? 'index.html' : rest;
     const type = TYPES[path.extname(name)];
     if (!FILE_NAME.test(name) || type === undefined) {

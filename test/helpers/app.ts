@@ -19,7 +19,8 @@ import { createLogger, type Logger } from '../../src/logger';
 import { createMetrics, type Metrics } from '../../src/metrics';
 import type { MemoryService } from '../../src/memory/types';
 import { UnavailableMemoryService } from '../../src/memory/unavailable';
-import type { SaveQueue, SaveQueueOptions } from '../../src/memory/save-queue';
+import type { PostgresSaveQueueOptions } from '../../src/memory/pg-save-queue';
+import type { ExchangeQueue } from '../../src/memory/save-queue';
 import type { Upstream } from '../../src/proxy/upstream';
 
 /** Every log line any test app wrote in this test file (scanned in log-scan.ts). */
@@ -46,7 +47,7 @@ export interface TestApp {
   metrics: Metrics;
   memory: MemoryService;
   upstream: Upstream;
-  queue: SaveQueue | undefined;
+  queue: ExchangeQueue | undefined;
   close(): Promise<void>;
 }
 
@@ -58,7 +59,7 @@ export interface TestAppOptions {
   /** Start the save queue's workers (default true). */
   startQueue?: boolean;
   /** Save-queue tuning (tests use short backoffs). */
-  queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
+  queueOptions?: Partial<Omit<PostgresSaveQueueOptions, 'connectionString' | 'save'>>;
 }
 
 /** `env` is the whole environment the config sees (plus DEBUG=true so debug lines are scanned too). */

@@ -27,8 +27,9 @@ const { PGLiteSocketServer } = require('@electric-sql/pglite-socket');
   const maxConnections = Number(process.env.PGLITE_MAX_CONNECTIONS || '16');
   const db = await PGlite.create({ extensions: { vector } });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
-  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections });
+  let server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections });
   await server.start();
+  const port = Number(server.getServerConn().split(':').pop());
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
@@ -41,6 +42,12 @@ const { PGLiteSocketServer } = require('@electric-sql/pglite-socket');
   process.on('message', (msg) => {
     if (msg && msg.type === 'stats') process.send({ type: 'stats', id: msg.id, stats: server.getStats() });
     if (msg && msg.type === 'stop') void stop();
+    // The database "goes away" (every connection dropped, new ones refused) and comes back on the same port, data kept.
+    if (msg && msg.type === 'pause') void server.stop().then(() => process.send({ type: 'paused', id: msg.id }));
+    if (msg && msg.type === 'resume') {
+      server = new PGLiteSocketServer({ db, host: '127.0.0.1', port, maxConnections });
+      void server.start().then(() => process.send({ type: 'resumed', id: msg.id }));
+    }
   });
   process.on('disconnect', () => void stop());
   process.stdin.on('end', () => void stop());
@@ -57,6 +64,10 @@ export interface PgliteServer {
   url: string;
   /** Client connections open right now, as the socket server counts them. */
   activeConnections(): Promise<number>;
+  /** Stops listening and drops every connection, keeping the data (the database is down). */
+  pause(): Promise<void>;
+  /** Listens again on the same port (the database is back, with its data). */
+  resume(): Promise<void>;
   /** Stops the socket server (dropping every connection), closes the database and waits for the child to exit. Idempotent. */
   close(): Promise<void>;
 }
@@ -68,7 +79,10 @@ export interface PgliteServerOptions {
   startTimeoutMs?: number;
 }
 
-type ChildMessage = { type: 'ready'; conn: string } | { type: 'stats'; id: number; stats: { activeConnections: number } };
+type ChildMessage =
+  | { type: 'ready'; conn: string }
+  | { type: 'stats'; id: number; stats: { activeConnections: number } }
+  | { type: 'paused' | 'resumed'; id: number };
 
 function isChildMessage(value: unknown): value is ChildMessage {
   return typeof value === 'object' && value !== null && typeof (value as { type?: unknown }).type === 'string';
@@ -113,6 +127,17 @@ export async function startPgliteServer(options: PgliteServerOptions = {}): Prom
 
   let nextId = 1;
   let closing: Promise<void> | undefined;
+  const ask = (type: 'pause' | 'resume', answer: 'paused' | 'resumed'): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const id = nextId++;
+      const onMessage = (msg: unknown): void => {
+        if (!isChildMessage(msg) || msg.type !== answer || msg.id !== id) return;
+        child.off('message', onMessage);
+        resolve();
+      };
+      child.on('message', onMessage);
+      if (!child.send({ type, id })) reject(new Error('PGlite child is gone'));
+    });
   return {
     url: `postgres://mem0:${encodeURIComponent(TEST_DB_PASSWORD)}@${conn}/postgres`,
     activeConnections: () =>
@@ -126,6 +151,8 @@ export async function startPgliteServer(options: PgliteServerOptions = {}): Prom
         child.on('message', onMessage);
         if (!child.send({ type: 'stats', id })) reject(new Error('PGlite child is gone'));
       }),
+    pause: () => ask('pause', 'paused'),
+    resume: () => ask('resume', 'resumed'),
     close: () => {
       closing ??= (async () => {
         if (child.connected) child.send({ type: 'stop' });

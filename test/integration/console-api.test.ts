@@ -289,5 +289,8 @@ describe('the console page', () => {
     await request(app.app).get('/ui/nothing.js').expect(404);
     // The API behind it still needs the token.
     await request(app.app).post('/users').send({}).expect(401);
+    // Logged and counted under its own route label.
+    const metrics = await request(app.app).get('/metrics').set(token).expect(200);
+    expect(metrics.text).toMatch(/proxy_http_requests_total\{[^}]*route="\/ui"[^}]*status="200"[^}]*\}/);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * Registers EmbeddedVectorStore with mem0ai as the vector-store provider "embedded".
+ * Registers our vector stores with mem0ai: EmbeddedVectorStore as the provider "embedded", and the
+ * pooled pgvector store (pooled-pgvector.ts) in place of mem0's own "pgvector".
  *
  * mem0ai has no plugin API for vector stores: `Memory` builds its stores (the main collection and
  * `<collectionName>_entities`) through the static `VectorStoreFactory.create(provider, config)`,
@@ -11,8 +12,10 @@
  */
 import type { VectorStore, VectorStoreConfig } from 'mem0ai/oss';
 import { EmbeddedVectorStore } from './embedded-store';
+import { pooledPgVectorClass, type PgVectorClass, type PooledPgVectorConfig } from './pooled-pgvector';
 
 export const EMBEDDED_VECTOR_STORE_PROVIDER = 'embedded';
+export const PGVECTOR_PROVIDER = 'pgvector';
 
 /** The part of mem0ai's VectorStoreFactory we wrap (a parameter so tests can pass their own). */
 export interface VectorStoreFactoryLike {
@@ -36,15 +39,20 @@ function mem0Factory(): VectorStoreFactoryLike {
 
 /**
  * Makes `VectorStoreFactory.create('embedded', config)` return an EmbeddedVectorStore built from
- * `config` ({ collectionName, dimension, dbPath, ... }). Idempotent.
+ * `config` ({ collectionName, dimension, dbPath, ... }), and `create('pgvector', config)` the
+ * pooled subclass of mem0's PGVector (`pgVectorBase`, default mem0ai's own class). Idempotent.
  */
-export function registerEmbeddedVectorStore(factory?: VectorStoreFactoryLike): void {
+export function registerEmbeddedVectorStore(factory?: VectorStoreFactoryLike, pgVectorBase?: PgVectorClass): void {
   const target = factory ?? mem0Factory();
   const original = target.create;
   if (isWrapped(original)) return;
+  let Pooled: PgVectorClass | undefined;
   const wrapped: CreateFn = (provider, config) => {
-    if (typeof provider === 'string' && provider.toLowerCase() === EMBEDDED_VECTOR_STORE_PROVIDER) {
-      return new EmbeddedVectorStore(config);
+    const name = typeof provider === 'string' ? provider.toLowerCase() : '';
+    if (name === EMBEDDED_VECTOR_STORE_PROVIDER) return new EmbeddedVectorStore(config);
+    if (name === PGVECTOR_PROVIDER) {
+      Pooled ??= pooledPgVectorClass(pgVectorBase ?? (require('mem0ai/oss') as { PGVector: PgVectorClass }).PGVector);
+      return new Pooled(config as PooledPgVectorConfig);
     }
     return original.call(target, provider, config);
   };
