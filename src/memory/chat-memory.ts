@@ -270,10 +270,12 @@ export function createChatMemory(options: {
       },
     };
     const shared = options.saveQueue;
+    // Also where a shared queue finds what this instance queued locally before (moved in on start).
+    const localQueueFile = path.join(options.dataDir, 'save-queue.db');
     queue =
       shared?.kind === 'postgres' && shared.url !== undefined
-        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url })
-        : new SaveQueue({ ...common, path: path.join(options.dataDir, 'save-queue.db') });
+        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url, importFrom: localQueueFile })
+        : new SaveQueue({ ...common, path: localQueueFile });
   }
   chatMemory.attachQueue(queue);
   return { chatMemory, queue };

@@ -22,6 +22,8 @@
  *   lost, /health degraded), and claiming resumes when it is back.
  */
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
 import { MemoryLimitError, MemoryRejectedError } from '../errors';
 import { withDeadline } from '../util/deadline';
@@ -43,6 +45,11 @@ export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' 
   enqueueTimeoutMs?: number;
   /** This instance's name in `leased_by` (default a random UUID). */
   instanceId?: string;
+  /**
+   * A SQLite queue file (save-queue.ts) this instance used before: its pending exchanges are moved
+   * into the shared queue once the database answers, so switching queues loses none.
+   */
+  importFrom?: string;
 }
 
 interface JobRow {
@@ -267,6 +274,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
           await client.query('SELECT pg_advisory_unlock(hashtext($1))', [this.table]);
         }
         this.schemaReady = true;
+        if (this.options.importFrom !== undefined) await this.importSqlite(this.options.importFrom);
         return;
       } catch (err) {
         this.options.logger?.warn('save queue database not ready; retrying', { error: errorText(err) });
@@ -274,6 +282,33 @@ export class PostgresSaveQueue implements ExchangeQueue {
       } finally {
         client?.release();
       }
+    }
+  }
+
+  /** Moves the pending jobs of a SQLite queue file into this queue (ids kept, so a replay is still ignored). */
+  private async importSqlite(file: string): Promise<void> {
+    if (!fs.existsSync(file)) return;
+    let local: Database.Database | undefined;
+    try {
+      local = new Database(file, { fileMustExist: true });
+      local.pragma('busy_timeout = 5000');
+      const rows = local
+        .prepare(`SELECT id, user_id, agent_id, run_id, messages, metadata FROM save_jobs WHERE state = 'pending'`)
+        .all() as { id: string; user_id: string; agent_id: string | null; run_id: string | null; messages: string; metadata: string }[];
+      const markDone = local.prepare(`UPDATE save_jobs SET state = 'done', messages = '[]', metadata = '{}', updated_at = ? WHERE id = ? AND state = 'pending'`);
+      for (const row of rows) {
+        await this.pool.query(
+          `INSERT INTO ${this.table} (id, user_id, agent_id, run_id, messages, metadata) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb) ON CONFLICT (id) DO NOTHING`,
+          [row.id, row.user_id, row.agent_id, row.run_id, row.messages, row.metadata],
+        );
+        markDone.run(Date.now(), row.id);
+      }
+      if (rows.length > 0) this.options.logger?.warn('save queue: moved the exchanges of the local queue into the shared one', { jobs: rows.length });
+    } catch (err) {
+      // Left where they are: the next start tries again.
+      this.options.logger?.warn('save queue could not move the local queue into the shared one', { error: errorText(err) });
+    } finally {
+      local?.close();
     }
   }
 

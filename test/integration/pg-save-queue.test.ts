@@ -2,13 +2,16 @@
  * The save queue shared by several instances, on this machine's PostgreSQL 15 (a database made
  * and dropped by this file): idempotent enqueue across instances, two instances draining one
  * backlog without saving a job twice, a claim of a SIGKILLed worker taken over after its lease
- * (and not before), backoff and dead jobs, the outage pause, and a database that is not there.
+ * (and not before), backoff and dead jobs, the outage pause, a database that is not there, and the
+ * pending jobs of an earlier SQLite queue moved in.
  */
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { MemoryRejectedError, MemoryUnavailableError } from '../../src/errors';
 import { PostgresSaveQueue, type PostgresSaveQueueOptions } from '../../src/memory/pg-save-queue';
-import type { SaveAttempt, SaveJob } from '../../src/memory/save-queue';
+import { SaveQueue, type SaveAttempt, type SaveJob } from '../../src/memory/save-queue';
 import { createTestDatabase, type TestDatabase } from '../helpers/postgres';
 import { waitFor } from '../helpers/wait';
 
@@ -163,4 +166,27 @@ it('fails an enqueue within its deadline while the database cannot be reached', 
   const started = Date.now();
   await expect(q.enqueue(job(1))).rejects.toThrow(/did not commit within 300 ms/);
   expect(Date.now() - started).toBeLessThan(2000);
+});
+
+it('moves the pending exchanges of the instance’s earlier SQLite queue into the shared one, once', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-import-'));
+  const file = path.join(dir, 'save-queue.db');
+  const local = new SaveQueue({ path: file, save: async () => undefined });
+  local.enqueue(job(1));
+  local.enqueue(job(2));
+  await local.stop();
+  const saved: string[] = [];
+  const a = queue(async (j) => void saved.push(`${j.id}:${j.messages[0]?.content ?? ''}`), { importFrom: file });
+  a.start();
+  await waitFor(() => (saved.length === 2 ? true : undefined), 10_000, 'the imported jobs to be saved');
+  expect(saved.sort()).toEqual(['job-1:message 1', 'job-2:message 2']);
+  await a.stop();
+  open.splice(open.indexOf(a), 1);
+  // Imported once: a second start finds nothing pending locally, and the ids stay known.
+  const b = queue(async (j) => void saved.push(j.id), { importFrom: file });
+  b.start();
+  await sleep(300);
+  expect(saved).toHaveLength(2);
+  expect(await b.enqueue(job(1))).toBe(false);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
