@@ -194,7 +194,7 @@ const QUERY_TEMPLATES: Array<(p: Pick) => string> = [
   (p) => `Should I take my ${p(THINGS)} ${p(ACTIVITIES)} with ${p(NAMES)}?`,
 ];
 
-function makeQueries(count: number): string[] {
+export function makeQueries(count: number): string[] {
   const p = picker(seededRandom(777));
   return Array.from({ length: count }, (_, i) => (QUERY_TEMPLATES[i % QUERY_TEMPLATES.length] ?? QUERY_TEMPLATES[0]!)(p));
 }

@@ -132,8 +132,13 @@ export class Recall {
 
     const limit = Math.max(topK * 4, 60);
     const memories = await this.stores.memories();
+    // Hits below the threshold are dropped below anyway; a store that can skip them (ours) does,
+    // and spares reading and rescoring their vectors.
+    const semanticSearch = hasSearchAbove(memories)
+      ? memories.searchAbove(queryVector, limit, { ...options.filters }, threshold)
+      : memories.search(queryVector, limit, { ...options.filters });
     const [semantic, keyword, boosts] = await Promise.all([
-      memories.search(queryVector, limit, { ...options.filters }),
+      semanticSearch,
       this.keywordScores(memories, query, analysis.lemmatized, limit, options.filters),
       this.entityBoosts(vectors.slice(1), options.filters),
     ]);

@@ -446,6 +446,40 @@ describe('keyword index (FTS5)', () => {
     store.close();
   });
 
+  it('searchAbove misses no row whose exact score reaches the floor, for dense and for sparse vectors', async () => {
+    const dim = 256;
+    const next = seededRandom(4242);
+    // Sparse: a few large components, as in hashed-word embeddings (the int8 scale is then large).
+    const sparse = (): number[] => {
+      const v = new Array<number>(dim).fill(0);
+      for (let i = 0; i < 6; i++) v[Math.floor(next() * dim)] = next() * 2 - 1;
+      return v;
+    };
+    for (const make of [() => randomVector(dim, next), sparse]) {
+      const store = new EmbeddedVectorStore({ dbPath: freshPath(), collectionName: 'memories', dimension: dim });
+      const base = make();
+      // Many rows close to one direction, so plenty of scores sit near any floor.
+      const near = (spread: number): number[] => {
+        const noise = make();
+        return base.map((x, i) => x + (noise[i] ?? 0) * spread);
+      };
+      const rows = Array.from({ length: 400 }, () => near(0.9));
+      const ids = rows.map((_, i) => `r${i}`);
+      await store.insert(rows, ids, rows.map(() => ({ user_id: 'u' })));
+      for (let t = 0; t < 10; t++) {
+        const query = near(0.5);
+        const exact = rows.map((r, i) => ({ id: ids[i]!, score: cosine(query, r) })).sort((a, b) => b.score - a.score);
+        // Between two rows' scores, so float32 storage cannot put a row on the other side of it.
+        const j = Math.floor(5 + next() * 20);
+        const floor = (exact[j]!.score + exact[j + 1]!.score) / 2;
+        const want = exact.filter((e) => e.score >= floor).slice(0, 30).map((e) => e.id);
+        const got = await store.searchAbove(query, 30, { user_id: 'u' }, floor);
+        expect(got.map((h) => h.id)).toEqual(want);
+      }
+      store.close();
+    }
+  });
+
   it('follows inserts, replacements, updates and deletes, leaving no stale entries', async () => {
     const dbPath = freshPath();
     const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3 });

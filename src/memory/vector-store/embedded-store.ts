@@ -41,6 +41,7 @@ import {
   candidateCount,
   decodeQuantized,
   encodeQuantized,
+  l1Norm,
   quantize,
   type Int8Arena,
   type Quantized,
@@ -911,9 +912,21 @@ export class EmbeddedVectorStore implements VectorStore {
         const top = new TopK<number>(candidateCount(k));
         const p = partition;
         const accept = hasResidualFilter(f, scope.field) ? (row: number) => this.rowMatches(p.ids[row]!, f) : null;
-        p.search(quantize(unit), top, accept);
-        // Quantization moves a score by far less than this margin: nothing at or above minScore is cut.
-        const ids = top.sorted().filter((c) => c.score >= minScore - 0.05).map((c) => p.ids[c.item]!);
+        const query = quantize(unit);
+        p.search(query, top, accept);
+        // Only candidates whose exact score can reach minScore are read and rescored: the bound
+        // is what quantization can move a score by at most, so nothing at or above it is cut.
+        const ids: string[] = [];
+        const queryL1 = l1Norm(query);
+        for (const c of top.sorted()) {
+          // At or above minScore: in. Below it: in only if quantization can have moved the exact
+          // score up to minScore (the loose bound, O(1), rules most out; the tight one reads the row).
+          if (c.score < minScore) {
+            if (c.score + p.looseErrorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
+            if (c.score + p.errorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
+          }
+          ids.push(p.ids[c.item]!);
+        }
         return this.rescore(unit, ids, k, minScore);
       }
     }
@@ -1238,13 +1251,16 @@ export class EmbeddedVectorStore implements VectorStore {
     const rows = this.shared
       .stmt('SELECT id, vector, payload FROM evs_vectors WHERE collection = ? AND id IN (SELECT value FROM json_each(?))')
       .all(this.collectionName, JSON.stringify(ids)) as RowForLoad[];
-    const top = new TopK<RowForLoad>(k);
+    const scored: Array<{ score: number; row: RowForLoad }> = [];
     for (const row of rows) {
       const score = clampScore(cosineToUnit(unit, vectorFromBlob(row.vector, this.dimension, row.id)));
-      if (score >= minScore) top.push(score, row);
+      if (score >= minScore) scored.push({ score, row });
     }
-    // A fresh payload per result: mem0 mutates returned payloads before update().
-    return top.sorted().map(({ score, item }) => ({ id: item.id, payload: parsePayload(item.payload), score }));
+    // Best first, equal scores by id: the order does not depend on which candidates were read, so
+    // `search` and `searchAbove` agree on ties. A fresh payload per result: mem0 mutates returned
+    // payloads before update().
+    scored.sort((a, b) => b.score - a.score || (a.row.id < b.row.id ? -1 : a.row.id > b.row.id ? 1 : 0));
+    return scored.slice(0, k).map(({ score, row }) => ({ id: row.id, payload: parsePayload(row.payload), score }));
   }
 
   /** Slow path for filters without a plain scope equality (e.g. user_id "*" or an OR of users): scans the collection. */

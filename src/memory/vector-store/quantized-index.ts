@@ -41,6 +41,27 @@ export function quantize(unit: Float32Array): Quantized {
   return { codes, scale };
 }
 
+/**
+ * How far a quantized score `sq · sv · cq·cv` can be from the exact dot product of the two vectors
+ * it stands for, at most. Each code is within half its scale of the true component, so with
+ * q = sq·cq + eq and v = sv·cv + ev (|eq_i| ≤ sq/2, |ev_i| ≤ sv/2):
+ * |q·v − sq·sv·cq·cv| ≤ (sv/2)·‖sq·cq‖₁ + (sq/2)·‖sv·cv‖₁ + d·sq·sv/4.
+ * `queryL1` and `rowL1` are the two ‖·‖₁ (`l1Norm`); plus a little for the float32 rounding of
+ * the stored scales.
+ */
+export function quantizationErrorBound(query: Quantized, queryL1: number, rowScale: number, rowL1: number, dimension: number): number {
+  const sq = query.scale;
+  const sv = rowScale;
+  return (sv / 2) * queryL1 + (sq / 2) * rowL1 + (dimension * sq * sv) / 4 + 1e-6;
+}
+
+/** ‖scale·codes‖₁ of a quantized vector. */
+export function l1Norm(q: Quantized): number {
+  let sum = 0;
+  for (let i = 0; i < q.codes.length; i++) sum += Math.abs(q.codes[i]!);
+  return sum * q.scale;
+}
+
 /** `[scale: float32 LE][codes: dimension bytes]`: the `qvector` column. */
 export function encodeQuantized(q: Quantized, dimension: number): Buffer {
   const out = Buffer.alloc(4 + dimension);
@@ -145,7 +166,8 @@ export class TopK<T> {
  * which, for `rows` consecutive rows of `strideBytes` int8 codes starting at byte offset v, stores
  * the integer dot product with the codes at q as i32 at out, out+4, ... . strideBytes must be a
  * positive multiple of 16: each step widens 16 codes of each side to i16 (low and high halves),
- * multiplies and pairwise-adds them into i32 lanes (i32x4.dot_i16x8_s), into two accumulators.
+ * multiplies and pairwise-adds them into i32 lanes (i32x4.dot_i16x8_s), into two accumulators;
+ * each side's 16 codes are loaded once per step.
  * |dot| ≤ 127² · 16384 dims fits i32 with room to spare.
  */
 function uleb(n: number): number[] {
@@ -202,9 +224,10 @@ function buildInt8DotKernelWasm(): Uint8Array {
   const END = 0x0b;
   const VOID = 0x40;
   // params 0..4, then locals
-  const Q = 0, V = 1, ROWS = 2, STRIDE = 3, OUT = 4, ROW_END = 5, OUT_END = 6, QP = 7, ACC0 = 8, ACC1 = 9;
+  const Q = 0, V = 1, ROWS = 2, STRIDE = 3, OUT = 4, ROW_END = 5, OUT_END = 6, QP = 7, ACC0 = 8, ACC1 = 9, QV = 10, VV = 11;
+  // acc += dot(extend(QV), extend(VV)): the 16 codes of each side are loaded once, then widened by halves.
   const half = (extend: number, acc: number): number[] => [
-    ...get(acc), ...get(QP), ...v128Load, ...simd(extend), ...get(V), ...v128Load, ...simd(extend), ...simd(DOT_I16), ...simd(I32X4_ADD), ...set(acc),
+    ...get(acc), ...get(QV), ...simd(extend), ...get(VV), ...simd(extend), ...simd(DOT_I16), ...simd(I32X4_ADD), ...set(acc),
   ];
   const body = [
     ...get(OUT), ...get(ROWS), ...i32Const(2), I32_SHL, I32_ADD, ...set(OUT_END),
@@ -216,6 +239,8 @@ function buildInt8DotKernelWasm(): Uint8Array {
     ...get(Q), ...set(QP),
     ...get(V), ...get(STRIDE), I32_ADD, ...set(ROW_END),
     LOOP, VOID, // 16 codes per iteration
+    ...get(QP), ...v128Load, ...set(QV),
+    ...get(V), ...v128Load, ...set(VV),
     ...half(EXTEND_LOW_S, ACC0),
     ...half(EXTEND_HIGH_S, ACC1),
     ...get(QP), ...i32Const(16), I32_ADD, ...set(QP),
@@ -234,7 +259,7 @@ function buildInt8DotKernelWasm(): Uint8Array {
     END,
     END,
   ];
-  const func = [2, 3, I32, 2, V128, ...body]; // locals: 3 x i32, 2 x v128
+  const func = [2, 3, I32, 4, V128, ...body]; // locals: 3 x i32, 4 x v128
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, [1, 0x60, 5, I32, I32, I32, I32, I32, 0]), // type: (i32 x5) -> ()
@@ -502,6 +527,26 @@ export class Partition {
 
   has(id: string): boolean {
     return this.rowOf.has(id);
+  }
+
+  /**
+   * `errorBound` without reading the row's codes: ‖sv·cv‖₁ ≤ ‖v‖₁ + d·sv/2 ≤ √d + d·sv/2 for a
+   * unit v. Never smaller than `errorBound`, and the same for every row of one scale.
+   */
+  looseErrorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
+    const scale = this.scales[row] ?? 0;
+    return quantizationErrorBound(query, queryL1, scale, Math.sqrt(dimension) + (dimension * scale) / 2, dimension);
+  }
+
+  /** The most quantization can have moved this row's score against `query` (`quantizationErrorBound`). */
+  errorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
+    const scale = this.scales[row] ?? 0;
+    const blockRows = this.arena.blockRows;
+    const slot = row % blockRows;
+    const codes = this.arena.rowsOf(this.blocks[Math.floor(row / blockRows)]!, slot + 1);
+    let sum = 0;
+    for (let i = slot * this.arena.stride, end = i + dimension; i < end; i++) sum += Math.abs(codes[i]!);
+    return quantizationErrorBound(query, queryL1, scale, sum * scale, dimension);
   }
 
   upsert(id: string, q: Quantized): void {
