@@ -17,10 +17,7 @@ import { buildMemoryBlock } from '../memory/injection';
 import { MAX_LIMIT, MAX_MEMORY_CHARS, MAX_QUERY_CHARS } from '../memory/limits';
 import type { TraceStore } from '../memory/trace-store';
 import type { MemoryService } from '../memory/types';
-import { parse } from './memory';
-
-const id = z.string().trim().min(1).max(256);
-const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
+import { id, parse, scopeFields } from './memory';
 
 const usersBody = z
   .object({

@@ -11,8 +11,9 @@ import type { MemoryService } from '../memory/types';
 
 export { MAX_LIMIT };
 
-const id = z.string().trim().min(1).max(256);
-const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
+/** A user, agent, run or memory id in an admin body (the console's endpoints share these). */
+export const id = z.string().trim().min(1).max(256);
+export const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
 const metadata = z.record(z.string(), z.unknown()).refine((m) => JSON.stringify(m).length <= 16_000, 'metadata is too large');
 
 const searchBody = z.object({ ...scopeFields, query: z.string().trim().min(1).max(MAX_QUERY_CHARS), limit: z.number().int().min(1).max(MAX_LIMIT).optional() }).strict();
