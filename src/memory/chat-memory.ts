@@ -270,11 +270,12 @@ export function createChatMemory(options: {
       },
     };
     const shared = options.saveQueue;
-    // Also where a shared queue finds what this instance queued locally before (moved in on start).
+    // Also where a shared queue keeps what its database cannot take now, and finds what this
+    // instance queued locally before (both moved in).
     const localQueueFile = path.join(options.dataDir, 'save-queue.db');
     queue =
       shared?.kind === 'postgres' && shared.url !== undefined
-        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url, importFrom: localQueueFile })
+        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url, localPath: localQueueFile })
         : new SaveQueue({ ...common, path: localQueueFile });
   }
   chatMemory.attachQueue(queue);

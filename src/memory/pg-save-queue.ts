@@ -18,8 +18,9 @@
  * - `depth` is the shared number of pending jobs, refreshed on every poll; `failures` is this
  *   instance's.
  * - The database may be down when the proxy starts or later: the schema is created once it
- *   answers, an enqueue that cannot commit within `enqueueTimeoutMs` fails (the exchange is counted
- *   lost, /health degraded), and claiming resumes when it is back.
+ *   answers; an exchange it cannot commit within `enqueueTimeoutMs` is kept in the instance's
+ *   SQLite queue file (`localPath`) and moved in once it is back (without `localPath` the enqueue
+ *   fails: counted lost, /health degraded); claiming resumes when it is back.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -27,7 +28,7 @@ import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
 import { MemoryLimitError, MemoryRejectedError } from '../errors';
 import { withDeadline } from '../util/deadline';
-import { SaveTimeoutError, errorText, isTransientSaveError, jitteredBackoff, type ExchangeQueue, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
+import { SaveQueue, SaveTimeoutError, errorText, isTransientSaveError, jitteredBackoff, type ExchangeQueue, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
 import type { ChatMessage, MemoryScope } from './types';
 
 export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' | 'synchronous' | 'maxBytes'> {
@@ -46,10 +47,12 @@ export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' 
   /** This instance's name in `leased_by` (default a random UUID). */
   instanceId?: string;
   /**
-   * A SQLite queue file (save-queue.ts) this instance used before: its pending exchanges are moved
-   * into the shared queue once the database answers, so switching queues loses none.
+   * This instance's SQLite queue file (save-queue.ts, `DATA_DIR/save-queue.db`). Its pending
+   * exchanges are moved into the shared queue once the database answers (switching queues loses
+   * none), and an exchange the database cannot take (it is down) is kept there and moved in when
+   * it is back.
    */
-  importFrom?: string;
+  localPath?: string;
 }
 
 interface JobRow {
@@ -106,6 +109,11 @@ export class PostgresSaveQueue implements ExchangeQueue {
   private readonly transientJobs = new Set<string>();
   private pausedUntil = 0;
   private lastPrune = 0;
+  /** The local queue exchanges are kept in while the database is down (opened on first need). */
+  private spool: SaveQueue | undefined;
+  /** Exchanges kept there and not moved in yet. */
+  private spooled = 0;
+  private lastSpoolWarn = 0;
 
   constructor(private readonly options: PostgresSaveQueueOptions) {
     const table = options.table ?? 'mp_save_jobs';
@@ -150,7 +158,13 @@ export class PostgresSaveQueue implements ExchangeQueue {
       );
       return result.rowCount === 1;
     };
-    const queued = await withDeadline(insert(), this.enqueueTimeoutMs, () => new Error(`the save queue's database did not commit within ${this.enqueueTimeoutMs} ms`));
+    let queued: boolean;
+    try {
+      queued = await withDeadline(insert(), this.enqueueTimeoutMs, () => new Error(`the save queue's database did not commit within ${this.enqueueTimeoutMs} ms`));
+    } catch (err) {
+      if (this.options.localPath === undefined || this.closed) throw err;
+      return this.keepLocally(this.options.localPath, job, err);
+    }
     if (queued) {
       this.pending++;
       this.emitDepth();
@@ -191,11 +205,12 @@ export class PostgresSaveQueue implements ExchangeQueue {
         .catch((err: unknown) => this.options.logger?.warn('save queue could not hand back its claims (they return when their lease passes)', { error: errorText(err) }));
     }
     await this.pool.end().catch(() => undefined);
+    await this.spool?.stop();
   }
 
-  /** Pending jobs of every instance (running ones included), as of the last poll. */
+  /** Pending jobs of every instance (running ones included) as of the last poll, and this instance's kept locally. */
   depth(): number {
-    return this.pending;
+    return this.pending + this.spooled;
   }
 
   /** Failed save attempts on this instance since it started. */
@@ -228,7 +243,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
       if (this.closed) return;
       if (this.schemaReady) {
         await this.refreshCounts().catch(() => undefined);
-        if (this.pending === 0 && this.inFlight.size === 0) return;
+        if (this.pending === 0 && this.spooled === 0 && this.inFlight.size === 0) return;
       }
       if (Date.now() > until) throw new Error(`save queue not drained within ${timeoutMs} ms (depth ${this.pending})`);
       await new Promise((resolve) => setTimeout(resolve, Math.min(100, this.pollMs)));
@@ -274,7 +289,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
           await client.query('SELECT pg_advisory_unlock(hashtext($1))', [this.table]);
         }
         this.schemaReady = true;
-        if (this.options.importFrom !== undefined) await this.importSqlite(this.options.importFrom);
+        if (this.options.localPath !== undefined) await this.moveLocal(this.options.localPath);
         return;
       } catch (err) {
         this.options.logger?.warn('save queue database not ready; retrying', { error: errorText(err) });
@@ -285,9 +300,35 @@ export class PostgresSaveQueue implements ExchangeQueue {
     }
   }
 
-  /** Moves the pending jobs of a SQLite queue file into this queue (ids kept, so a replay is still ignored). */
-  private async importSqlite(file: string): Promise<void> {
-    if (!fs.existsSync(file)) return;
+  /**
+   * Keeps an exchange the database could not take in the local SQLite queue (committed when this
+   * returns, as there); it is moved in on a later poll. Throws when that fails too.
+   */
+  private keepLocally(file: string, job: SaveJob, cause: unknown): boolean {
+    this.spool ??= new SaveQueue({ path: file, save: () => Promise.reject(new Error('the local spool is never worked, only moved in')) });
+    const kept = this.spool.enqueue(job);
+    if (kept) {
+      this.spooled++;
+      this.emitDepth();
+      const now = Date.now();
+      if (now - this.lastSpoolWarn >= 60_000) {
+        this.lastSpoolWarn = now;
+        this.options.logger?.warn('save queue database unavailable; exchanges are kept in DATA_DIR until it is back', { error: errorText(cause) });
+      }
+    }
+    return kept;
+  }
+
+  /** Moves the local queue's pending jobs in; what could not be moved stays for the next poll. */
+  private async moveLocal(file: string): Promise<void> {
+    const moved = await this.importSqlite(file);
+    this.spooled = Math.max(0, this.spooled - moved);
+  }
+
+  /** Moves the pending jobs of a SQLite queue file into this queue (ids kept, so a replay is still ignored); how many it moved. */
+  private async importSqlite(file: string): Promise<number> {
+    if (!fs.existsSync(file)) return 0;
+    let moved = 0;
     let local: Database.Database | undefined;
     try {
       local = new Database(file, { fileMustExist: true });
@@ -302,14 +343,16 @@ export class PostgresSaveQueue implements ExchangeQueue {
           [row.id, row.user_id, row.agent_id, row.run_id, row.messages, row.metadata],
         );
         markDone.run(Date.now(), row.id);
+        moved++;
       }
       if (rows.length > 0) this.options.logger?.warn('save queue: moved the exchanges of the local queue into the shared one', { jobs: rows.length });
     } catch (err) {
-      // Left where they are: the next start tries again.
+      // Left where they are: the next poll (or start) tries again.
       this.options.logger?.warn('save queue could not move the local queue into the shared one', { error: errorText(err) });
     } finally {
       local?.close();
     }
+    return moved;
   }
 
   /** Runs `pump` now (or again right after the running one), never two at once. */
@@ -349,6 +392,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
         this.lastPrune = now;
         await this.pool.query(`DELETE FROM ${this.table} WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond'`, [this.retentionMs]);
       }
+      if (this.spooled > 0 && this.options.localPath !== undefined) await this.moveLocal(this.options.localPath);
       const room = this.concurrency - this.inFlight.size;
       if (room > 0) for (const claimed of await this.claim(room)) this.launch(claimed);
       await this.refreshCounts();

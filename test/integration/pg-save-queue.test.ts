@@ -176,17 +176,46 @@ it('moves the pending exchanges of the instance’s earlier SQLite queue into th
   local.enqueue(job(2));
   await local.stop();
   const saved: string[] = [];
-  const a = queue(async (j) => void saved.push(`${j.id}:${j.messages[0]?.content ?? ''}`), { importFrom: file });
+  const a = queue(async (j) => void saved.push(`${j.id}:${j.messages[0]?.content ?? ''}`), { localPath: file });
   a.start();
   await waitFor(() => (saved.length === 2 ? true : undefined), 10_000, 'the imported jobs to be saved');
   expect(saved.sort()).toEqual(['job-1:message 1', 'job-2:message 2']);
   await a.stop();
   open.splice(open.indexOf(a), 1);
   // Imported once: a second start finds nothing pending locally, and the ids stay known.
-  const b = queue(async (j) => void saved.push(j.id), { importFrom: file });
+  const b = queue(async (j) => void saved.push(j.id), { localPath: file });
   b.start();
   await sleep(300);
   expect(saved).toHaveLength(2);
   expect(await b.enqueue(job(1))).toBe(false);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+it('keeps exchanges in the local file while its database is not there, and moves them in once it is', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-spool-'));
+  const file = path.join(dir, 'save-queue.db');
+  const late = `${db.name}_late`;
+  const url = db.url.replace(/\/[^/]+$/, `/${late}`);
+  const saved: string[] = [];
+  const q = new PostgresSaveQueue({ connectionString: url, save: async (j) => void saved.push(j.id), localPath: file, pollMs: 30, enqueueTimeoutMs: 500 });
+  open.push(q);
+  q.start();
+  try {
+    // The database does not exist yet: both are kept locally, committed, and counted in the depth.
+    expect(await q.enqueue(job(1))).toBe(true);
+    expect(await q.enqueue(job(2))).toBe(true);
+    expect(await q.enqueue(job(1))).toBe(false);
+    expect(q.depth()).toBe(2);
+    expect(saved).toEqual([]);
+    await db.query(`CREATE DATABASE ${late}`);
+    await waitFor(() => (saved.length === 2 ? true : undefined), 20_000, 'the kept exchanges to be moved in and saved');
+    expect(saved.sort()).toEqual(['job-1', 'job-2']);
+    await q.drained(5000);
+    expect(q.depth()).toBe(0);
+  } finally {
+    await q.stop();
+    open.splice(open.indexOf(q), 1);
+    await db.query(`DROP DATABASE IF EXISTS ${late} WITH (FORCE)`);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
