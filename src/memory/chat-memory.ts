@@ -12,7 +12,8 @@ import { MAX_CONTENT_CHARS } from './limits';
 import type { Config } from '../config';
 import { PostgresSaveQueue, type PostgresSaveQueueOptions } from './pg-save-queue';
 import { SaveQueue, type ExchangeQueue, type SaveQueueOptions } from './save-queue';
-import type { TraceInput, TraceStore } from './trace-store';
+import { buildMemoryBlock } from './injection';
+import type { TraceApi, TraceInput, TraceStore } from './trace-store';
 import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
 
@@ -153,10 +154,41 @@ export class ChatMemory {
   }
 
   /**
+   * The memory step of a memory route, before forwarding: recall for `text` (when the mode reads),
+   * build the block, let `inject` put it into the request (the body to forward, or undefined when
+   * it cannot take the block), and report the request (metrics, injection trace). Returns the body
+   * to forward (undefined: the caller's, unchanged) and the memories that went in.
+   */
+  async injectInto(
+    request: { requestId: string; callerId: string; scope: MemoryScope; mode: MemoryMode; text: string; api: TraceApi; route: string; model: unknown },
+    maxBlockChars: number,
+    inject: (blockText: string) => Buffer | undefined,
+  ): Promise<{ body: Buffer | undefined; injected: MemoryItem[] }> {
+    const recalled = reads(request.mode) ? await this.recall(request.scope, request.text, request.requestId) : undefined;
+    const block = recalled && buildMemoryBlock(recalled.memories, maxBlockChars);
+    const body = block ? inject(block.text) : undefined;
+    const injected = block && body ? block.included : [];
+    this.noteRequest({
+      requestId: request.requestId,
+      exchangeId: exchangeId(request.callerId, request.scope, request.requestId),
+      callerId: request.callerId,
+      scope: request.scope,
+      api: request.api,
+      route: request.route,
+      model: request.model,
+      searchMs: recalled?.ms,
+      recalled: recalled?.memories ?? [],
+      injected,
+      prompt: request.text,
+    });
+    return { body, injected };
+  }
+
+  /**
    * Reports one memory-route request: how many memories went in (0 included) for /metrics when
    * it recalled, and the request for the injection trace.
    */
-  noteRequest(input: TraceInput): void {
+  private noteRequest(input: TraceInput): void {
     if (input.searchMs !== undefined) {
       this.options.metrics.memoriesInjected.observe(input.injected.length);
       this.chats++;

@@ -15,9 +15,8 @@ import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
 import { readBody, requireJson } from '../http/read-body';
 import type { InjectionPlacement } from '../config';
-import { exchangeId, parseMemoryMode, reads, writes, type ChatMemory, type MemoryMode } from '../memory/chat-memory';
-import { buildMemoryBlock, injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
-import type { MemoryItem } from '../memory/types';
+import { exchangeId, parseMemoryMode, writes, type ChatMemory, type MemoryMode } from '../memory/chat-memory';
+import { injectChat, injectResponses, lastUserInputText, lastUserText } from '../memory/injection';
 import { hasUnsafeInteger } from '../memory/unsafe-numbers';
 import { nestsDeeperThan } from '../util/json-spans';
 import { tapReply } from '../proxy/capture';
@@ -73,32 +72,20 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body, through) : lastUserInputText(body, through)) : undefined;
 
     let forwardBody = raw;
-    let injected: MemoryItem[] = [];
+    let injected = 0;
     if (scope !== undefined && userText !== undefined && mode !== 'off') {
-      const recalled = reads(mode) ? await chatMemory.recall(scope, userText, req.id) : undefined;
-      const block = recalled && buildMemoryBlock(recalled.memories, options.maxBlockChars);
-      // Re-serialising would round an integer beyond 2^53 the caller sent: forward such a body as
-      // sent, without memories, rather than change one of its values.
-      if (block && !hasUnsafeInteger(raw.toString('utf8'))) {
-        const rewritten = kind === 'chat' ? injectChat(body, block.text, options.placement) : injectResponses(body, block.text);
-        forwardBody = Buffer.from(JSON.stringify(rewritten));
-        injected = block.included;
-      }
-      chatMemory.noteRequest({
-        requestId: req.id,
-        exchangeId: exchangeId(caller.id, scope, req.id),
-        callerId: caller.id,
-        scope,
-        api: 'openai',
-        route: kind === 'chat' ? '/v1/chat/completions' : '/v1/responses',
-        model: body['model'],
-        searchMs: recalled?.ms,
-        recalled: recalled?.memories ?? [],
-        injected,
-        prompt: userText,
+      const route = kind === 'chat' ? '/v1/chat/completions' : '/v1/responses';
+      const request = { requestId: req.id, callerId: caller.id, scope, mode, text: userText, api: 'openai' as const, route, model: body['model'] };
+      const memory = await chatMemory.injectInto(request, options.maxBlockChars, (block) => {
+        // Re-serialising would round an integer beyond 2^53 the caller sent: forward such a body
+        // as sent, without memories, rather than change one of its values.
+        if (hasUnsafeInteger(raw.toString('utf8'))) return undefined;
+        return Buffer.from(JSON.stringify(kind === 'chat' ? injectChat(body, block, options.placement) : injectResponses(body, block)));
       });
+      forwardBody = memory.body ?? raw;
+      injected = memory.injected.length;
     }
-    res.setHeader('X-Mem0-Memories', String(injected.length));
+    res.setHeader('X-Mem0-Memories', String(injected));
 
     let forwardOptions: ForwardOptions = { body: forwardBody };
     if (scope !== undefined && userText !== undefined && writes(mode)) {

@@ -10,9 +10,7 @@
  */
 import { chatScope } from '../http/identity';
 import type { Handler } from '../http/pipeline';
-import { exchangeId, reads, writes, type ChatMemory } from '../memory/chat-memory';
-import { buildMemoryBlock } from '../memory/injection';
-import type { MemoryItem } from '../memory/types';
+import { exchangeId, writes, type ChatMemory } from '../memory/chat-memory';
 import { appendMemoryBlock, isStructuredOutputRequest, messagesPromptText, messagesSessionId } from '../memory/messages-injection';
 import { tapReply } from '../proxy/capture';
 import type { ForwardOptions, Upstream } from '../proxy/upstream';
@@ -37,30 +35,14 @@ export function messagesRoute(options: MessagesRouteOptions): Handler {
     const prompt = chatMemory.enabled && scope !== undefined && !isStructuredOutputRequest(body) ? messagesPromptText(body) : undefined;
 
     let forwardBody = raw;
-    let injected: MemoryItem[] = [];
+    let injected = 0;
     if (scope !== undefined && prompt !== undefined && mode !== 'off') {
-      const recalled = reads(mode) ? await chatMemory.recall(scope, prompt, req.id) : undefined;
-      const block = recalled && buildMemoryBlock(recalled.memories, options.maxBlockChars);
-      const spliced = block && appendMemoryBlock(raw, body, block.text);
-      if (block && spliced) {
-        forwardBody = spliced;
-        injected = block.included;
-      }
-      chatMemory.noteRequest({
-        requestId: req.id,
-        exchangeId: exchangeId(caller.id, scope, req.id),
-        callerId: caller.id,
-        scope,
-        api: 'anthropic',
-        route: '/v1/messages',
-        model: body['model'],
-        searchMs: recalled?.ms,
-        recalled: recalled?.memories ?? [],
-        injected,
-        prompt,
-      });
+      const request = { requestId: req.id, callerId: caller.id, scope, mode, text: prompt, api: 'anthropic' as const, route: '/v1/messages', model: body['model'] };
+      const memory = await chatMemory.injectInto(request, options.maxBlockChars, (block) => appendMemoryBlock(raw, body, block));
+      forwardBody = memory.body ?? raw;
+      injected = memory.injected.length;
     }
-    res.setHeader('X-Mem0-Memories', String(injected.length));
+    res.setHeader('X-Mem0-Memories', String(injected));
 
     let forwardOptions: ForwardOptions = { body: forwardBody };
     if (scope !== undefined && prompt !== undefined && writes(mode)) {
