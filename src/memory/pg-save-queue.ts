@@ -114,6 +114,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
   /** Exchanges kept there and not moved in yet. */
   private spooled = 0;
   private lastSpoolWarn = 0;
+  private lastMoveWarn = 0;
 
   constructor(private readonly options: PostgresSaveQueueOptions) {
     const table = options.table ?? 'mp_save_jobs';
@@ -347,8 +348,12 @@ export class PostgresSaveQueue implements ExchangeQueue {
       }
       if (rows.length > 0) this.options.logger?.warn('save queue: moved the exchanges of the local queue into the shared one', { jobs: rows.length });
     } catch (err) {
-      // Left where they are: the next poll (or start) tries again.
-      this.options.logger?.warn('save queue could not move the local queue into the shared one', { error: errorText(err) });
+      // Left where they are: the next poll (or start) tries again; said at most once a minute.
+      const now = Date.now();
+      if (now - this.lastMoveWarn >= 60_000) {
+        this.lastMoveWarn = now;
+        this.options.logger?.warn('save queue could not move the local queue into the shared one', { error: errorText(err) });
+      }
     } finally {
       local?.close();
     }
