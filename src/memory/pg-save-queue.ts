@@ -26,9 +26,8 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
-import { MemoryLimitError, MemoryRejectedError } from '../errors';
 import { withDeadline } from '../util/deadline';
-import { SaveQueue, SaveTimeoutError, errorText, isTransientSaveError, jitteredBackoff, type ExchangeQueue, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
+import { SaveQueue, SaveTimeoutError, errorText, jitteredBackoff, queueTuning, type ExchangeQueue, type QueueTuning, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
 import type { ChatMessage, MemoryScope } from './types';
 
 export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' | 'synchronous' | 'maxBytes'> {
@@ -79,19 +78,10 @@ export class PostgresSaveQueue implements ExchangeQueue {
   private readonly pool: Pool;
   private readonly table: string;
   private readonly instanceId: string;
-  private readonly concurrency: number;
-  private readonly baseDelayMs: number;
-  private readonly maxDelayMs: number;
-  private readonly maxFailures: number;
-  private readonly saveTimeoutMs: number;
-  private readonly stopTimeoutMs: number;
-  private readonly retentionMs: number;
+  private readonly tuning: QueueTuning;
   private readonly leaseMs: number;
   private readonly pollMs: number;
   private readonly enqueueTimeoutMs: number;
-  private readonly isTransient: (err: unknown) => boolean;
-  private readonly isPermanent: (err: unknown) => boolean;
-  private readonly random: () => number;
 
   /** Resolves once the table exists (retried while the database is away), or the queue stopped. Never rejects. */
   private readonly ready: Promise<void>;
@@ -121,19 +111,10 @@ export class PostgresSaveQueue implements ExchangeQueue {
     if (!IDENTIFIER.test(table)) throw new Error(`save queue table name ${JSON.stringify(table)} is not a plain identifier`);
     this.table = table;
     this.instanceId = options.instanceId ?? randomUUID();
-    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 2));
-    this.baseDelayMs = options.baseDelayMs ?? 1000;
-    this.maxDelayMs = options.maxDelayMs ?? 5 * 60 * 1000;
-    this.maxFailures = Math.max(1, options.maxFailures ?? 50);
-    this.saveTimeoutMs = options.saveTimeoutMs ?? 5 * 60 * 1000;
-    this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
-    this.retentionMs = options.retentionMs ?? 7 * 24 * 60 * 60 * 1000;
+    this.tuning = queueTuning(options);
     this.leaseMs = Math.max(100, options.leaseMs ?? 60_000);
     this.pollMs = Math.max(10, options.pollMs ?? 1000);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 2000;
-    this.isTransient = options.isTransient ?? isTransientSaveError;
-    this.isPermanent = options.isPermanent ?? ((err) => err instanceof MemoryRejectedError || err instanceof MemoryLimitError);
-    this.random = options.random ?? Math.random;
     this.pool = new Pool({
       connectionString: options.connectionString,
       max: Math.max(2, options.poolSize ?? 4),
@@ -193,7 +174,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
     if (running.length > 0) {
       let timer: NodeJS.Timeout | undefined;
       const bound = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.stopTimeoutMs);
+        timer = setTimeout(resolve, this.tuning.stopTimeoutMs);
         timer.unref();
       });
       await Promise.race([Promise.allSettled(running), bound]);
@@ -395,10 +376,10 @@ export class PostgresSaveQueue implements ExchangeQueue {
       }
       if (now - this.lastPrune >= PRUNE_EVERY_MS) {
         this.lastPrune = now;
-        await this.pool.query(`DELETE FROM ${this.table} WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond'`, [this.retentionMs]);
+        await this.pool.query(`DELETE FROM ${this.table} WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond'`, [this.tuning.retentionMs]);
       }
       if (this.spooled > 0 && this.options.localPath !== undefined) await this.moveLocal(this.options.localPath);
-      const room = this.concurrency - this.inFlight.size;
+      const room = this.tuning.concurrency - this.inFlight.size;
       if (room > 0) for (const claimed of await this.claim(room)) this.launch(claimed);
       await this.refreshCounts();
     } catch (err) {
@@ -466,8 +447,8 @@ export class PostgresSaveQueue implements ExchangeQueue {
     try {
       await withDeadline(
         Promise.resolve().then(() => this.options.save(claimed.job)),
-        this.saveTimeoutMs,
-        () => new SaveTimeoutError(this.saveTimeoutMs),
+        this.tuning.saveTimeoutMs,
+        () => new SaveTimeoutError(this.tuning.saveTimeoutMs),
       );
     } catch (err) {
       failed = true;
@@ -506,8 +487,8 @@ export class PostgresSaveQueue implements ExchangeQueue {
       // A metrics hook must not break the queue.
     }
     const { id, attempt } = claimed.job;
-    const permanent = this.isPermanent(err);
-    const transient = !permanent && this.isTransient(err);
+    const permanent = this.tuning.isPermanent(err);
+    const transient = !permanent && this.tuning.isTransient(err);
     const hardFailures = claimed.hardFailures + (transient ? 0 : 1);
     const message = errorText(err);
     if (transient) {
@@ -517,7 +498,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
       if (this.transientJobs.size >= 2) this.pausedUntil = Date.now() + this.backoff(this.consecutiveTransient);
     }
     if (this.closed) return;
-    if (permanent || (!transient && hardFailures >= this.maxFailures)) {
+    if (permanent || (!transient && hardFailures >= this.tuning.maxFailures)) {
       if (await this.finish(id, attempt, 'dead', { error: message, hardFailures })) {
         this.pending = Math.max(0, this.pending - 1);
         this.dead++;
@@ -568,7 +549,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
   }
 
   private backoff(n: number): number {
-    return jitteredBackoff(n, this.baseDelayMs, this.maxDelayMs, this.random);
+    return jitteredBackoff(n, this.tuning.baseDelayMs, this.tuning.maxDelayMs, this.tuning.random);
   }
 
   private emitDepth(): void {

@@ -138,6 +138,35 @@ export function isTransientSaveError(err: unknown): boolean {
   return err instanceof MemoryUnavailableError || err instanceof SaveTimeoutError;
 }
 
+/** The scheduling settings both queues share, with their defaults (see `SaveQueueOptions`). */
+export interface QueueTuning {
+  readonly concurrency: number;
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+  readonly maxFailures: number;
+  readonly saveTimeoutMs: number;
+  readonly stopTimeoutMs: number;
+  readonly retentionMs: number;
+  readonly isTransient: (err: unknown) => boolean;
+  readonly isPermanent: (err: unknown) => boolean;
+  readonly random: () => number;
+}
+
+export function queueTuning(options: Omit<SaveQueueOptions, 'path' | 'save'>): QueueTuning {
+  return {
+    concurrency: Math.max(1, Math.floor(options.concurrency ?? 2)),
+    baseDelayMs: options.baseDelayMs ?? 1000,
+    maxDelayMs: options.maxDelayMs ?? 5 * 60 * 1000,
+    maxFailures: Math.max(1, options.maxFailures ?? 50),
+    saveTimeoutMs: options.saveTimeoutMs ?? 5 * 60 * 1000,
+    stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+    retentionMs: options.retentionMs ?? 7 * 24 * 60 * 60 * 1000,
+    isTransient: options.isTransient ?? isTransientSaveError,
+    isPermanent: options.isPermanent ?? ((err) => err instanceof MemoryRejectedError || err instanceof MemoryLimitError),
+    random: options.random ?? Math.random,
+  };
+}
+
 /** Exponential backoff with jitter: 50–100 % of min(max, base · 2^(n−1)). */
 export function jitteredBackoff(n: number, baseMs: number, maxMs: number, random: () => number): number {
   const step = Math.min(maxMs, baseMs * 2 ** Math.max(0, n - 1));
@@ -221,16 +250,7 @@ export function errorText(err: unknown): string {
 export class SaveQueue implements ExchangeQueue {
   private readonly db: Database.Database;
   private readonly save: (job: SaveAttempt) => Promise<unknown>;
-  private readonly concurrency: number;
-  private readonly baseDelayMs: number;
-  private readonly maxDelayMs: number;
-  private readonly maxFailures: number;
-  private readonly saveTimeoutMs: number;
-  private readonly stopTimeoutMs: number;
-  private readonly retentionMs: number;
-  private readonly isTransient: (err: unknown) => boolean;
-  private readonly isPermanent: (err: unknown) => boolean;
-  private readonly random: () => number;
+  private readonly tuning: QueueTuning;
   private readonly stmt: {
     insert: Database.Statement<[string, string, string | null, string | null, string, string, number, number, number]>;
     due: Database.Statement<[number, string], JobRow>;
@@ -263,16 +283,7 @@ export class SaveQueue implements ExchangeQueue {
 
   constructor(private readonly options: SaveQueueOptions) {
     this.save = options.save;
-    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 2));
-    this.baseDelayMs = options.baseDelayMs ?? 1000;
-    this.maxDelayMs = options.maxDelayMs ?? 5 * 60 * 1000;
-    this.maxFailures = Math.max(1, options.maxFailures ?? 50);
-    this.saveTimeoutMs = options.saveTimeoutMs ?? 5 * 60 * 1000;
-    this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
-    this.retentionMs = options.retentionMs ?? 7 * 24 * 60 * 60 * 1000;
-    this.isTransient = options.isTransient ?? isTransientSaveError;
-    this.isPermanent = options.isPermanent ?? ((err) => err instanceof MemoryRejectedError || err instanceof MemoryLimitError);
-    this.random = options.random ?? Math.random;
+    this.tuning = queueTuning(options);
 
     fs.mkdirSync(path.dirname(path.resolve(options.path)), { recursive: true });
     this.db = new Database(options.path);
@@ -361,7 +372,7 @@ export class SaveQueue implements ExchangeQueue {
     if (running.length > 0) {
       let timer: NodeJS.Timeout | undefined;
       const bound = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.stopTimeoutMs);
+        timer = setTimeout(resolve, this.tuning.stopTimeoutMs);
         timer.unref();
       });
       await Promise.race([Promise.allSettled(running), bound]);
@@ -440,14 +451,14 @@ export class SaveQueue implements ExchangeQueue {
     try {
       if (now - this.lastPrune >= PRUNE_EVERY_MS) {
         this.lastPrune = now;
-        this.stmt.prune.run(now - this.retentionMs);
+        this.stmt.prune.run(now - this.tuning.retentionMs);
       }
-      while (this.inFlight.size < this.concurrency) {
+      while (this.inFlight.size < this.tuning.concurrency) {
         const claimed = this.claim(now);
         if (!claimed) break;
         this.launch(claimed);
       }
-      if (this.inFlight.size < this.concurrency) {
+      if (this.inFlight.size < this.tuning.concurrency) {
         const next = this.stmt.nextDue.get(this.inFlightJson())?.at;
         if (next !== null && next !== undefined) this.wakeAt(next);
       }
@@ -455,7 +466,7 @@ export class SaveQueue implements ExchangeQueue {
     } catch (err) {
       // The database failed (disk full, I/O error): try again later rather than spin.
       this.options.logger?.warn('save queue could not read its jobs', { error: errorText(err) });
-      this.wakeAt(now + Math.max(this.baseDelayMs, 1000));
+      this.wakeAt(now + Math.max(this.tuning.baseDelayMs, 1000));
     }
   }
 
@@ -546,13 +557,13 @@ export class SaveQueue implements ExchangeQueue {
     }
     if (this.closed) return;
     const now = Date.now();
-    const permanent = this.isPermanent(err);
-    const transient = !permanent && this.isTransient(err);
+    const permanent = this.tuning.isPermanent(err);
+    const transient = !permanent && this.tuning.isTransient(err);
     const hardFailures = claimed.hardFailures + (transient ? 0 : 1);
     const message = errorText(err);
     const { id, attempt } = claimed.job;
     try {
-      if (permanent || (!transient && hardFailures >= this.maxFailures)) {
+      if (permanent || (!transient && hardFailures >= this.tuning.maxFailures)) {
         if (this.stmt.dead.run(message, hardFailures, now, id).changes > 0) {
           this.pending = Math.max(0, this.pending - 1);
           this.emitDepth();
@@ -578,11 +589,11 @@ export class SaveQueue implements ExchangeQueue {
   }
 
   private withTimeout(promise: Promise<unknown>): Promise<unknown> {
-    return withDeadline(promise, this.saveTimeoutMs, () => new SaveTimeoutError(this.saveTimeoutMs));
+    return withDeadline(promise, this.tuning.saveTimeoutMs, () => new SaveTimeoutError(this.tuning.saveTimeoutMs));
   }
 
   private backoff(n: number): number {
-    return jitteredBackoff(n, this.baseDelayMs, this.maxDelayMs, this.random);
+    return jitteredBackoff(n, this.tuning.baseDelayMs, this.tuning.maxDelayMs, this.tuning.random);
   }
 
   /** Arms the one timer for `at` unless it already fires earlier. */
