@@ -6,22 +6,16 @@
  * README shows them) with CONSOLE_SCREENSHOTS=1, into a temporary folder otherwise.
  */
 import crypto from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
-import { GENEROUS_LIMITS } from '../helpers/memory-proxy';
-import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { serve, type Served } from '../helpers/app';
+import { startConsoleApp, type ConsoleApp } from '../helpers/console-app';
+import { TEST_AUTH_TOKEN } from '../helpers/secrets';
 import { waitFor } from '../helpers/wait';
 
 jest.setTimeout(60_000);
@@ -29,44 +23,21 @@ jest.setTimeout(60_000);
 const ROOT = path.resolve(__dirname, '..', '..');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const SCREENSHOTS = process.env.CONSOLE_SCREENSHOTS === '1' ? path.join(ROOT, 'docs') : fs.mkdtempSync(path.join(os.tmpdir(), 'console-shots-'));
-const ALICE_KEY = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-runtimeSecrets.push(ALICE_KEY);
 const XSS_IMG = '<img src=x onerror="document.title=\'pwned-img\'">';
 const XSS_SCRIPT = '<script>document.title="pwned-script"</script>';
 
 let fake: FakeUpstream;
-let tmp: string;
-let app: TestApp;
+let proxy: ConsoleApp;
+let ALICE_KEY: string;
 let served: Served;
 let browser: Browser;
 
 beforeAll(async () => {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
-  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-ui.mjs')], { stdio: 'pipe' });
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'console-ui-'));
-  const keysFile = path.join(tmp, 'keys.json');
-  writeKeysFile(keysFile, { keys: [{ id: 'app-alice', sha256: keyDigestHex(ALICE_KEY), user_id: 'alice' }] });
-  const env = {
-    UPSTREAM_BASE_URL: fake.url,
-    AUTH_TOKEN: TEST_AUTH_TOKEN,
-    OPENAI_API_KEY: TEST_OPENAI_KEY,
-    DATA_DIR: path.join(tmp, 'data'),
-    EMBEDDING_DIMS: '64',
-    KEYS_FILE: keysFile,
-    ...GENEROUS_LIMITS,
-    RATE_LIMIT_FORGET: '100000',
-    RATE_LIMIT_CONSOLE: '100000',
-  };
-  const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
-  const registry = KeyRegistry.load({ file: keysFile, logger });
-  if (!registry) throw new Error('registry missing');
-  app = await buildTestApp(env, {
-    authenticator: combinedAuthenticator(TEST_AUTH_TOKEN, registry),
-    memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
-    queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-  });
-  served = await serve(app.app);
+  proxy = await startConsoleApp(fake.url);
+  ALICE_KEY = proxy.aliceKey;
+  served = await serve(proxy.app.app);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -77,9 +48,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await served?.close();
-  await app?.close();
+  await proxy?.close();
   await fake?.close();
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 /** Calls the proxy from the test (not the browser) with the admin token. */

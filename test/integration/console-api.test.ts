@@ -5,75 +5,35 @@
  * its save created), /stats, and the static /ui with its CSP. Bound keys see only their user.
  */
 import crypto from 'node:crypto';
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import request from 'supertest';
-import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
 import type { TraceRecord } from '../../src/memory/trace-store';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic } from '../fakes/anthropic-upstream';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, type TestApp } from '../helpers/app';
-import { GENEROUS_LIMITS } from '../helpers/memory-proxy';
-import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import type { TestApp } from '../helpers/app';
+import { startConsoleApp, type ConsoleApp } from '../helpers/console-app';
+import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN } from '../helpers/secrets';
 import { waitFor } from '../helpers/wait';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const newKey = (): string => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
-  return key;
-};
-const ALICE_KEY = newKey();
 const token = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
-const aliceKey = { Authorization: `Bearer ${ALICE_KEY}` };
+let aliceKey: Record<string, string>;
 
 let fake: FakeUpstream;
 let anthropic: FakeAnthropic;
-let tmp: string;
+let proxy: ConsoleApp;
 let app: TestApp;
 
 beforeAll(async () => {
-  // The console's files, as `npm run build` makes them.
-  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-ui.mjs')], { stdio: 'pipe' });
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   anthropic = await startFakeAnthropic({ apiKey: TEST_ANTHROPIC_KEY });
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'console-api-'));
-  const keysFile = path.join(tmp, 'keys.json');
-  writeKeysFile(keysFile, { keys: [{ id: 'app-alice', sha256: keyDigestHex(ALICE_KEY), user_id: 'alice' }] });
-  const env = {
-    UPSTREAM_BASE_URL: fake.url,
-    AUTH_TOKEN: TEST_AUTH_TOKEN,
-    OPENAI_API_KEY: TEST_OPENAI_KEY,
-    ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url,
-    ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
-    DATA_DIR: path.join(tmp, 'data'),
-    EMBEDDING_DIMS: '64',
-    KEYS_FILE: keysFile,
-    ...GENEROUS_LIMITS,
-    RATE_LIMIT_FORGET: '100000',
-    RATE_LIMIT_CONSOLE: '100000',
-  };
-  const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
-  const registry = KeyRegistry.load({ file: keysFile, logger });
-  if (!registry) throw new Error('registry missing');
-  app = await buildTestApp(env, {
-    authenticator: combinedAuthenticator(TEST_AUTH_TOKEN, registry),
-    memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
-    queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-  });
+  proxy = await startConsoleApp(fake.url, { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY });
+  app = proxy.app;
+  aliceKey = { Authorization: `Bearer ${proxy.aliceKey}` };
 });
 afterAll(async () => {
-  await app.close();
+  await proxy.close();
   await fake.close();
   await anthropic.close();
-  fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 const post = (route: string, body: object, headers: Record<string, string> = token): request.Test => request(app.app).post(route).set(headers).send(body);
