@@ -13,7 +13,7 @@
  *
  * `/v1/*` (the traffic) runs through a plain chain of the same middleware without Express;
  * everything else is an Express app. The split is for speed: Express's own per-request work cost
- * about as much CPU as a whole bare proxy (README, "Benchmarks").
+ * about as much CPU as a whole bare proxy (docs/benchmarks.md).
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';

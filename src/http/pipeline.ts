@@ -4,7 +4,7 @@
  * Every step here has Express's `(req, res, next)` shape but needs only node's request and
  * response, so the same functions serve both the Express app (admin API, health, metrics) and the
  * `/v1/*` hot path, which runs without Express: measured here, Express's per-request work alone
- * cost about as much CPU as a whole bare proxy (README, "Benchmarks").
+ * cost about as much CPU as a whole bare proxy (docs/benchmarks.md).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 

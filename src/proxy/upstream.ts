@@ -9,7 +9,7 @@
  * the client goes away. One instance per API (OpenAI's, Anthropic's).
  *
  * Why not http-proxy (which the first version used): on this path it cost about 0.3 ms of CPU per
- * request more than this module (README, "Benchmarks"), its last release is from 2020, it relies
+ * request more than this module (docs/benchmarks.md), its last release is from 2020, it relies
  * on deprecated Node APIs (`util._extend`, `req.on('aborted')`, `ClientRequest.abort()`), and
  * its `proxyReq` hook can fire after headers were flushed on a reused keep-alive socket. What we
  * used it for (copy headers, pipe both ways) is a few lines over node:http.

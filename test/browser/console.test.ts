@@ -3,7 +3,7 @@
  * against the real proxy: embedded memory engine, fake upstream, a key registry with a key bound
  * to one user. Every test fails on a console error, an uncaught page error, a CSP violation or
  * any JavaScript dialog. Screenshots of the main views are taken on the way: into docs/ (the
- * README shows them) with CONSOLE_SCREENSHOTS=1, into a temporary folder otherwise.
+ * README and docs/console.md show them) with CONSOLE_SCREENSHOTS=1, into a temporary folder otherwise.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
