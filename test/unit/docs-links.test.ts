@@ -25,7 +25,7 @@ function anchors(markdown: string): Set<string> {
   for (const line of markdown.replace(/^```[\s\S]*?^```/gm, '').split('\n')) {
     const m = /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(line);
     if (!m) continue;
-    const base = m[1].toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-');
+    const base = (m[1] ?? '').toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-');
     const n = seen.get(base) ?? 0;
     seen.set(base, n + 1);
     ids.add(n === 0 ? base : `${base}-${n}`);
@@ -34,7 +34,7 @@ function anchors(markdown: string): Set<string> {
 }
 
 function links(markdown: string): string[] {
-  return [...prose(markdown).matchAll(/\]\(([^)\s]+)(?:\s+"[^"]*")?\)/g)].map((m) => m[1]);
+  return [...prose(markdown).matchAll(/\]\(([^)\s]+)(?:\s+"[^"]*")?\)/g)].map((m) => m[1] ?? '');
 }
 
 describe.each(files)('%s', (file) => {
@@ -44,7 +44,7 @@ describe.each(files)('%s', (file) => {
     const broken: string[] = [];
     for (const link of links(text)) {
       if (/^[a-z][a-z0-9+.-]*:/i.test(link)) continue; // http:, https:, mailto:
-      const [target, anchor] = link.split('#');
+      const [target = '', anchor] = link.split('#');
       const resolved = target === '' ? path.join(root, file) : path.join(root, path.dirname(file), decodeURIComponent(target));
       if (!fs.existsSync(resolved)) {
         broken.push(`${link} (no such file)`);
