@@ -6,7 +6,7 @@
  * table on each search and filters by user in JavaScript, so search time grows with the total
  * number of memories of all users (~2 s at 10k x 1536). Here a search only touches the vectors of
  * the scope it is filtered by (user_id, else agent_id, else run_id), held as int8 codes of the
- * unit vectors and scored with a WebAssembly SIMD kernel (quantized-index.ts); the best
+ * unit vectors and scored with a WebAssembly SIMD kernel (quantized/kernel.ts); the best
  * candidates are rescored exactly from the float32 vectors on disk.
  *
  * Layout:
@@ -33,22 +33,13 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { UserSummary } from '../types';
-import {
-  ArenaFullError,
-  Partition,
-  TopK,
-  arenaFor,
-  candidateCount,
-  decodeQuantized,
-  encodeQuantized,
-  l1Norm,
-  quantize,
-  type Int8Arena,
-  type Quantized,
-  type SearchKernel,
-} from './quantized-index';
+import { ArenaFullError, arenaFor, type Int8Arena } from './quantized/arena';
+import type { SearchKernel } from './quantized/kernel';
+import { Partition } from './quantized/partition';
+import { candidateCount, decodeQuantized, encodeQuantized, l1Norm, quantize, type Quantized } from './quantized/quantize';
+import { TopK } from './quantized/top-k';
 
-export { embeddedVectorStoreKernel, type SearchKernel } from './quantized-index';
+export { embeddedVectorStoreKernel, type SearchKernel } from './quantized/kernel';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -558,7 +549,7 @@ function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
 }
 
 /**
- * The int8 copy of each vector (quantized-index.ts) that partitions load, in its own column so a
+ * The int8 copy of each vector (quantized/quantize.ts) that partitions load, in its own column so a
  * start reads a quarter of the bytes and no payloads. A file of the previous version gets the
  * column and has it filled once, here, in one transaction (about a second per 10,000 rows).
  */
