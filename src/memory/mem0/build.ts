@@ -23,7 +23,7 @@ import { Recall, type RecallStores } from '../recall';
 import type { GuardTuning } from '../resilience';
 import type { MemoryService, UserSummary, UsersOptions, UsersPage } from '../types';
 import { UnavailableMemoryService } from '../unavailable';
-import { EmbeddedVectorStore } from '../vector-store/embedded-store';
+import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../vector-store/embedded-store';
 import { registerEmbeddedVectorStore } from '../vector-store/register';
 import { buildMem0Config, mem0Preconditions } from './engine-config';
 import { Mem0MemoryService, type Mem0ServiceOptions } from './service';
@@ -266,10 +266,13 @@ export async function createMem0Service(config: Config, logger: Logger, options:
 
   const writeTimeoutMs = options.tuning?.writeTimeoutMs ?? 60_000;
   const readTimeoutMs = options.tuning?.readTimeoutMs ?? 10_000;
+  // The embedded store's open files belong to this engine: its stores join them, and `release` closes them.
+  const files = new EmbeddedStoreFiles();
   let memory: Memory;
   try {
-    memory = new oss.Memory(buildMem0Config(config, logger, { writeTimeoutMs }));
+    memory = new oss.Memory(buildMem0Config(config, logger, { writeTimeoutMs }, files));
   } catch (err) {
+    files.closeAll();
     return new UnavailableMemoryService(backend, `the memory engine rejected its configuration: ${(err as Error).message}`);
   }
   const internals = memory as unknown as EngineInternals;
@@ -283,6 +286,9 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     await closeQuietly(internals._entityStore, logger, 'entity store');
     await closeQuietly(internals.vectorStore, logger, 'vector store');
     await closeQuietly(internals.db, logger, 'history');
+    // Last sweep: any embedded store file of this engine still open (nothing, once both stores
+    // above are closed) is closed with it.
+    files.closeAll();
   };
   const service = new Mem0MemoryService({
     backend,

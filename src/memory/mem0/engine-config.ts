@@ -5,6 +5,7 @@ import type { MemoryConfig } from 'mem0ai/oss';
 import type { Config } from '../../config';
 import type { Logger } from '../../logger';
 import type { GuardTuning } from '../resilience';
+import type { EmbeddedStoreFiles } from '../vector-store/embedded-store';
 
 /** Optional packages mem0ai loads on demand, by LLM/embedder provider and by vector store. */
 const PROVIDER_PACKAGES: Readonly<Record<string, string>> = {
@@ -58,7 +59,7 @@ function ollamaHost(url: string): string {
   return url.replace(/\/v1\/?$/, '');
 }
 
-function vectorStoreConfig(config: Config, logger: Logger): MemoryConfig['vectorStore'] {
+function vectorStoreConfig(config: Config, logger: Logger, files: EmbeddedStoreFiles): MemoryConfig['vectorStore'] {
   const m = config.memory;
   const common = { collectionName: 'memories', dimension: m.embeddingDims };
   switch (m.backend) {
@@ -82,12 +83,15 @@ function vectorStoreConfig(config: Config, logger: Logger): MemoryConfig['vector
         config: { ...common, embeddingModelDims: m.embeddingDims, url: m.qdrantUrl, onDisk: true, ...(m.qdrantApiKey ? { apiKey: m.qdrantApiKey } : {}) },
       };
     default:
-      return { provider: 'embedded', config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), preloadImages: true, logger } };
+      return { provider: 'embedded', config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), preloadImages: true, logger, files } };
   }
 }
 
-/** mem0's configuration from ours. One provider serves extraction (LLM) and embeddings. */
-export function buildMem0Config(config: Config, logger: Logger, tuning: Pick<GuardTuning, 'writeTimeoutMs'>): MemoryConfig {
+/**
+ * mem0's configuration from ours. One provider serves extraction (LLM) and embeddings. `files`:
+ * the open files the embedded store's stores (memories and entities) join.
+ */
+export function buildMem0Config(config: Config, logger: Logger, tuning: Pick<GuardTuning, 'writeTimeoutMs'>, files: EmbeddedStoreFiles): MemoryConfig {
   const m = config.memory;
   const provider = m.provider.toLowerCase();
   const apiKey = config.openaiApiKey !== undefined ? { apiKey: config.openaiApiKey } : {};
@@ -97,7 +101,7 @@ export function buildMem0Config(config: Config, logger: Logger, tuning: Pick<Gua
     version: 'v1.1',
     embedder: { provider, config: { ...apiKey, model: m.embeddingModel, baseURL: embedderBaseURL, embeddingDims: m.embeddingDims } },
     llm: { provider, config: { ...apiKey, model: m.model, baseURL: llmBaseURL, timeout: tuning.writeTimeoutMs } },
-    vectorStore: vectorStoreConfig(config, logger),
+    vectorStore: vectorStoreConfig(config, logger, files),
     historyStore: { provider: 'sqlite', config: { historyDbPath: path.join(config.dataDir, 'history.db') } },
   };
 }

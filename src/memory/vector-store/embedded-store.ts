@@ -14,7 +14,9 @@
  *   columns user_id / agent_id / run_id indexed, the raw vector as a Float32 BLOB and the payload
  *   as JSON; an FTS5 index `evs_keywords` over each row's lemmatized text, kept in step by
  *   triggers. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
- *   one connection per process. Every write is committed before its promise resolves.
+ *   one connection per EmbeddedStoreFiles (embedded/files.ts; the engine builder creates one per
+ *   engine and passes it in the config as `files`). Every write is committed before its promise
+ *   resolves.
  * - Memory: per (collection, scope) "partitions" (ids and int8 codes, read from the `qvector`
  *   column; payloads stay on disk) loaded lazily on the first search of that scope,
  *   kept coherent with this process's writes, dropped when another connection commits (detected
@@ -33,12 +35,12 @@
 import { randomUUID } from 'node:crypto';
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { UserSummary } from '../types';
-import { ArenaFullError, arenaFor, type Int8Arena } from './quantized/arena';
+import { ArenaFullError, type Int8Arena } from './quantized/arena';
 import { Partition } from './quantized/partition';
 import { candidateCount, decodeQuantized, encodeQuantized, l1Norm, quantize, type Quantized } from './quantized/quantize';
 import { TopK } from './quantized/top-k';
 import type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/config';
-import { openShared, releaseShared } from './embedded/files';
+import { EmbeddedStoreFiles } from './embedded/files';
 import { asFilters, isPlainObject, matchesFilters, type Filters } from './embedded/filters';
 import { keywordQuery, tokenize } from './embedded/keywords';
 import { hasResidualFilter, normalizePayload, parsePayload, pickScope, scopeColumns, scopeKey, scopeKeysOf, SCOPE_FIELDS, type Scope, type ScopeField } from './embedded/scope';
@@ -47,7 +49,7 @@ import { blobOf, clampScore, cosineToUnit, normalized, quantizeVector, toFloat32
 
 export { embeddedVectorStoreKernel, type SearchKernel } from './quantized/kernel';
 export type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/config';
-export { closeAllEmbeddedVectorStores } from './embedded/files';
+export { EmbeddedStoreFiles } from './embedded/files';
 export { matchesFilters } from './embedded/filters';
 
 interface RowForLoad {
@@ -86,11 +88,12 @@ export class EmbeddedVectorStore implements VectorStore {
   private readonly state: CollectionState;
   private readonly arena: Int8Arena;
   private readonly logger: EmbeddedStoreLogger | undefined;
+  private readonly files: EmbeddedStoreFiles;
   private closed = false;
 
   constructor(config: EmbeddedVectorStoreConfig) {
     if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
-    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger } = config;
+    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger, files } = config;
     if (typeof collectionName !== 'string' || collectionName === '') {
       throw new Error('EmbeddedVectorStore: collectionName must be a non-empty string');
     }
@@ -109,11 +112,15 @@ export class EmbeddedVectorStore implements VectorStore {
     if (maxCacheBytes !== undefined && (typeof maxCacheBytes !== 'number' || !(maxCacheBytes >= 0))) {
       throw new Error('EmbeddedVectorStore: maxCacheBytes must be a non-negative number');
     }
+    if (!(files instanceof EmbeddedStoreFiles)) {
+      throw new Error('EmbeddedVectorStore: files (the EmbeddedStoreFiles this store joins) is required');
+    }
     this.collectionName = collectionName;
     this.dbPath = dbPath;
     this.logger = logger && typeof logger.warn === 'function' ? logger : undefined;
 
-    const shared = openShared(dbPath, synchronous);
+    this.files = files;
+    const shared = files.open(dbPath, synchronous);
     try {
       const stored = shared.stmt('SELECT dimension FROM evs_collections WHERE name = ?').get(collectionName) as
         | { dimension: number }
@@ -129,9 +136,9 @@ export class EmbeddedVectorStore implements VectorStore {
         throw new Error(`EmbeddedVectorStore: dimension is required for the new collection "${collectionName}"`);
       }
       this.dimension = dim;
-      this.arena = arenaFor(dim, kernel);
+      this.arena = files.arenas.arenaFor(dim, kernel);
     } catch (err) {
-      if (shared.refs === 0) releaseShared(shared);
+      if (shared.refs === 0) files.release(shared);
       throw err;
     }
     shared.refs++;
@@ -386,7 +393,7 @@ export class EmbeddedVectorStore implements VectorStore {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    releaseShared(this.shared);
+    this.files.release(this.shared);
   }
 
   /** Diagnostics: rows held in memory for this file, their approximate bytes, and how partitions were loaded. */

@@ -1,5 +1,6 @@
 /** The embedded store's configuration, in the shape of mem0ai's `VectorStoreConfig`, and the logger it takes. */
 import type { SearchKernel } from '../quantized/kernel';
+import type { EmbeddedStoreFiles } from './files';
 
 /** Minimal logger shape (a winston logger fits). */
 export interface EmbeddedStoreLogger {
@@ -37,5 +38,10 @@ export interface EmbeddedVectorStoreConfig {
    */
   preloadImages?: boolean;
   logger?: EmbeddedStoreLogger;
+  /**
+   * The open files this store joins (required): stores given the same instance share a file's
+   * connection and index. Its creator closes it (`closeAll`); mem0/build.ts creates one per engine.
+   */
+  files?: EmbeddedStoreFiles;
   [key: string]: unknown;
 }

@@ -8,7 +8,7 @@ const TARGET_BLOCK_BYTES = 65536;
 export class ArenaFullError extends Error {}
 
 /**
- * One arena per (padded dimension, kernel) per process, shared by all stores: a partition owns a
+ * One arena per (padded dimension, kernel) per Int8Arenas, shared by its stores: a partition owns a
  * list of blocks, so growing, shrinking and evicting partitions never moves other partitions'
  * vectors, and a block holds enough rows (~64 KiB) that the per-call overhead of the kernel is
  * negligible. Memory is reused through a free list; a WASM memory never shrinks.
@@ -131,17 +131,24 @@ export class Int8Arena {
   }
 }
 
-const arenas = new Map<string, Int8Arena>();
+/**
+ * The arenas of one set of stores (EmbeddedStoreFiles), one per (padded dimension, kernel), shared
+ * by those stores. An object its owner creates rather than module state, so nothing about the
+ * stores lives on in the process once the owner is gone.
+ */
+export class Int8Arenas {
+  private readonly arenas = new Map<string, Int8Arena>();
 
-export function arenaFor(dimension: number, kernel: SearchKernel): Int8Arena {
-  const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
-  if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
-  const stride = paddedLength(dimension);
-  const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
-  let arena = arenas.get(key);
-  if (!arena) {
-    arena = new Int8Arena(stride, useWasm ? instantiateKernel() : null);
-    arenas.set(key, arena);
+  arenaFor(dimension: number, kernel: SearchKernel): Int8Arena {
+    const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
+    if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
+    const stride = paddedLength(dimension);
+    const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
+    let arena = this.arenas.get(key);
+    if (!arena) {
+      arena = new Int8Arena(stride, useWasm ? instantiateKernel() : null);
+      this.arenas.set(key, arena);
+    }
+    return arena;
   }
-  return arena;
 }

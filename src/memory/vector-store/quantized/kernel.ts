@@ -132,6 +132,9 @@ interface WasmApi {
 
 // @types/node does not declare WebAssembly, so reach it through globalThis with a narrow shape.
 const wasmApi = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+// Process-wide on purpose: the compiled module (or the finding that this runtime has no
+// WebAssembly SIMD) is immutable and holds no memory of its own; every arena instantiates it with
+// its own memory (instantiateKernel), so sharing it shares no state between stores.
 let kernelModule: object | null | undefined;
 
 export function kernelModuleOrNull(): object | null {
