@@ -53,7 +53,7 @@ import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { fakeEmbedding, type FakeUpstreamStats } from '../test/fakes/openai-upstream';
 import { seededRandom } from '../test/helpers/random';
-import { EmbeddedVectorStore, closeAllEmbeddedVectorStores } from '../src/memory/vector-store/embedded-store';
+import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../src/memory/vector-store/embedded-store';
 import {
   BENCH_TOKEN,
   READY_PREFIX,
@@ -318,8 +318,9 @@ async function seedStore(dataDir: string, root: string, count: number, userId: s
   const entityLists = readEntityLists(entityFiles, count);
   const dbPath = path.join(dataDir, 'vectors.db');
   // NORMAL: no fsync per commit (seeding a bench file; the proxy reopens it with its own setting).
-  const memories = new EmbeddedVectorStore({ dbPath, collectionName: COLLECTION, dimension: DIMS, synchronous: 'NORMAL' });
-  const entityStore = new EmbeddedVectorStore({ dbPath, collectionName: `${COLLECTION}_entities`, dimension: DIMS, synchronous: 'NORMAL' });
+  const files = new EmbeddedStoreFiles();
+  const memories = new EmbeddedVectorStore({ dbPath, collectionName: COLLECTION, dimension: DIMS, synchronous: 'NORMAL', files });
+  const entityStore = new EmbeddedVectorStore({ dbPath, collectionName: `${COLLECTION}_entities`, dimension: DIMS, synchronous: 'NORMAL', files });
   let entityCount = 0;
   let insertMs = 0;
   let transactions = 0;
@@ -379,7 +380,7 @@ async function seedStore(dataDir: string, root: string, count: number, userId: s
   } finally {
     memories.close();
     entityStore.close();
-    closeAllEmbeddedVectorStores();
+    files.closeAll();
   }
   return { entities: entityCount, ms: Date.now() - t0, insertMs, transactions, note: internalsNote(loaded) };
 }

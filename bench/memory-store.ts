@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { VectorStore } from 'mem0ai/oss';
-import { EmbeddedVectorStore, closeAllEmbeddedVectorStores, embeddedVectorStoreKernel } from '../src/memory/vector-store/embedded-store';
+import { EmbeddedStoreFiles, EmbeddedVectorStore, embeddedVectorStoreKernel } from '../src/memory/vector-store/embedded-store';
 import { seededRandom } from '../test/helpers/random';
 
 export interface MemoryStoreBenchOptions {
@@ -206,10 +206,11 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
   const notes: string[] = [];
   const benchStart = nowMs();
   console.log(`memory-store bench: dim=${dim}, topK=${topK}, users of ${userSizes.join(' / ')} rows; cpus=${os.cpus().length}, node ${process.version}`);
+  const files = new EmbeddedStoreFiles();
   try {
     // --- EmbeddedVectorStore ------------------------------------------------------------------
     const embeddedDir = path.join(root, 'embedded');
-    const embedded = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim });
+    const embedded = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim, files });
     const kernelLabel = `embedded (${embedded.kernel})`;
     console.log(`loading ${totalRows} rows into ${kernelLabel} ...`);
     const loadMs = await load(embedded, owners(totalRows, userSizes, 1), dim, batchSize, 2);
@@ -229,11 +230,11 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
         `${fmt(process.memoryUsage().rss / 1e6, 0)} MB`,
     );
     embedded.close();
-    closeAllEmbeddedVectorStores();
+    files.closeAll();
     if (compareJs && kernelLabel === 'embedded (wasm)') {
       // A fresh connection, so the plain-JS kernel loads its own copy of the users instead of
       // reusing the partitions the WASM instance had loaded from the same file.
-      const jsStore = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim, kernel: 'js' });
+      const jsStore = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim, kernel: 'js', files });
       searchRows.push(...(await timeSearches('embedded (js)', jsStore, totalRows + singleInserts, userSizes, Math.min(searches, 50), dim, topK)));
       jsStore.close();
     }
@@ -267,7 +268,7 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
       );
     }
   } finally {
-    closeAllEmbeddedVectorStores();
+    files.closeAll();
     fs.rmSync(root, { recursive: true, force: true });
   }
 

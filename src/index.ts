@@ -11,7 +11,6 @@ import { createRedisRateLimitStore } from './http/redis-store';
 import { KeyRegistry, KeyRegistryError } from './keys/registry';
 import { createLogger, type Logger } from './logger';
 import { createMemoryService } from './memory/factory';
-import { closeAllEmbeddedVectorStores } from './memory/vector-store/embedded-store';
 import { createMetrics } from './metrics';
 import { Readiness } from './routes/probes';
 
@@ -102,8 +101,6 @@ export async function start(config: Config, logger: Logger): Promise<RunningServ
       server.closeAllConnections();
       await closeParts();
       await redis?.close();
-      // Last sweep: every embedded store file still open in this process is closed before exit.
-      closeAllEmbeddedVectorStores();
       logger.info('stopped');
     })();
     return closing;

@@ -1,6 +1,6 @@
 /**
  * Builds the memory service the configuration asks for (MEMORY_BACKEND):
- *   embedded / pgvector / qdrant -> mem0 OSS (mem0-service.ts) in its worker thread
+ *   embedded / pgvector / qdrant -> mem0 OSS (mem0/) in its worker thread
  *   (worker/worker-service.ts), platform -> Mem0 Platform (platform-service.ts).
  * A backend that cannot be built (no key, a missing package, bad configuration) leaves the proxy
  * running with memory unavailable: 503 "Memory service is unavailable" on the memory endpoints,

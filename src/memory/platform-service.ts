@@ -27,7 +27,7 @@ import type { MemoryClient } from 'mem0ai';
 import type { Config } from '../config';
 import { MemoryUnavailableError } from '../errors';
 import type { Logger } from '../logger';
-import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './mem0-service';
+import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './mem0/results';
 import { EngineGuard, isTransientError, isTransientStatus, withTimeout, type FailureKind, type GuardTuning } from './resilience';
 import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UserSummary, UsersOptions, UsersPage } from './types';
 import { UnavailableMemoryService } from './unavailable';

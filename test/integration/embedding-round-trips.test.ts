@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../src/config';
-import { createMem0Service } from '../../src/memory/mem0-service';
+import { createMem0Service } from '../../src/memory/mem0/build';
 import type { MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { captureLogger } from '../helpers/app';

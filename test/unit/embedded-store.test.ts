@@ -11,8 +11,8 @@ import type { AddressInfo } from 'node:net';
 import Database from 'better-sqlite3';
 import { Memory, MemoryVectorStore, VectorStoreFactory } from 'mem0ai/oss';
 import {
+  EmbeddedStoreFiles,
   EmbeddedVectorStore,
-  closeAllEmbeddedVectorStores,
   embeddedVectorStoreKernel,
   matchesFilters,
   type SearchKernel,
@@ -21,6 +21,8 @@ import { registerEmbeddedVectorStore } from '../../src/memory/vector-store/regis
 import { seededRandom } from '../helpers/random';
 
 let tmp: string;
+// The open files every store of this test file joins (the engine builder makes one per engine).
+const files = new EmbeddedStoreFiles();
 let fileCounter = 0;
 const freshPath = (): string => path.join(tmp, `store-${++fileCounter}.db`);
 
@@ -29,7 +31,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  closeAllEmbeddedVectorStores();
+  files.closeAll();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -54,7 +56,7 @@ const kernels: SearchKernel[] = embeddedVectorStoreKernel() === 'wasm' ? ['wasm'
 
 describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   const open = (dbPath: string, extra: Partial<{ collectionName: string; dimension: number }> = {}): EmbeddedVectorStore =>
-    new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', kernel, ...extra });
+    new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', kernel, files, ...extra });
 
   it('uses the requested kernel', () => {
     const store = open(freshPath());
@@ -98,7 +100,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
 
   it('matches brute-force cosine top-k on random data, with and without a residual filter', async () => {
     const dim = 37; // not a multiple of 8: exercises the zero padding
-    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel });
+    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel, files });
     const next = seededRandom(7);
     const vectors = Array.from({ length: 700 }, () => randomVector(dim, next));
     const ids = vectors.map((_, i) => `id-${i}`);
@@ -209,7 +211,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
 
   it('keeps a big partition consistent across many inserts and deletes (block boundaries)', async () => {
     const dim = 1536; // 10 rows per block: deletes move rows across blocks
-    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel });
+    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel, files });
     const next = seededRandom(11);
     const vectors = Array.from({ length: 95 }, () => randomVector(dim, next));
     const ids = vectors.map((_, i) => `v${i}`);
@@ -289,7 +291,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     store.close();
     await expect(store.get('p1')).rejects.toThrow(/closed/);
 
-    const reopened = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', kernel }); // dimension read from the file
+    const reopened = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', kernel, files }); // dimension read from the file
     expect(reopened.dimension).toBe(3);
     expect((await reopened.search([0, 0, 1], 1, { user_id: 'u' }))[0]).toMatchObject({ id: 'p2', payload: { data: 'two, edited' } });
     expect((await reopened.list({ user_id: 'u' }))[1]).toBe(2);
@@ -348,6 +350,20 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     entities.close();
   });
 
+  it('shares a file only within one EmbeddedStoreFiles: closing one set leaves the stores of another open', async () => {
+    const dbPath = freshPath();
+    const mine = new EmbeddedStoreFiles();
+    const theirs = new EmbeddedStoreFiles();
+    const a = new EmbeddedVectorStore({ dbPath, dimension: 3, kernel, files: mine });
+    const b = new EmbeddedVectorStore({ dbPath, dimension: 3, kernel, files: theirs });
+    await a.insert([[1, 0, 0]], ['x'], [{ user_id: 'u' }]);
+    expect((await b.search([1, 0, 0], 5, { user_id: 'u' })).map((r) => r.id)).toEqual(['x']); // the same file, another connection
+    mine.closeAll();
+    await expect(a.get('x')).rejects.toThrow(/closed/);
+    expect((await b.get('x'))!.id).toBe('x');
+    b.close();
+  });
+
   it('throws clear errors on dimension mismatch', async () => {
     const dbPath = freshPath();
     const store = open(dbPath);
@@ -359,8 +375,9 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     expect(await store.get('y')).toBeNull(); // the batch was rejected whole
     await expect(store.insert([[1, Number.NaN, 0]], ['n'], [{}])).rejects.toThrow(/non-finite/);
     expect(() => open(dbPath, { dimension: 4 })).toThrow(/holds 3-dimensional vectors/);
-    expect(() => new EmbeddedVectorStore({ dbPath: freshPath(), kernel })).toThrow(/dimension is required/);
-    expect(() => new EmbeddedVectorStore({ dimension: 3, kernel })).toThrow(/dbPath/);
+    expect(() => new EmbeddedVectorStore({ dbPath: freshPath(), kernel, files })).toThrow(/dimension is required/);
+    expect(() => new EmbeddedVectorStore({ dimension: 3, kernel, files })).toThrow(/dbPath/);
+    expect(() => new EmbeddedVectorStore({ dbPath: freshPath(), dimension: 3, kernel })).toThrow(/files .* is required/);
     store.close();
   });
 
@@ -377,7 +394,7 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   });
 
   it('evicts cached partitions past the byte budget and reloads them on demand', async () => {
-    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: 3, kernel, maxCacheBytes: 1 });
+    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: 3, kernel, maxCacheBytes: 1, files });
     await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [{ user_id: 'u1' }, { user_id: 'u2' }]);
     expect((await store.search([1, 0, 0], 5, { user_id: 'u1' })).map((r) => r.id)).toEqual(['a']);
     expect((await store.search([1, 0, 0], 5, { user_id: 'u2' })).map((r) => r.id)).toEqual(['b']);
@@ -415,7 +432,7 @@ describe('keyword index (FTS5)', () => {
   it('indexes a file written by the previous version when it is opened, and searches it as before', async () => {
     const dbPath = freshPath();
     writePreviousVersionFile(dbPath);
-    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     const hits = (await store.keywordSearch('hike', 10, { user_id: 'u' }))!;
     expect(hits.map((h) => h.id)).toEqual(['p3', 'p1']);
     expect(hits[0]!.score).toBeGreaterThan(hits[1]!.score!);
@@ -426,7 +443,7 @@ describe('keyword index (FTS5)', () => {
     expect(near[0]!.score).toBeCloseTo(1, 6);
     store.close();
     // Opening again does not index twice.
-    const again = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const again = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     expect((await again.keywordSearch('hike', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['p3', 'p1']);
     again.close();
     const db = new Database(dbPath, { readonly: true });
@@ -438,7 +455,7 @@ describe('keyword index (FTS5)', () => {
 
   it('searchAbove returns only rows at or above the score, with exact cosine scores', async () => {
     const dbPath = freshPath();
-    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3 });
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3, files });
     await store.insert([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [-1, 0, 0]], ['a', 'b', 'c', 'd'], [{ user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }]);
     const hits = await store.searchAbove([1, 0, 0], 10, { user_id: 'u' }, 0.5);
     expect(hits.map((h) => [h.id, h.score])).toEqual([['a', 1], ['b', expect.closeTo(0.8, 6)]]);
@@ -456,7 +473,7 @@ describe('keyword index (FTS5)', () => {
       return v;
     };
     for (const make of [() => randomVector(dim, next), sparse]) {
-      const store = new EmbeddedVectorStore({ dbPath: freshPath(), collectionName: 'memories', dimension: dim });
+      const store = new EmbeddedVectorStore({ dbPath: freshPath(), collectionName: 'memories', dimension: dim, files });
       const base = make();
       // Many rows close to one direction, so plenty of scores sit near any floor.
       const near = (spread: number): number[] => {
@@ -482,7 +499,7 @@ describe('keyword index (FTS5)', () => {
 
   it('follows inserts, replacements, updates and deletes, leaving no stale entries', async () => {
     const dbPath = freshPath();
-    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3 });
+    const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3, files });
     await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [
       { user_id: 'u', data: 'plays chess', textLemmatized: 'play chess' },
       { user_id: 'u', data: 'plays tennis', textLemmatized: 'play tennis' },
@@ -527,10 +544,10 @@ describe('registerEmbeddedVectorStore', () => {
     registerEmbeddedVectorStore();
     expect(VectorStoreFactory.create).toBe(wrapped); // idempotent: not wrapped twice
 
-    const store = VectorStoreFactory.create('embedded', { collectionName: 'm', dimension: 4, dbPath: freshPath() });
+    const store = VectorStoreFactory.create('embedded', { collectionName: 'm', dimension: 4, dbPath: freshPath(), files });
     expect(store).toBeInstanceOf(EmbeddedVectorStore);
     (store as EmbeddedVectorStore).close();
-    expect(VectorStoreFactory.create('EMBEDDED', { dimension: 4, dbPath: freshPath() })).toBeInstanceOf(EmbeddedVectorStore);
+    expect(VectorStoreFactory.create('EMBEDDED', { dimension: 4, dbPath: freshPath(), files })).toBeInstanceOf(EmbeddedVectorStore);
 
     const builtin = VectorStoreFactory.create('memory', { dimension: 4, dbPath: path.join(tmp, 'builtin.db') });
     expect(builtin).toBeInstanceOf(MemoryVectorStore);
@@ -548,7 +565,7 @@ describe('registerEmbeddedVectorStore', () => {
     registerEmbeddedVectorStore(factory);
     expect(() => factory.create('qdrant')).toThrow('original called');
     expect(calls).toEqual(['qdrant']);
-    const store = factory.create('embedded', { dimension: 2, dbPath: freshPath() } as never) as unknown;
+    const store = factory.create('embedded', { dimension: 2, dbPath: freshPath(), files } as never) as unknown;
     expect(store).toBeInstanceOf(EmbeddedVectorStore);
     (store as EmbeddedVectorStore).close();
   });
@@ -672,7 +689,7 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
     memory = new Memory({
       version: 'v1.1',
       embedder: { provider: 'openai', config: { apiKey: 'test', baseURL: fake.url, model: 'text-embedding-3-small', embeddingDims: EMBED_DIMS } },
-      vectorStore: { provider: 'embedded', config: { collectionName: 'memories', dimension: EMBED_DIMS, dbPath: path.join(dir, 'vectors.db') } },
+      vectorStore: { provider: 'embedded', config: { collectionName: 'memories', dimension: EMBED_DIMS, dbPath: path.join(dir, 'vectors.db'), files } },
       llm: { provider: 'openai', config: { apiKey: 'test', baseURL: fake.url, model: 'gpt-4o-mini' } },
       historyStore: { provider: 'sqlite', config: { historyDbPath: path.join(dir, 'history.db') } },
     });
@@ -681,7 +698,7 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
   afterAll(async () => {
     const history = (memory as unknown as { db?: { close?: () => void } }).db;
     history?.close?.();
-    closeAllEmbeddedVectorStores();
+    files.closeAll();
     await fake.close();
     if (previousMem0Dir === undefined) delete process.env.MEM0_DIR;
     else process.env.MEM0_DIR = previousMem0Dir;
@@ -743,7 +760,7 @@ describe('partition images (a fast first search after a restart)', () => {
   const queries = Array.from({ length: 5 }, () => randomVector(DIM, next));
 
   async function writeUser(dbPath: string): Promise<void> {
-    const store = new EmbeddedVectorStore({ dbPath, dimension: DIM, collectionName: 'memories' });
+    const store = new EmbeddedVectorStore({ dbPath, dimension: DIM, collectionName: 'memories', files });
     const ids = vectors.map((_, i) => `m${i}`);
     await store.insert(vectors, ids, ids.map((id) => ({ user_id: id === 'm7' ? 'other' : 'u', data: id })));
     await store.delete('m3');
@@ -755,19 +772,19 @@ describe('partition images (a fast first search after a restart)', () => {
   it('writes an image of a loaded partition on close, loads it at the next open, and answers exactly as from rows', async () => {
     const dbPath = freshPath();
     await writeUser(dbPath);
-    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     const fromRows = await topIds(first);
     expect(first.cacheStats().loads).toEqual({ images: 0, rows: 1 });
     first.close();
 
-    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     expect(await topIds(second)).toEqual(fromRows);
     expect(second.cacheStats()).toMatchObject({ rows: 1498, loads: { images: 1, rows: 0 } });
     // Writes after an image-load reach the partition as before, and the next close refreshes the image.
     await second.insert([queries[0]!], ['new'], [{ user_id: 'u', data: 'new' }]);
     expect((await second.search(queries[0]!, 1, { user_id: 'u' }))[0]?.id).toBe('new');
     second.close();
-    const third = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const third = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     expect((await third.search(queries[0]!, 1, { user_id: 'u' }))[0]?.id).toBe('new');
     expect(third.cacheStats()).toMatchObject({ rows: 1499, loads: { images: 1, rows: 0 } });
     third.close();
@@ -776,7 +793,7 @@ describe('partition images (a fast first search after a restart)', () => {
   it('never reads a stale image: a write by any connection after it was made (or a crash before close) means rows', async () => {
     const dbPath = freshPath();
     await writeUser(dbPath);
-    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     await topIds(first);
     first.close(); // image of version v
     // Another writer (an older proxy, a script) deletes a row and adds one without knowing about images.
@@ -786,7 +803,7 @@ describe('partition images (a fast first search after a restart)', () => {
       .prepare('INSERT INTO evs_vectors (collection, id, user_id, vector, payload) VALUES (?, ?, ?, ?, ?)')
       .run('memories', 'theirs', 'u', Buffer.from(new Float32Array(queries[1]!).buffer), JSON.stringify({ user_id: 'u' }));
     other.close();
-    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     const hits = await second.search(queries[1]!, 1500, { user_id: 'u' });
     expect(hits[0]?.id).toBe('theirs');
     expect(hits.some((h) => h.id === 'm10')).toBe(false);
@@ -797,7 +814,7 @@ describe('partition images (a fast first search after a restart)', () => {
   it('reads rows when an image is damaged, and writes none for small partitions', async () => {
     const dbPath = freshPath();
     await writeUser(dbPath);
-    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     const fromRows = await topIds(first);
     await first.search(queries[0]!, 1, { user_id: 'other' }); // one row: no image
     first.close();
@@ -808,7 +825,7 @@ describe('partition images (a fast first search after a restart)', () => {
     // The codes part loses its last byte: the partition is loaded from rows, not half from the image.
     raw.prepare('UPDATE evs_images SET data = substr(data, 1, length(data) - 1) WHERE part = 1').run();
     raw.close();
-    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const second = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     expect(await topIds(second)).toEqual(fromRows);
     expect(second.cacheStats().loads).toEqual({ images: 0, rows: 1 });
     second.close();
@@ -817,17 +834,17 @@ describe('partition images (a fast first search after a restart)', () => {
   it('preloads the partitions with a current image in the background when asked, within half the cache budget', async () => {
     const dbPath = freshPath();
     await writeUser(dbPath);
-    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories' });
+    const first = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files });
     const fromRows = await topIds(first);
     first.close();
     const turns = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
 
-    const tight = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, maxCacheBytes: 1000 });
+    const tight = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, maxCacheBytes: 1000, files });
     await turns();
     expect(tight.cacheStats()).toMatchObject({ partitions: 0, loads: { images: 0, rows: 0 } });
     tight.close();
 
-    const preloaded = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true });
+    const preloaded = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, files });
     expect(preloaded.cacheStats().partitions).toBe(0); // not during the constructor
     await turns();
     expect(preloaded.cacheStats()).toMatchObject({ partitions: 1, rows: 1498, loads: { images: 1, rows: 0 } });

@@ -6,7 +6,7 @@
  * table on each search and filters by user in JavaScript, so search time grows with the total
  * number of memories of all users (~2 s at 10k x 1536). Here a search only touches the vectors of
  * the scope it is filtered by (user_id, else agent_id, else run_id), held as int8 codes of the
- * unit vectors and scored with a WebAssembly SIMD kernel (quantized-index.ts); the best
+ * unit vectors and scored with a WebAssembly SIMD kernel (quantized/kernel.ts); the best
  * candidates are rescored exactly from the float32 vectors on disk.
  *
  * Layout:
@@ -14,7 +14,9 @@
  *   columns user_id / agent_id / run_id indexed, the raw vector as a Float32 BLOB and the payload
  *   as JSON; an FTS5 index `evs_keywords` over each row's lemmatized text, kept in step by
  *   triggers. Several collections (mem0 uses `<name>` and `<name>_entities`) share one file and
- *   one connection per process. Every write is committed before its promise resolves.
+ *   one connection per EmbeddedStoreFiles (embedded/files.ts; the engine builder creates one per
+ *   engine and passes it in the config as `files`). Every write is committed before its promise
+ *   resolves.
  * - Memory: per (collection, scope) "partitions" (ids and int8 codes, read from the `qvector`
  *   column; payloads stay on disk) loaded lazily on the first search of that scope,
  *   kept coherent with this process's writes, dropped when another connection commits (detected
@@ -26,283 +28,29 @@
  * contains, icontains) and AND / OR / NOT (also spelled $and / $or / $not), camelCase
  * userId/agentId/runId payload keys are normalized to snake_case, and `keywordSearch` answers
  * BM25 scores (higher is better) from the index, reading only the matching rows.
+ *
+ * This file holds the class; its parts are in embedded/ (configuration, filters, scopes, keyword
+ * index, vector helpers, schema, per-file state, open files) and quantized/ (the in-memory index).
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import Database from 'better-sqlite3';
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { UserSummary } from '../types';
-import {
-  ArenaFullError,
-  Partition,
-  TopK,
-  arenaFor,
-  candidateCount,
-  decodeQuantized,
-  encodeQuantized,
-  l1Norm,
-  quantize,
-  type Int8Arena,
-  type Quantized,
-  type SearchKernel,
-} from './quantized-index';
+import { ArenaFullError, type Int8Arena } from './quantized/arena';
+import { Partition } from './quantized/partition';
+import { candidateCount, decodeQuantized, encodeQuantized, l1Norm, quantize, type Quantized } from './quantized/quantize';
+import { TopK } from './quantized/top-k';
+import type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/config';
+import { EmbeddedStoreFiles } from './embedded/files';
+import { asFilters, isPlainObject, matchesFilters, type Filters } from './embedded/filters';
+import { keywordQuery, tokenize } from './embedded/keywords';
+import { hasResidualFilter, normalizePayload, parsePayload, pickScope, scopeColumns, scopeKey, scopeKeysOf, SCOPE_FIELDS, type Scope, type ScopeField } from './embedded/scope';
+import type { CollectionState, SharedDb } from './embedded/shared-db';
+import { blobOf, clampScore, cosineToUnit, normalized, quantizeVector, toFloat32, vectorFromBlob } from './embedded/vectors';
 
-export { embeddedVectorStoreKernel, type SearchKernel } from './quantized-index';
-
-// ---------------------------------------------------------------------------------------------
-// Public types
-// ---------------------------------------------------------------------------------------------
-
-/** Minimal logger shape (a winston logger fits). */
-export interface EmbeddedStoreLogger {
-  warn(message: string, meta?: object): void;
-}
-
-/**
- * Configuration, in the shape of mem0ai's `VectorStoreConfig` (extra keys mem0 passes along,
- * such as `client`, are ignored). `dbPath` is required; `dimension` is required unless the
- * collection already exists in the file.
- */
-export interface EmbeddedVectorStoreConfig {
-  /** Collection (logical table) name; mem0 passes its `collectionName` (default "memories"). */
-  collectionName?: string;
-  /** Vector dimension; inserts, updates and searches with another length throw. */
-  dimension?: number;
-  /** SQLite file path (its directory is created). ":memory:" gives a private in-memory DB. */
-  dbPath?: string;
-  /**
-   * SQLite `synchronous` in WAL mode: FULL (default) fsyncs each commit, so it also survives power
-   * loss; NORMAL survives process crashes only. Openers of one file share a connection: FULL wins.
-   */
-  synchronous?: 'FULL' | 'NORMAL';
-  /**
-   * Soft budget for the in-memory index of this file, in bytes (default 1 GiB; the largest asked
-   * for by the openers of the file applies). The partition being searched is never evicted.
-   */
-  maxCacheBytes?: number;
-  /** Dot-product kernel: "auto" (WASM SIMD when available), or force one (tests, bench). */
-  kernel?: SearchKernel;
-  /**
-   * After opening, load the partitions that have a current image (most recently written first,
-   * up to half the cache budget) in the background, one per event-loop turn, so the first search
-   * of a user active before a restart finds the partition in memory (default false).
-   */
-  preloadImages?: boolean;
-  logger?: EmbeddedStoreLogger;
-  [key: string]: unknown;
-}
-
-type Payload = Record<string, unknown>;
-type Filters = Record<string, unknown>;
-
-// ---------------------------------------------------------------------------------------------
-// Filters (same semantics as mem0ai's MemoryVectorStore, with the fixes noted inline)
-// ---------------------------------------------------------------------------------------------
-
-const LOGICAL_KEYS = new Map<string, 'AND' | 'OR' | 'NOT'>([
-  ['AND', 'AND'],
-  ['OR', 'OR'],
-  ['NOT', 'NOT'],
-  ['$and', 'AND'],
-  ['$or', 'OR'],
-  ['$not', 'NOT'],
-]);
-const OPERATORS = new Set(['eq', 'ne', 'gt', 'gte', 'lt', 'lte', 'in', 'nin', 'contains', 'icontains']);
-const SCOPE_FIELDS = ['user_id', 'agent_id', 'run_id'] as const;
-type ScopeField = (typeof SCOPE_FIELDS)[number];
-const CAMEL_SCOPE: ReadonlyArray<readonly [string, ScopeField]> = [
-  ['userId', 'user_id'],
-  ['agentId', 'agent_id'],
-  ['runId', 'run_id'],
-];
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function deepEqual(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (Array.isArray(a)) {
-    return Array.isArray(b) && a.length === b.length && a.every((v, i) => deepEqual(v, b[i]));
-  }
-  if (isPlainObject(a) && isPlainObject(b)) {
-    const ka = Object.keys(a);
-    if (ka.length !== Object.keys(b).length) return false;
-    return ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && deepEqual(a[k], b[k]));
-  }
-  return false;
-}
-
-/** Ordering only between values of the same primitive type: the built-in's JS coercion ("10" > 9) is not kept. */
-function compare(a: unknown, b: unknown): number | null {
-  if (typeof a === 'number' && typeof b === 'number') return a - b;
-  if (typeof a === 'string' && typeof b === 'string') return a < b ? -1 : a > b ? 1 : 0;
-  return null;
-}
-
-function applyOperator(op: string, value: unknown, arg: unknown): boolean {
-  switch (op) {
-    case 'eq':
-      return value === arg;
-    case 'ne':
-      return value !== arg;
-    case 'gt': {
-      const c = compare(value, arg);
-      return c !== null && c > 0;
-    }
-    case 'gte': {
-      const c = compare(value, arg);
-      return c !== null && c >= 0;
-    }
-    case 'lt': {
-      const c = compare(value, arg);
-      return c !== null && c < 0;
-    }
-    case 'lte': {
-      const c = compare(value, arg);
-      return c !== null && c <= 0;
-    }
-    case 'in':
-      return Array.isArray(arg) && arg.includes(value);
-    case 'nin':
-      // Same as the built-in: a malformed (non-array) `nin` excludes nothing.
-      return !Array.isArray(arg) || !arg.includes(value);
-    case 'contains':
-      if (typeof value === 'string') return typeof arg === 'string' && value.includes(arg);
-      // Extension: arrays in payloads (e.g. linkedMemoryIds) can be tested for membership.
-      return Array.isArray(value) && value.includes(arg);
-    case 'icontains':
-      return typeof value === 'string' && typeof arg === 'string' && value.toLowerCase().includes(arg.toLowerCase());
-    default:
-      throw new Error(`Unsupported filter operator: ${op}`);
-  }
-}
-
-function matchField(value: unknown, condition: unknown): boolean {
-  if (condition === '*') return true; // wildcard: every value matches, even a missing field (as the built-in)
-  // Plain values compare with ===. An `undefined` condition therefore only matches rows without
-  // the field (built-in behaviour), so a caller's missing user id never widens a search to all users.
-  if (typeof condition !== 'object' || condition === null) return value === condition;
-  if (Array.isArray(condition)) return condition.includes(value);
-  const keys = Object.keys(condition);
-  const known = keys.filter((k) => OPERATORS.has(k));
-  if (known.length === 0) return deepEqual(value, condition); // a literal object value
-  if (known.length !== keys.length) {
-    throw new Error(`Unsupported filter operator(s): ${keys.filter((k) => !OPERATORS.has(k)).join(', ')}`);
-  }
-  // All operators must hold (the built-in only checks the first one, so ranges {gte, lte} were half-applied).
-  for (const op of keys) {
-    if (!applyOperator(op, value, (condition as Record<string, unknown>)[op])) return false;
-  }
-  return true;
-}
-
-function asFilterList(kind: string, value: unknown): Filters[] {
-  if (!Array.isArray(value)) {
-    throw new Error(`${kind} filter value must be a list of filter objects, got ${typeof value}`);
-  }
-  return value.map((sub) => {
-    if (!isPlainObject(sub)) throw new Error(`${kind} filter entries must be objects`);
-    return sub;
-  });
-}
-
-/** True when `payload` satisfies every condition of `filters` (an empty or missing filter matches all). */
-export function matchesFilters(payload: Payload, filters: Filters | undefined): boolean {
-  if (!filters) return true;
-  for (const key of Object.keys(filters)) {
-    const condition = filters[key];
-    const logical = LOGICAL_KEYS.get(key);
-    if (logical === 'AND') {
-      if (!asFilterList(logical, condition).every((sub) => matchesFilters(payload, sub))) return false;
-    } else if (logical === 'OR') {
-      if (!asFilterList(logical, condition).some((sub) => matchesFilters(payload, sub))) return false;
-    } else if (logical === 'NOT') {
-      if (asFilterList(logical, condition).some((sub) => matchesFilters(payload, sub))) return false;
-    } else if (!matchField(payload[key], condition)) {
-      return false;
-    }
-  }
-  return true;
-}
-
-interface Scope {
-  field: ScopeField;
-  value: string;
-  key: string;
-}
-
-function scopeKey(field: ScopeField, value: string): string {
-  return `${field}\u0000${value}`;
-}
-
-function splitScopeKey(key: string): [ScopeField, string] {
-  const at = key.indexOf('\u0000');
-  return [key.slice(0, at) as ScopeField, key.slice(at + 1)];
-}
-
-/**
- * The partition a filtered query can be answered from: a top-level equality on a scope field.
- * Top-level conditions are ANDed, so every matching row lies in that partition. user_id is
- * preferred because user partitions are the ones reused across requests.
- */
-function pickScope(filters: Filters | undefined): Scope | null {
-  if (!filters) return null;
-  for (const field of SCOPE_FIELDS) {
-    const value = filters[field];
-    if (typeof value === 'string' && value !== '*') return { field, value, key: scopeKey(field, value) };
-  }
-  return null;
-}
-
-/** Whether a filter constrains anything beyond the given scope field (then rows must be checked). */
-function hasResidualFilter(filters: Filters | undefined, scopeField: ScopeField): boolean {
-  if (!filters) return false;
-  return Object.keys(filters).some((k) => k !== scopeField);
-}
-
-function normalizePayload(payload: Payload): Payload {
-  const out: Payload = { ...payload };
-  for (const [camel, snake] of CAMEL_SCOPE) {
-    if (camel in out && !(snake in out)) {
-      out[snake] = out[camel];
-      delete out[camel];
-    }
-  }
-  return out;
-}
-
-function scopeColumns(payload: Payload): [string | null, string | null, string | null] {
-  const col = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-  return [col(payload.user_id), col(payload.agent_id), col(payload.run_id)];
-}
-
-function scopeKeysOf(cols: readonly (string | null)[]): string[] {
-  const keys: string[] = [];
-  SCOPE_FIELDS.forEach((field, i) => {
-    const v = cols[i];
-    if (typeof v === 'string') keys.push(scopeKey(field, v));
-  });
-  return keys;
-}
-
-function parsePayload(json: string): Payload {
-  const parsed: unknown = JSON.parse(json);
-  return isPlainObject(parsed) ? parsed : {};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keyword queries: whitespace tokens of mem0's lemmatized query (the index is FTS5, below)
-// ---------------------------------------------------------------------------------------------
-
-function tokenize(text: string): string[] {
-  return text.toLowerCase().split(/\s+/).filter(Boolean);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared per-file state: one connection, prepared statements, loaded partitions, LRU budget
-// ---------------------------------------------------------------------------------------------
+export { embeddedVectorStoreKernel, type SearchKernel } from './quantized/kernel';
+export type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/config';
+export { EmbeddedStoreFiles } from './embedded/files';
+export { matchesFilters } from './embedded/filters';
 
 interface RowForLoad {
   id: string;
@@ -326,449 +74,11 @@ interface ScopeRow {
 
 const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
 
-class CollectionState {
-  readonly partitions = new Map<string, Partition>();
-  constructor(readonly name: string) {}
-}
-
-class SharedDb {
-  refs = 0;
-  maxCacheBytes = 0;
-  synchronous: 'FULL' | 'NORMAL' = 'FULL';
-  readonly collections = new Map<string, CollectionState>();
-  /** Loaded partitions, least recently used first. */
-  private readonly lru = new Map<Partition, CollectionState>();
-  private dataVersion: number;
-  /** The scope version each partition's stored image is of (loaded from it, or as written). */
-  readonly imageVersions = new WeakMap<Partition, number>();
-  /** How partitions were loaded in this process: from images or row by row (diagnostics, tests). */
-  readonly loads = { images: 0, rows: 0 };
-  private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>();
-
-  constructor(readonly key: string, readonly db: Database.Database) {
-    this.dataVersion = this.readDataVersion();
-  }
-
-  stmt(sql: string): Database.Statement<unknown[], unknown> {
-    let s = this.statements.get(sql);
-    if (!s) {
-      s = this.db.prepare(sql);
-      this.statements.set(sql, s);
-    }
-    return s;
-  }
-
-  collection(name: string): CollectionState {
-    let c = this.collections.get(name);
-    if (!c) {
-      c = new CollectionState(name);
-      this.collections.set(name, c);
-    }
-    return c;
-  }
-
-  /**
-   * Drops every loaded partition if another connection (another process, or another handle to the
-   * same file) committed since we last looked: our in-place updates only cover our own writes.
-   */
-  syncWithOtherWriters(): void {
-    const v = this.readDataVersion();
-    if (v !== this.dataVersion) {
-      this.dataVersion = v;
-      this.dropAllPartitions();
-    }
-  }
-
-  touch(partition: Partition, owner: CollectionState): void {
-    this.lru.delete(partition);
-    this.lru.set(partition, owner);
-  }
-
-  /** Evicts least-recently-used partitions (never `keep`) until the budget holds. */
-  enforceBudget(keep: Partition): void {
-    let total = 0;
-    for (const p of this.lru.keys()) total += p.bytes();
-    for (const [p, owner] of this.lru) {
-      if (total <= this.maxCacheBytes) break;
-      if (p === keep) continue;
-      total -= p.bytes();
-      this.evict(p, owner);
-    }
-  }
-
-  evict(partition: Partition, owner: CollectionState): void {
-    this.lru.delete(partition);
-    if (owner.partitions.get(partition.key) === partition) owner.partitions.delete(partition.key);
-    partition.release();
-  }
-
-  dropPartitions(owner: CollectionState): void {
-    for (const p of [...owner.partitions.values()]) this.evict(p, owner);
-  }
-
-  dropAllPartitions(): void {
-    for (const c of this.collections.values()) this.dropPartitions(c);
-  }
-
-  cachedBytes(): number {
-    let total = 0;
-    for (const p of this.lru.keys()) total += p.bytes();
-    return total;
-  }
-
-  /** The version of a scope's rows (0 before any write since the triggers existed). */
-  scopeVersion(collection: string, field: ScopeField, value: string): number {
-    const row = this.stmt('SELECT version FROM evs_scope_versions WHERE collection = ? AND field = ? AND value = ?').get(collection, field, value) as
-      | { version: number }
-      | undefined;
-    return row?.version ?? 0;
-  }
-
-  /** The parts of a scope's image at `version`, in order; the iteration stops early at a part of another version. */
-  *imageParts(collection: string, field: ScopeField, value: string, version: number): Generator<Buffer> {
-    const rows = this.stmt('SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part').iterate(
-      collection,
-      field,
-      value,
-    ) as IterableIterator<{ part: number; version: number; data: Buffer }>;
-    let expected = 0;
-    for (const row of rows) {
-      if (row.part !== expected++ || row.version !== version) return;
-      yield row.data;
-    }
-  }
-
-  hasImage(collection: string, field: ScopeField, value: string, version: number): boolean {
-    return this.stmt('SELECT 1 FROM evs_images WHERE collection = ? AND field = ? AND value = ? AND part = 0 AND version = ?').get(collection, field, value, version) !== undefined;
-  }
-
-  /**
-   * Writes the image of every loaded partition that has enough rows and no image of its current
-   * version (see createPartitionImages). Failures are left unlogged here and cost nothing but the
-   * next start's speed: rows stay the source of truth.
-   */
-  saveImages(): void {
-    if (!this.db.open || this.db.readonly) return;
-    try {
-      this.syncWithOtherWriters();
-      for (const [collection, state] of this.collections) {
-        for (const partition of state.partitions.values()) {
-          const [field, value] = splitScopeKey(partition.key);
-          if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value)) continue;
-          const image = partition.toImage(IMAGE_PART_BYTES);
-          this.db
-            .transaction(() => {
-              // The write lock is held: if another connection committed since the sync above,
-              // this partition may lack its rows, so it gets no image.
-              if (this.readDataVersion() !== this.dataVersion) return;
-              const version = this.scopeVersion(collection, field, value);
-              this.stmt('DELETE FROM evs_images WHERE collection = ? AND field = ? AND value = ?').run(collection, field, value);
-              for (const [part, data] of image.entries()) {
-                this.stmt('INSERT INTO evs_images (collection, field, value, part, version, data) VALUES (?, ?, ?, ?, ?, ?)').run(
-                  collection,
-                  field,
-                  value,
-                  part,
-                  version,
-                  data,
-                );
-              }
-            })
-            .immediate();
-        }
-      }
-    } catch {
-      // A full disk or a busy file: the next start reads rows.
-    }
-  }
-
-  private readDataVersion(): number {
-    return Number(this.db.pragma('data_version', { simple: true }));
-  }
-}
-
-const openFiles = new Map<string, SharedDb>();
-let privateDbCounter = 0;
-
-function fileKey(dbPath: string): string {
-  const abs = path.resolve(dbPath);
-  try {
-    // Resolve symlinked directories so two spellings of one file share one connection and index.
-    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
-  } catch {
-    return abs;
-  }
-}
-
-function openShared(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
-  const inMemory = dbPath === ':memory:';
-  const key = inMemory ? `:memory:#${++privateDbCounter}` : fileKey(dbPath);
-  const existing = openFiles.get(key);
-  if (existing) {
-    // One connection serves all openers of the file: the strictest durability asked for wins.
-    if (synchronous === 'FULL' && existing.synchronous !== 'FULL') {
-      existing.db.pragma('synchronous = FULL');
-      existing.synchronous = 'FULL';
-    }
-    return existing;
-  }
-  if (!inMemory) fs.mkdirSync(path.dirname(path.resolve(dbPath)), { recursive: true });
-  const db = new Database(inMemory ? ':memory:' : dbPath);
-  try {
-    db.pragma('journal_mode = WAL');
-    db.pragma(`synchronous = ${synchronous}`);
-    db.pragma('busy_timeout = 5000');
-    db.exec(`
-      CREATE TABLE IF NOT EXISTS evs_collections (
-        name TEXT PRIMARY KEY,
-        dimension INTEGER NOT NULL
-      );
-      CREATE TABLE IF NOT EXISTS evs_vectors (
-        collection TEXT NOT NULL,
-        id TEXT NOT NULL,
-        user_id TEXT,
-        agent_id TEXT,
-        run_id TEXT,
-        vector BLOB NOT NULL,
-        payload TEXT NOT NULL,
-        qvector BLOB,
-        PRIMARY KEY (collection, id)
-      );
-      -- agent_id / run_id are often absent: partial indexes skip those rows (an equality lookup
-      -- implies NOT NULL, so SQLite still uses them).
-      CREATE INDEX IF NOT EXISTS evs_vectors_user ON evs_vectors (collection, user_id);
-      CREATE INDEX IF NOT EXISTS evs_vectors_agent ON evs_vectors (collection, agent_id) WHERE agent_id IS NOT NULL;
-      CREATE INDEX IF NOT EXISTS evs_vectors_run ON evs_vectors (collection, run_id) WHERE run_id IS NOT NULL;
-      CREATE TABLE IF NOT EXISTS evs_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-      );
-    `);
-    addQuantizedColumn(db);
-    createKeywordIndex(db);
-    createPartitionImages(db);
-  } catch (err) {
-    db.close();
-    throw err;
-  }
-  const shared = new SharedDb(key, db);
-  shared.synchronous = synchronous;
-  openFiles.set(key, shared);
-  return shared;
-}
-
-/**
- * The int8 copy of each vector (quantized-index.ts) that partitions load, in its own column so a
- * start reads a quarter of the bytes and no payloads. A file of the previous version gets the
- * column and has it filled once, here, in one transaction (about a second per 10,000 rows).
- */
-function addQuantizedColumn(db: Database.Database): void {
-  const columns = db.prepare("SELECT name FROM pragma_table_info('evs_vectors')").all() as Array<{ name: string }>;
-  if (!columns.some((c) => c.name === 'qvector')) db.exec('ALTER TABLE evs_vectors ADD COLUMN qvector BLOB');
-  const missing = db.prepare('SELECT 1 FROM evs_vectors WHERE qvector IS NULL LIMIT 1').get();
-  if (!missing) return;
-  const dims = new Map((db.prepare('SELECT name, dimension FROM evs_collections').all() as Array<{ name: string; dimension: number }>).map((c) => [c.name, c.dimension]));
-  const batch = db.prepare('SELECT rowid AS rowid, collection, vector FROM evs_vectors WHERE qvector IS NULL AND rowid > ? ORDER BY rowid LIMIT 1000');
-  const fill = db.prepare('UPDATE evs_vectors SET qvector = ? WHERE rowid = ?');
-  db.transaction(() => {
-    for (let after = -Infinity; ; ) {
-      const rows = batch.all(after) as Array<{ rowid: number; collection: string; vector: Buffer }>;
-      if (rows.length === 0) break;
-      for (const row of rows) {
-        after = row.rowid;
-        const dimension = dims.get(row.collection) ?? row.vector.byteLength / 4;
-        if (row.vector.byteLength !== dimension * 4) continue; // left to the loader, which reports it
-        fill.run(encodeQuantized(quantizeVector(vectorFromBlob(row.vector, dimension, String(row.rowid))), dimension), row.rowid);
-      }
-    }
-  }).immediate();
-}
-
-/**
- * The keyword index: an FTS5 table over each row's `textLemmatized` (else `data`), kept in step
- * with `evs_vectors` by triggers, so every write path (and any other connection) maintains it in
- * the same transaction. Contentless: the text lives in the payload already. A file written before
- * the index existed is indexed once, when first opened (`evs_meta` keywords_version).
- * `recursive_triggers` makes INSERT OR REPLACE fire the delete trigger for the row it replaces.
- */
-function createKeywordIndex(db: Database.Database): void {
-  db.pragma('recursive_triggers = ON');
-  const text = (payload: string): string =>
-    `coalesce(nullif(json_extract(${payload}, '$.textLemmatized'), ''), json_extract(${payload}, '$.data'), '')`;
-  db.transaction(() => {
-    db.exec(`
-      CREATE VIRTUAL TABLE IF NOT EXISTS evs_keywords USING fts5(terms, content='', contentless_delete=1);
-      CREATE TRIGGER IF NOT EXISTS evs_keywords_insert AFTER INSERT ON evs_vectors BEGIN
-        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new.payload')});
-      END;
-      CREATE TRIGGER IF NOT EXISTS evs_keywords_delete AFTER DELETE ON evs_vectors BEGIN
-        DELETE FROM evs_keywords WHERE rowid = old.rowid;
-      END;
-      CREATE TRIGGER IF NOT EXISTS evs_keywords_update AFTER UPDATE OF payload ON evs_vectors BEGIN
-        DELETE FROM evs_keywords WHERE rowid = old.rowid;
-        INSERT INTO evs_keywords (rowid, terms) VALUES (new.rowid, ${text('new.payload')});
-      END;
-    `);
-    const version = db.prepare("SELECT value FROM evs_meta WHERE key = 'keywords_version'").get() as { value: string } | undefined;
-    if (version?.value !== '1') {
-      db.exec(`DELETE FROM evs_keywords; INSERT INTO evs_keywords (rowid, terms) SELECT rowid, ${text('payload')} FROM evs_vectors;`);
-      db.prepare("INSERT OR REPLACE INTO evs_meta (key, value) VALUES ('keywords_version', '1')").run();
-    }
-  }).immediate();
-}
-
-/**
- * Partition images: a loaded partition's ids and int8 codes as a few large blobs (`evs_images`, in
- * parts of at most IMAGE_PART_BYTES), so the next start reads a user's index in one sequential
- * pass instead of a row at a time (each row's codes sit behind its 6 KB float32 vector). An image
- * is valid only for the version of its scope it was made at: every insert, update and delete of a
- * row bumps the version of each scope the row is in (`evs_scope_versions`, by triggers, so every
- * writer does), and a stale image is never read. Images are written when the last store of the
- * file closes (a clean shutdown), for partitions of at least MIN_IMAGE_ROWS rows whose image is
- * missing or stale; after a crash the rows are read as before and the next clean close writes
- * the image again. They live in the same file, so a backup or restore keeps them consistent.
- */
-function createPartitionImages(db: Database.Database): void {
-  const bump = (row: 'new' | 'old'): string => `
-    INSERT INTO evs_scope_versions (collection, field, value, version)
-      SELECT ${row}.collection, f, v, 1 FROM (
-        SELECT 'user_id' AS f, ${row}.user_id AS v UNION ALL SELECT 'agent_id', ${row}.agent_id UNION ALL SELECT 'run_id', ${row}.run_id
-      ) WHERE v IS NOT NULL
-      ON CONFLICT (collection, field, value) DO UPDATE SET version = version + 1;`;
-  db.exec(`
-    CREATE TABLE IF NOT EXISTS evs_scope_versions (
-      collection TEXT NOT NULL,
-      field TEXT NOT NULL,
-      value TEXT NOT NULL,
-      version INTEGER NOT NULL,
-      PRIMARY KEY (collection, field, value)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS evs_images (
-      collection TEXT NOT NULL,
-      field TEXT NOT NULL,
-      value TEXT NOT NULL,
-      part INTEGER NOT NULL,
-      version INTEGER NOT NULL,
-      data BLOB NOT NULL,
-      PRIMARY KEY (collection, field, value, part)
-    );
-    CREATE TRIGGER IF NOT EXISTS evs_versions_insert AFTER INSERT ON evs_vectors BEGIN ${bump('new')} END;
-    CREATE TRIGGER IF NOT EXISTS evs_versions_delete AFTER DELETE ON evs_vectors BEGIN ${bump('old')} END;
-    CREATE TRIGGER IF NOT EXISTS evs_versions_update AFTER UPDATE OF user_id, agent_id, run_id, vector, qvector ON evs_vectors BEGIN
-      ${bump('old')}
-      ${bump('new')}
-    END;
-  `);
-}
-
-/** Images are written for partitions of at least this many rows (smaller ones load from rows in a few ms). */
-const MIN_IMAGE_ROWS = 1000;
-/** Largest blob of an image; bigger images are split over several rows. */
-const IMAGE_PART_BYTES = 4 * 1024 * 1024;
-
-/** An FTS5 query matching any of the tokens (each quoted, so punctuation in a token is never syntax). */
-function keywordQuery(tokens: readonly string[]): string {
-  return [...new Set(tokens)].map((t) => `"${t.replace(/"/g, '""')}"`).join(' OR ');
-}
-
-function releaseShared(shared: SharedDb): void {
-  shared.refs--;
-  if (shared.refs > 0) return;
-  shared.saveImages();
-  shared.dropAllPartitions();
-  openFiles.delete(shared.key);
-  if (shared.db.open) shared.db.close();
-}
-
-/** Closes every open store file of this process (graceful shutdown, tests). Stores become unusable. */
-export function closeAllEmbeddedVectorStores(): void {
-  for (const shared of [...openFiles.values()]) {
-    shared.refs = 1;
-    releaseShared(shared);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Vector helpers
-// ---------------------------------------------------------------------------------------------
-
-function toFloat32(vector: readonly number[], dimension: number, what: string): Float32Array {
-  if (!Array.isArray(vector) && !ArrayBuffer.isView(vector)) {
-    throw new Error(`${what}: vector must be an array of numbers`);
-  }
-  if (vector.length !== dimension) {
-    throw new Error(`${what}: vector dimension mismatch, expected ${dimension}, got ${vector.length}`);
-  }
-  const out = new Float32Array(dimension);
-  for (let i = 0; i < dimension; i++) {
-    const v = vector[i];
-    if (typeof v !== 'number' || !Number.isFinite(v)) {
-      throw new Error(`${what}: vector contains a non-finite value at index ${i}`);
-    }
-    out[i] = v;
-  }
-  return out;
-}
-
-/** Unit-length copy (a zero vector stays zero, so it scores 0 rather than NaN). */
-function normalized(v: Float32Array): Float32Array {
-  let sum = 0;
-  for (let i = 0; i < v.length; i++) sum += v[i]! * v[i]!;
-  const out = new Float32Array(v.length);
-  if (sum === 0) return out;
-  const inv = 1 / Math.sqrt(sum);
-  for (let i = 0; i < v.length; i++) out[i] = v[i]! * inv;
-  return out;
-}
-
-/** The int8 codes of a vector's direction, as partitions and the `qvector` column hold them. */
-function quantizeVector(v: Float32Array): Quantized {
-  return quantize(normalized(v));
-}
-
-/** cos(u, v) for a unit vector u (0 for a zero v). */
-function cosineToUnit(unit: Float32Array, v: Float32Array): number {
-  let dot = 0;
-  let norm = 0;
-  for (let i = 0; i < v.length; i++) {
-    dot += unit[i]! * v[i]!;
-    norm += v[i]! * v[i]!;
-  }
-  return norm === 0 ? 0 : dot / Math.sqrt(norm);
-}
-
-function blobOf(v: Float32Array): Buffer {
-  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-}
-
-function vectorFromBlob(blob: Buffer, dimension: number, id: string): Float32Array {
-  if (blob.byteLength !== dimension * 4) {
-    throw new Error(`stored vector ${id} has ${blob.byteLength / 4} dimensions, expected ${dimension}`);
-  }
-  // Blobs may start at any byte offset of Node's buffer pool; Float32Array needs 4-byte alignment.
-  if (blob.byteOffset % 4 === 0) return new Float32Array(blob.buffer, blob.byteOffset, dimension);
-  return new Float32Array(new Uint8Array(blob).buffer);
-}
-
-function clampScore(s: number): number {
-  return s > 1 ? 1 : s < -1 ? -1 : s;
-}
-
 function normalizeTopK(topK: number | undefined | null, fallback: number): number {
   if (topK === undefined || topK === null) return fallback;
   if (typeof topK !== 'number' || Number.isNaN(topK)) throw new Error('topK must be a number');
   return Math.max(0, Math.floor(topK));
 }
-
-function asFilters(filters: unknown): Filters | undefined {
-  if (filters === undefined || filters === null) return undefined;
-  if (!isPlainObject(filters)) throw new Error('filters must be an object');
-  return filters;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The store
-// ---------------------------------------------------------------------------------------------
 
 export class EmbeddedVectorStore implements VectorStore {
   readonly collectionName: string;
@@ -778,11 +88,12 @@ export class EmbeddedVectorStore implements VectorStore {
   private readonly state: CollectionState;
   private readonly arena: Int8Arena;
   private readonly logger: EmbeddedStoreLogger | undefined;
+  private readonly files: EmbeddedStoreFiles;
   private closed = false;
 
   constructor(config: EmbeddedVectorStoreConfig) {
     if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
-    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger } = config;
+    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger, files } = config;
     if (typeof collectionName !== 'string' || collectionName === '') {
       throw new Error('EmbeddedVectorStore: collectionName must be a non-empty string');
     }
@@ -801,11 +112,15 @@ export class EmbeddedVectorStore implements VectorStore {
     if (maxCacheBytes !== undefined && (typeof maxCacheBytes !== 'number' || !(maxCacheBytes >= 0))) {
       throw new Error('EmbeddedVectorStore: maxCacheBytes must be a non-negative number');
     }
+    if (!(files instanceof EmbeddedStoreFiles)) {
+      throw new Error('EmbeddedVectorStore: files (the EmbeddedStoreFiles this store joins) is required');
+    }
     this.collectionName = collectionName;
     this.dbPath = dbPath;
     this.logger = logger && typeof logger.warn === 'function' ? logger : undefined;
 
-    const shared = openShared(dbPath, synchronous);
+    this.files = files;
+    const shared = files.open(dbPath, synchronous);
     try {
       const stored = shared.stmt('SELECT dimension FROM evs_collections WHERE name = ?').get(collectionName) as
         | { dimension: number }
@@ -821,9 +136,9 @@ export class EmbeddedVectorStore implements VectorStore {
         throw new Error(`EmbeddedVectorStore: dimension is required for the new collection "${collectionName}"`);
       }
       this.dimension = dim;
-      this.arena = arenaFor(dim, kernel);
+      this.arena = files.arenas.arenaFor(dim, kernel);
     } catch (err) {
-      if (shared.refs === 0) releaseShared(shared);
+      if (shared.refs === 0) files.release(shared);
       throw err;
     }
     shared.refs++;
@@ -1078,7 +393,7 @@ export class EmbeddedVectorStore implements VectorStore {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    releaseShared(this.shared);
+    this.files.release(this.shared);
   }
 
   /** Diagnostics: rows held in memory for this file, their approximate bytes, and how partitions were loaded. */

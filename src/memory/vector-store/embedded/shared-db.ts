@@ -1,0 +1,169 @@
+/**
+ * Shared per-file state: one connection, prepared statements, loaded partitions and their LRU
+ * budget, and the partition images, for all the stores (collections) of one file.
+ */
+import type Database from 'better-sqlite3';
+import type { Partition } from '../quantized/partition';
+import { IMAGE_PART_BYTES, MIN_IMAGE_ROWS } from './schema';
+import { splitScopeKey, type ScopeField } from './scope';
+
+export class CollectionState {
+  readonly partitions = new Map<string, Partition>();
+  constructor(readonly name: string) {}
+}
+
+export class SharedDb {
+  refs = 0;
+  maxCacheBytes = 0;
+  synchronous: 'FULL' | 'NORMAL' = 'FULL';
+  readonly collections = new Map<string, CollectionState>();
+  /** Loaded partitions, least recently used first. */
+  private readonly lru = new Map<Partition, CollectionState>();
+  private dataVersion: number;
+  /** The scope version each partition's stored image is of (loaded from it, or as written). */
+  readonly imageVersions = new WeakMap<Partition, number>();
+  /** How partitions were loaded in this process: from images or row by row (diagnostics, tests). */
+  readonly loads = { images: 0, rows: 0 };
+  private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>();
+
+  constructor(readonly key: string, readonly db: Database.Database) {
+    this.dataVersion = this.readDataVersion();
+  }
+
+  stmt(sql: string): Database.Statement<unknown[], unknown> {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  collection(name: string): CollectionState {
+    let c = this.collections.get(name);
+    if (!c) {
+      c = new CollectionState(name);
+      this.collections.set(name, c);
+    }
+    return c;
+  }
+
+  /**
+   * Drops every loaded partition if another connection (another process, or another handle to the
+   * same file) committed since we last looked: our in-place updates only cover our own writes.
+   */
+  syncWithOtherWriters(): void {
+    const v = this.readDataVersion();
+    if (v !== this.dataVersion) {
+      this.dataVersion = v;
+      this.dropAllPartitions();
+    }
+  }
+
+  touch(partition: Partition, owner: CollectionState): void {
+    this.lru.delete(partition);
+    this.lru.set(partition, owner);
+  }
+
+  /** Evicts least-recently-used partitions (never `keep`) until the budget holds. */
+  enforceBudget(keep: Partition): void {
+    let total = 0;
+    for (const p of this.lru.keys()) total += p.bytes();
+    for (const [p, owner] of this.lru) {
+      if (total <= this.maxCacheBytes) break;
+      if (p === keep) continue;
+      total -= p.bytes();
+      this.evict(p, owner);
+    }
+  }
+
+  evict(partition: Partition, owner: CollectionState): void {
+    this.lru.delete(partition);
+    if (owner.partitions.get(partition.key) === partition) owner.partitions.delete(partition.key);
+    partition.release();
+  }
+
+  dropPartitions(owner: CollectionState): void {
+    for (const p of [...owner.partitions.values()]) this.evict(p, owner);
+  }
+
+  dropAllPartitions(): void {
+    for (const c of this.collections.values()) this.dropPartitions(c);
+  }
+
+  cachedBytes(): number {
+    let total = 0;
+    for (const p of this.lru.keys()) total += p.bytes();
+    return total;
+  }
+
+  /** The version of a scope's rows (0 before any write since the triggers existed). */
+  scopeVersion(collection: string, field: ScopeField, value: string): number {
+    const row = this.stmt('SELECT version FROM evs_scope_versions WHERE collection = ? AND field = ? AND value = ?').get(collection, field, value) as
+      | { version: number }
+      | undefined;
+    return row?.version ?? 0;
+  }
+
+  /** The parts of a scope's image at `version`, in order; the iteration stops early at a part of another version. */
+  *imageParts(collection: string, field: ScopeField, value: string, version: number): Generator<Buffer> {
+    const rows = this.stmt('SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part').iterate(
+      collection,
+      field,
+      value,
+    ) as IterableIterator<{ part: number; version: number; data: Buffer }>;
+    let expected = 0;
+    for (const row of rows) {
+      if (row.part !== expected++ || row.version !== version) return;
+      yield row.data;
+    }
+  }
+
+  hasImage(collection: string, field: ScopeField, value: string, version: number): boolean {
+    return this.stmt('SELECT 1 FROM evs_images WHERE collection = ? AND field = ? AND value = ? AND part = 0 AND version = ?').get(collection, field, value, version) !== undefined;
+  }
+
+  /**
+   * Writes the image of every loaded partition that has enough rows and no image of its current
+   * version (see createPartitionImages). Failures are left unlogged here and cost nothing but the
+   * next start's speed: rows stay the source of truth.
+   */
+  saveImages(): void {
+    if (!this.db.open || this.db.readonly) return;
+    try {
+      this.syncWithOtherWriters();
+      for (const [collection, state] of this.collections) {
+        for (const partition of state.partitions.values()) {
+          const [field, value] = splitScopeKey(partition.key);
+          if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value)) continue;
+          const image = partition.toImage(IMAGE_PART_BYTES);
+          this.db
+            .transaction(() => {
+              // The write lock is held: if another connection committed since the sync above,
+              // this partition may lack its rows, so it gets no image.
+              if (this.readDataVersion() !== this.dataVersion) return;
+              const version = this.scopeVersion(collection, field, value);
+              this.stmt('DELETE FROM evs_images WHERE collection = ? AND field = ? AND value = ?').run(collection, field, value);
+              for (const [part, data] of image.entries()) {
+                this.stmt('INSERT INTO evs_images (collection, field, value, part, version, data) VALUES (?, ?, ?, ?, ?, ?)').run(
+                  collection,
+                  field,
+                  value,
+                  part,
+                  version,
+                  data,
+                );
+              }
+            })
+            .immediate();
+        }
+      }
+    } catch {
+      // A full disk or a busy file: the next start reads rows.
+    }
+  }
+
+  private readDataVersion(): number {
+    return Number(this.db.pragma('data_version', { simple: true }));
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * Partitions: the rows of one (collection, scope) held in memory, as ids and int8 codes in the
+ * arena (the in-memory side of the embedded store), and the image a partition is saved and
+ * loaded whole as.
+ */
+import type { Int8Arena } from './arena';
+import { quantizationErrorBound, type Quantized } from './quantize';
+import type { TopK } from './top-k';
+
+const PARTITION_OVERHEAD_BYTES = 4096;
+/** Per-row bookkeeping beyond the codes (id string, map entry, scale), roughly. */
+const ROW_OVERHEAD_BYTES = 120;
+
+const IMAGE_MAGIC = 'EVI2';
+const IMAGE_HEADER_BYTES = 16;
+
+/** Part 0 of an image (see `Partition.toImage`), or undefined when it is not one for `stride`. */
+function readImageHead(part: Buffer, stride: number): { ids: string[]; scales: Float64Array } | undefined {
+  if (part.byteLength < IMAGE_HEADER_BYTES || part.toString('latin1', 0, 4) !== IMAGE_MAGIC || part.readUInt32LE(4) !== stride) return undefined;
+  const n = part.readUInt32LE(8);
+  const idsBytes = part.readUInt32LE(12);
+  const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(idsBytes / 8) * 8;
+  if (part.byteLength !== scalesAt + n * 8) return undefined;
+  let ids: unknown;
+  try {
+    ids = JSON.parse(part.toString('utf8', IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES + idsBytes));
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(ids) || ids.length !== n || !ids.every((id) => typeof id === 'string') || new Set(ids).size !== n) return undefined;
+  const scales = new Float64Array(n);
+  for (let i = 0; i < n; i++) scales[i] = part.readDoubleLE(scalesAt + i * 8);
+  return { ids: ids as string[], scales };
+}
+
+/** Ids and quantized vectors only: payloads stay on disk and are read for results. */
+export class Partition {
+  readonly ids: string[] = [];
+  private readonly scales: number[] = [];
+  private readonly blocks: number[] = [];
+  private readonly rowOf = new Map<string, number>();
+
+  constructor(readonly key: string, readonly arena: Int8Arena) {}
+
+  get count(): number {
+    return this.ids.length;
+  }
+
+  bytes(): number {
+    return PARTITION_OVERHEAD_BYTES + this.blocks.length * this.arena.blockBytes + this.ids.length * ROW_OVERHEAD_BYTES;
+  }
+
+  has(id: string): boolean {
+    return this.rowOf.has(id);
+  }
+
+  /**
+   * `errorBound` without reading the row's codes: ‖sv·cv‖₁ ≤ ‖v‖₁ + d·sv/2 ≤ √d + d·sv/2 for a
+   * unit v. Never smaller than `errorBound`, and the same for every row of one scale.
+   */
+  looseErrorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
+    const scale = this.scales[row] ?? 0;
+    return quantizationErrorBound(query, queryL1, scale, Math.sqrt(dimension) + (dimension * scale) / 2, dimension);
+  }
+
+  /** The most quantization can have moved this row's score against `query` (`quantizationErrorBound`). */
+  errorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
+    const scale = this.scales[row] ?? 0;
+    const blockRows = this.arena.blockRows;
+    const slot = row % blockRows;
+    const codes = this.arena.rowsOf(this.blocks[Math.floor(row / blockRows)]!, slot + 1);
+    let sum = 0;
+    for (let i = slot * this.arena.stride, end = i + dimension; i < end; i++) sum += Math.abs(codes[i]!);
+    return quantizationErrorBound(query, queryL1, scale, sum * scale, dimension);
+  }
+
+  upsert(id: string, q: Quantized): void {
+    let row = this.rowOf.get(id);
+    if (row === undefined) {
+      row = this.ids.length;
+      if (row % this.arena.blockRows === 0) this.blocks.push(this.arena.allocBlock());
+      this.ids.push(id);
+      this.scales.push(q.scale);
+      this.rowOf.set(id, row);
+    } else {
+      this.scales[row] = q.scale;
+    }
+    const blockRows = this.arena.blockRows;
+    this.arena.writeRow(this.blocks[Math.floor(row / blockRows)]!, row % blockRows, q.codes);
+  }
+
+  /** Removes a row by moving the last row into its place, keeping rows dense. */
+  remove(id: string): void {
+    const row = this.rowOf.get(id);
+    if (row === undefined) return;
+    const last = this.ids.length - 1;
+    const blockRows = this.arena.blockRows;
+    if (row !== last) {
+      this.arena.copyRow(this.blocks[Math.floor(last / blockRows)]!, last % blockRows, this.blocks[Math.floor(row / blockRows)]!, row % blockRows);
+      const movedId = this.ids[last]!;
+      this.ids[row] = movedId;
+      this.scales[row] = this.scales[last]!;
+      this.rowOf.set(movedId, row);
+    }
+    this.ids.pop();
+    this.scales.pop();
+    this.rowOf.delete(id);
+    if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
+  }
+
+  /**
+   * The partition as parts of at most `maxPartBytes` (for `loadImage` at a later start). Part 0:
+   * "EVI2", stride, row count and the ids' byte length (u32 LE each), the ids as a JSON array
+   * (padded to 8 bytes), each row's scale (f64 LE). Then the codes, `stride` bytes a row, a whole
+   * number of rows per part.
+   */
+  toImage(maxPartBytes: number): Buffer[] {
+    const n = this.ids.length;
+    const stride = this.arena.stride;
+    const ids = Buffer.from(JSON.stringify(this.ids), 'utf8');
+    const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(ids.length / 8) * 8;
+    const head = Buffer.alloc(scalesAt + n * 8);
+    head.write(IMAGE_MAGIC, 0, 'latin1');
+    head.writeUInt32LE(stride, 4);
+    head.writeUInt32LE(n, 8);
+    head.writeUInt32LE(ids.length, 12);
+    ids.copy(head, IMAGE_HEADER_BYTES);
+    for (let i = 0; i < n; i++) head.writeDoubleLE(this.scales[i]!, scalesAt + i * 8);
+    const parts = [head];
+    const rowsPerPart = Math.max(1, Math.floor(maxPartBytes / stride));
+    for (let first = 0; first < n; first += rowsPerPart) {
+      const rows = Math.min(rowsPerPart, n - first);
+      const part = Buffer.alloc(rows * stride);
+      this.forEachRun(first, rows, (block, slot, count, offset) => {
+        const codes = this.arena.rowsOf(block, slot + count).subarray(slot * stride);
+        part.set(new Uint8Array(codes.buffer, codes.byteOffset, count * stride), offset * stride);
+      });
+      parts.push(part);
+    }
+    return parts;
+  }
+
+  /**
+   * Fills an empty partition from `toImage`'s parts, in order. False (the partition left empty)
+   * when they are not an image of this arena's stride or do not add up.
+   */
+  loadImage(parts: Iterable<Buffer>): boolean {
+    if (this.ids.length !== 0) return false;
+    const stride = this.arena.stride;
+    let n = -1;
+    let loaded = 0;
+    for (const part of parts) {
+      if (n < 0) {
+        const head = readImageHead(part, stride);
+        if (!head) return false;
+        n = head.ids.length;
+        const blockRows = this.arena.blockRows;
+        for (let first = 0; first < n; first += blockRows) this.blocks.push(this.arena.allocBlock());
+        head.ids.forEach((id, i) => {
+          this.ids.push(id);
+          this.scales.push(head.scales[i]!);
+          this.rowOf.set(id, i);
+        });
+        continue;
+      }
+      const rows = part.byteLength / stride;
+      if (!Number.isInteger(rows) || loaded + rows > n) break;
+      this.forEachRun(loaded, rows, (block, slot, count, offset) => {
+        this.arena.writeRows(block, slot, new Int8Array(part.buffer, part.byteOffset + offset * stride, count * stride));
+      });
+      loaded += rows;
+    }
+    if (n >= 0 && loaded === n) return true;
+    this.release();
+    return false;
+  }
+
+  /** Calls `fn` for each stretch of rows `first`..`first + rows` that lies in one block. */
+  private forEachRun(first: number, rows: number, fn: (block: number, slot: number, count: number, offset: number) => void): void {
+    const blockRows = this.arena.blockRows;
+    for (let done = 0; done < rows; ) {
+      const row = first + done;
+      const slot = row % blockRows;
+      const count = Math.min(blockRows - slot, rows - done);
+      fn(this.blocks[Math.floor(row / blockRows)]!, slot, count, done);
+      done += count;
+    }
+  }
+
+  release(): void {
+    for (const b of this.blocks) this.arena.freeBlock(b);
+    this.blocks.length = 0;
+    this.ids.length = 0;
+    this.scales.length = 0;
+    this.rowOf.clear();
+  }
+
+  /**
+   * Offers every row's approximate cosine to `top` (a row index per entry); `accept` (a residual
+   * filter) only runs for rows whose score could enter it.
+   */
+  search(query: Quantized, top: TopK<number>, accept: ((row: number) => boolean) | null): void {
+    const n = this.ids.length;
+    if (n === 0 || query.scale === 0) return;
+    this.arena.setQuery(query.codes);
+    const blockRows = this.arena.blockRows;
+    const scales = this.scales;
+    for (let b = 0; b < this.blocks.length; b++) {
+      const first = b * blockRows;
+      const rows = Math.min(blockRows, n - first);
+      const dots = this.arena.scoreBlock(this.blocks[b]!, rows);
+      for (let s = 0; s < rows; s++) {
+        const score = dots[s]! * query.scale * scales[first + s]!;
+        if (score <= top.floor) continue;
+        if (accept && !accept(first + s)) continue;
+        top.push(score, first + s);
+      }
+    }
+  }
+}
