@@ -1,7 +1,8 @@
 /**
  * The proxy the console's tests run against: the console built as `npm run build` builds it, the
- * real memory engine (embedded store in a temp DATA_DIR) on the fake upstream, AUTH_TOKEN plus a
- * key registry with one key bound to the user `alice`, and limits generous enough for a test.
+ * in-memory fake memory service (the console's tests are about the console and its admin API, not
+ * the engine; the engine has its own suites), the fake upstream for chats, AUTH_TOKEN plus a key
+ * registry with one key bound to the user `alice`, and limits generous enough for a test.
  */
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -12,7 +13,7 @@ import { loadConfig } from '../../src/config';
 import { combinedAuthenticator } from '../../src/http/key-authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
+import { fakeMemory } from '../fakes/memory-service';
 import { buildTestApp, captureLogger, type TestApp } from './app';
 import { GENEROUS_LIMITS } from './memory-proxy';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from './secrets';
@@ -51,7 +52,7 @@ export async function startConsoleApp(upstreamUrl: string, env: Record<string, s
   if (!registry) throw new Error('registry missing');
   const app = await buildTestApp(fullEnv, {
     authenticator: combinedAuthenticator(TEST_AUTH_TOKEN, registry),
-    memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+    memory: fakeMemory(),
     queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
   });
   return {

@@ -1,7 +1,8 @@
 /**
  * Anthropic clients and Claude Code through the proxy: the official Anthropic SDK (and raw Claude
  * Code-shaped requests) → the proxy → a fake Anthropic upstream, with the real memory engine
- * (mem0 on the embedded store, extraction and embeddings on the fake OpenAI upstream).
+ * (mem0 on the embedded store, extraction and embeddings on the fake OpenAI upstream) where the
+ * test is about what reaches the engine, and the fake memory service where it is about the door.
  *
  * Routing, both ways of sending the proxy key, the caller's key never reaching the upstream, errors
  * in Anthropic's shape (so the SDK raises its own classes), memory injected after the last block
@@ -19,8 +20,9 @@ import { combinedAuthenticator } from '../../src/http/key-authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
-import type { MemoryItem, MemoryService } from '../../src/memory/types';
+import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
+import { FakeMemoryService, fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
 import { bearerClient as sdkBearerClient, xApiKeyClient } from '../helpers/anthropic-client';
@@ -53,12 +55,24 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-function startProxy(env: Record<string, string> = {}, wrap?: (memory: MemoryService) => MemoryService): Promise<MemoryProxy> {
+function startProxy(env: Record<string, string> = {}): Promise<MemoryProxy> {
   return startMemoryProxy({
     upstreamUrl: openai.url,
     dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
     env: { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY, ...env },
-    ...(wrap ? { wrap } : {}),
+  });
+}
+
+/**
+ * The same proxy on the fake memory service, for the tests about the Anthropic door itself (routing,
+ * keys, errors, failing open) rather than what the engine does with the exchange.
+ */
+function startProxyOnFake(memory?: FakeMemoryService): Promise<MemoryProxy> {
+  return startMemoryProxy({
+    upstreamUrl: openai.url,
+    dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
+    env: { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY },
+    memory: memory ? () => memory : fakeMemory(),
   });
 }
 
@@ -125,7 +139,7 @@ const drained = (p: MemoryProxy): Promise<true> => waitFor(async () => (p.app.qu
 describe('the Anthropic API through the proxy', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
-    p = await startProxy();
+    p = await startProxyOnFake();
   });
   afterAll(() => p.close());
   beforeEach(() => {
@@ -473,11 +487,9 @@ describe('keys for the Anthropic upstream', () => {
 
 describe('memory failing open', () => {
   it('forwards the request as sent, with X-Mem0-Memories: 0, when the memory search fails', async () => {
-    const p = await startProxy({}, (real) =>
-      Object.assign(Object.create(real) as MemoryService, {
-        search: () => Promise.reject(new Error('engine down')),
-      }),
-    );
+    const memory = new FakeMemoryService();
+    memory.failNext('search', { times: Infinity, error: () => new Error('engine down') });
+    const p = await startProxyOnFake(memory);
     try {
       anthropic.reset();
       const body = escapedBytesOf(firstRequest({ prompt: 'Deploy it with Kubernetes', sessionId: 'sess-down' }));
