@@ -9,16 +9,12 @@
  * with every cached prefix byte-identical (and the fake's prompt cache hitting as it does without
  * the proxy), one save per turn at `end_turn`, nothing saved on aborts or stream errors.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
 import request from 'supertest';
-import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
+import { keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
@@ -26,10 +22,11 @@ import { FakeMemoryService, fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
 import { bearerClient as sdkBearerClient, xApiKeyClient } from '../helpers/anthropic-client';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
+import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
+import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
 import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { rawRequest, type RawResponse } from '../helpers/raw-http';
-import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 import { memoriesOf, waitFor } from '../helpers/wait';
 
 /** A client sending the proxy key as `x-api-key` (as Claude Code does with ANTHROPIC_API_KEY). */
@@ -506,14 +503,11 @@ describe('memory failing open', () => {
 });
 
 describe('a key bound to one user', () => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
+  const key = newTestKey();
   let app: TestApp;
   let served: Served;
   beforeAll(async () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'keys-'));
-    const keysFile = path.join(dir, 'keys.json');
-    writeKeysFile(keysFile, { keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }] });
     const env = {
       UPSTREAM_BASE_URL: openai.url,
       OPENAI_API_KEY: TEST_OPENAI_KEY,
@@ -521,16 +515,14 @@ describe('a key bound to one user', () => {
       ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
       DATA_DIR: path.join(dir, 'data'),
       EMBEDDING_DIMS: '64',
-      KEYS_FILE: keysFile,
       ...GENEROUS_LIMITS,
     };
-    const registry = KeyRegistry.load({ file: keysFile, logger: captureLogger(loadConfig({ env })).logger });
-    if (!registry) throw new Error('registry missing');
-    app = await buildTestApp(env, {
-      authenticator: combinedAuthenticator(undefined, registry),
+    ({ app } = await buildKeyedTestApp(env, {
+      dir,
+      keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }],
       memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-    });
+    }));
     served = await serve(app.app);
   });
   afterAll(async () => {

@@ -6,28 +6,22 @@
  * itself; revocation by reload takes effect at once; and no caller's key ever reaches the upstream,
  * also through the real engine's own extraction and embedding requests.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { loadConfig } from '../../src/config';
 import { combinedAuthenticator } from '../../src/http/key-authenticator';
 import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex, type KeyEntryJson } from '../../src/keys/registry';
+import { keyDigestHex, type KeyEntryJson, type KeyRegistry } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
 import { FakeMemoryService } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, type TestApp } from '../helpers/app';
-import { TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { buildTestApp, type TestApp } from '../helpers/app';
+import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
+import { TEST_OPENAI_KEY } from '../helpers/secrets';
 
-const newKey = (): string => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
-  return key;
-};
-const KEY = { alice: newKey(), bob: newKey(), admin: newKey(), expired: newKey(), limited: newKey() };
+const KEY = { alice: newTestKey(), bob: newTestKey(), admin: newTestKey(), expired: newTestKey(), limited: newTestKey() };
 const bearer = (key: string): { Authorization: string } => ({ Authorization: `Bearer ${key}` });
 
 const ENTRIES: KeyEntryJson[] = [
@@ -50,19 +44,14 @@ let memory: FakeMemoryService;
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'isolation-'));
-  keysFile = path.join(tmp, 'keys.json');
-  writeKeysFile(keysFile, { keys: ENTRIES });
   // No AUTH_TOKEN: the registry alone makes authentication required.
-  const env = { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'data'), EMBEDDING_DIMS: '64', KEYS_FILE: keysFile, ...generous };
-  const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
-  const loaded = KeyRegistry.load({ file: keysFile, logger });
-  if (!loaded) throw new Error('registry missing');
-  registry = loaded;
-  app = await buildTestApp(env, {
-    authenticator: combinedAuthenticator(undefined, registry),
+  const env = { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'data'), EMBEDDING_DIMS: '64', ...generous };
+  ({ app, keysFile, registry } = await buildKeyedTestApp(env, {
+    dir: tmp,
+    keys: ENTRIES,
     memory: (config) => (memory = new FakeMemoryService({ backend: config.memory.backend })),
     queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-  });
+  }));
 });
 afterAll(async () => {
   await app.close();

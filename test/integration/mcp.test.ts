@@ -4,7 +4,6 @@
  * both ways against the admin API. Also: a bound key cannot reach another user's memories through
  * MCP, a bad token is refused with 401, the rate limit applies, and failures are tool errors.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,14 +12,13 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import request from 'supertest';
 import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
+import { keyDigestHex } from '../../src/keys/registry';
 import type { MemoryItem } from '../../src/memory/types';
 import { fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
-import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
-import { loadConfig } from '../../src/config';
+import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
+import { loadTestRegistry, newTestKey } from '../helpers/keyed-app';
+import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 interface ListBody {
   memories: MemoryItem[];
@@ -272,28 +270,17 @@ describe('MCP with the memory engine unavailable', () => {
 });
 
 describe('MCP with bound keys (key registry)', () => {
-  const newKey = (): string => {
-    const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-    runtimeSecrets.push(key);
-    return key;
-  };
-  const KEY = { alice: newKey(), ops: newKey() };
+  const KEY = { alice: newTestKey(), ops: newTestKey() };
   let app: TestApp;
   let served: Served;
   let bobBefore: string[];
   let bobMemoryId: string;
 
   beforeAll(async () => {
-    const keysFile = path.join(tmp, 'keys.json');
-    writeKeysFile(keysFile, {
-      keys: [
-        { id: 'app-alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
-        { id: 'ops', sha256: keyDigestHex(KEY.ops), admin: true },
-      ],
-    });
-    const { logger } = captureLogger(loadConfig({ env: { KEYS_FILE: keysFile, DATA_DIR: tmp } }));
-    const registry = KeyRegistry.load({ file: keysFile, logger });
-    if (!registry) throw new Error('registry missing');
+    const { keysFile, registry } = loadTestRegistry(tmp, [
+      { id: 'app-alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
+      { id: 'ops', sha256: keyDigestHex(KEY.ops), admin: true },
+    ]);
     ({ app, served } = await startServed({ KEYS_FILE: keysFile }, { authenticator: combinedAuthenticator(undefined, registry) }));
     for (const content of ['Alice likes green tea']) await admin(app, KEY.ops, '/remember', { user_id: 'alice', content, infer: false }).expect(200);
     for (const content of ['Bob likes black coffee', 'Bob lives in Oslo']) await admin(app, KEY.ops, '/remember', { user_id: 'bob', content, infer: false }).expect(200);
