@@ -13,28 +13,35 @@ export type Handler = (req: IncomingMessage, res: ServerResponse, next: Next) =>
 
 /**
  * Runs handlers in order as one (errors, thrown or from a rejected promise, go to `next`).
+ * Each handler's `next` counts once: a handler that calls it twice, or calls it and then throws or
+ * rejects, would otherwise run the rest of the chain again and answer one request twice.
  */
 export function chain(...handlers: Handler[]): Handler {
   return (req, res, next) => {
-    let i = 0;
-    const step: Next = (err) => {
-      if (err !== undefined && err !== null) {
-        next(err);
-        return;
-      }
-      const handler = handlers[i++];
-      if (!handler) {
-        next();
-        return;
-      }
-      try {
-        const result = handler(req, res, step);
-        if (result instanceof Promise) result.catch(step);
-      } catch (e) {
-        step(e);
-      }
+    const stepFrom = (i: number): Next => {
+      let called = false;
+      return (err) => {
+        if (called) return;
+        called = true;
+        if (err !== undefined && err !== null) {
+          next(err);
+          return;
+        }
+        const handler = handlers[i];
+        if (!handler) {
+          next();
+          return;
+        }
+        const step = stepFrom(i + 1);
+        try {
+          const result = handler(req, res, step);
+          if (result instanceof Promise) result.catch(step);
+        } catch (e) {
+          step(e);
+        }
+      };
     };
-    step();
+    stepFrom(0)();
   };
 }
 

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
+import type { Config } from '../../src/config';
+import type { Logger } from '../../src/logger';
 import { createMemoryService } from '../../src/memory/factory';
 import type { SaveQueueOptions } from '../../src/memory/save-queue';
 import type { MemoryService } from '../../src/memory/types';
@@ -36,6 +38,8 @@ export interface MemoryProxyOptions {
   env?: Record<string, string>;
   /** Wraps the real memory service (a deliberately slow search or save). */
   wrap?: (memory: MemoryService) => MemoryService;
+  /** Another memory service instead of the real engine (the fake, for tests about the chat path around it). */
+  memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
   startQueue?: boolean;
   /** Save-queue options over the short test backoffs. */
   queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
@@ -55,6 +59,7 @@ export async function startMemoryProxy(options: MemoryProxyOptions): Promise<Mem
     },
     {
       memory: async (config, logger) => {
+        if (options.memory) return options.memory(config, logger);
         const real = await createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } });
         return options.wrap ? options.wrap(real) : real;
       },

@@ -1,33 +1,32 @@
 /**
  * Anthropic clients and Claude Code through the proxy: the official Anthropic SDK (and raw Claude
  * Code-shaped requests) → the proxy → a fake Anthropic upstream, with the real memory engine
- * (mem0 on the embedded store, extraction and embeddings on the fake OpenAI upstream).
+ * (mem0 on the embedded store, extraction and embeddings on the fake OpenAI upstream) where the
+ * test is about what reaches the engine, and the fake memory service where it is about the door.
  *
  * Routing, both ways of sending the proxy key, the caller's key never reaching the upstream, errors
  * in Anthropic's shape (so the SDK raises its own classes), memory injected after the last block
  * with every cached prefix byte-identical (and the fake's prompt cache hitting as it does without
  * the proxy), one save per turn at `end_turn`, nothing saved on aborts or stream errors.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
 import request from 'supertest';
-import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
+import { keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
-import type { MemoryItem, MemoryService } from '../../src/memory/types';
+import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
+import { FakeMemoryService, fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
 import { bearerClient as sdkBearerClient, xApiKeyClient } from '../helpers/anthropic-client';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
+import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
+import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
 import { GENEROUS_LIMITS, startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
 import { rawRequest, type RawResponse } from '../helpers/raw-http';
-import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 import { memoriesOf, waitFor } from '../helpers/wait';
 
 /** A client sending the proxy key as `x-api-key` (as Claude Code does with ANTHROPIC_API_KEY). */
@@ -53,12 +52,24 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-function startProxy(env: Record<string, string> = {}, wrap?: (memory: MemoryService) => MemoryService): Promise<MemoryProxy> {
+function startProxy(env: Record<string, string> = {}): Promise<MemoryProxy> {
   return startMemoryProxy({
     upstreamUrl: openai.url,
     dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
     env: { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY, ...env },
-    ...(wrap ? { wrap } : {}),
+  });
+}
+
+/**
+ * The same proxy on the fake memory service, for the tests about the Anthropic door itself (routing,
+ * keys, errors, failing open) rather than what the engine does with the exchange.
+ */
+function startProxyOnFake(memory?: FakeMemoryService): Promise<MemoryProxy> {
+  return startMemoryProxy({
+    upstreamUrl: openai.url,
+    dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
+    env: { ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY },
+    memory: memory ? () => memory : fakeMemory(),
   });
 }
 
@@ -125,7 +136,7 @@ const drained = (p: MemoryProxy): Promise<true> => waitFor(async () => (p.app.qu
 describe('the Anthropic API through the proxy', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
-    p = await startProxy();
+    p = await startProxyOnFake();
   });
   afterAll(() => p.close());
   beforeEach(() => {
@@ -473,11 +484,9 @@ describe('keys for the Anthropic upstream', () => {
 
 describe('memory failing open', () => {
   it('forwards the request as sent, with X-Mem0-Memories: 0, when the memory search fails', async () => {
-    const p = await startProxy({}, (real) =>
-      Object.assign(Object.create(real) as MemoryService, {
-        search: () => Promise.reject(new Error('engine down')),
-      }),
-    );
+    const memory = new FakeMemoryService();
+    memory.failNext('search', { times: Infinity, error: () => new Error('engine down') });
+    const p = await startProxyOnFake(memory);
     try {
       anthropic.reset();
       const body = escapedBytesOf(firstRequest({ prompt: 'Deploy it with Kubernetes', sessionId: 'sess-down' }));
@@ -494,14 +503,11 @@ describe('memory failing open', () => {
 });
 
 describe('a key bound to one user', () => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
+  const key = newTestKey();
   let app: TestApp;
   let served: Served;
   beforeAll(async () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'keys-'));
-    const keysFile = path.join(dir, 'keys.json');
-    writeKeysFile(keysFile, { keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }] });
     const env = {
       UPSTREAM_BASE_URL: openai.url,
       OPENAI_API_KEY: TEST_OPENAI_KEY,
@@ -509,16 +515,14 @@ describe('a key bound to one user', () => {
       ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
       DATA_DIR: path.join(dir, 'data'),
       EMBEDDING_DIMS: '64',
-      KEYS_FILE: keysFile,
       ...GENEROUS_LIMITS,
     };
-    const registry = KeyRegistry.load({ file: keysFile, logger: captureLogger(loadConfig({ env })).logger });
-    if (!registry) throw new Error('registry missing');
-    app = await buildTestApp(env, {
-      authenticator: combinedAuthenticator(undefined, registry),
+    ({ app } = await buildKeyedTestApp(env, {
+      dir,
+      keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }],
       memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-    });
+    }));
     served = await serve(app.app);
   });
   afterAll(async () => {

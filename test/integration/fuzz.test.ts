@@ -8,30 +8,22 @@
  *   - no response carries a stack trace, a source path or a secret;
  *   - nothing reaches the upstream outside `/v1/`.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
-import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
+import { keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
-import { ALL_TEST_SECRETS, TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { serve, type Served, type TestApp } from '../helpers/app';
+import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
+import { ALL_TEST_SECRETS, TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 jest.setTimeout(120_000);
 
-const newKey = (): string => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
-  return key;
-};
-const KEY = { alice: newKey(), admin: newKey(), expired: newKey() };
+const KEY = { alice: newTestKey(), admin: newTestKey(), expired: newTestKey() };
 const SECRETS = [...ALL_TEST_SECRETS, ...Object.values(KEY)];
 const ROOT = path.resolve(__dirname, '..', '..');
 /** `at fn (/path/file.ts:12:3)` or `at /path/file.js:1:2`: a stack frame. */
@@ -46,14 +38,6 @@ const agent = new http.Agent({ keepAlive: false, maxSockets: 4 });
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 32 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-'));
-  const keysFile = path.join(tmp, 'keys.json');
-  writeKeysFile(keysFile, {
-    keys: [
-      { id: 'alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
-      { id: 'ops', sha256: keyDigestHex(KEY.admin), admin: true },
-      { id: 'old', sha256: keyDigestHex(KEY.expired), expires_at: '2001-01-01T00:00:00Z' },
-    ],
-  });
   const env: Record<string, string> = {
     UPSTREAM_BASE_URL: fake.url,
     AUTH_TOKEN: TEST_AUTH_TOKEN,
@@ -63,17 +47,20 @@ beforeAll(async () => {
     ANTHROPIC_UPSTREAM_BASE_URL: 'http://127.0.0.1:9',
     DATA_DIR: path.join(tmp, 'data'),
     EMBEDDING_DIMS: '32',
-    KEYS_FILE: keysFile,
     MAX_BODY_BYTES: '65536',
     ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
   };
-  const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
-  const registry = KeyRegistry.load({ file: keysFile, logger });
-  app = await buildTestApp(env, {
-    authenticator: combinedAuthenticator(TEST_AUTH_TOKEN, registry),
+  ({ app } = await buildKeyedTestApp(env, {
+    dir: tmp,
+    keys: [
+      { id: 'alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
+      { id: 'ops', sha256: keyDigestHex(KEY.admin), admin: true },
+      { id: 'old', sha256: keyDigestHex(KEY.expired), expires_at: '2001-01-01T00:00:00Z' },
+    ],
+    token: TEST_AUTH_TOKEN,
     memory: (config, l) => createMemoryService(config, l),
     queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-  });
+  }));
   served = await serve(app.app);
 });
 afterAll(async () => {

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
 import { createHttpServer } from '../../src/http/server';
+import { fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
@@ -313,7 +314,8 @@ describe('failed logins', () => {
 describe('the memory user from safety_identifier', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
-    p = await startProxy();
+    // Which user the chat path resolves is the proxy's business: the fake memory service will do.
+    p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), memory: fakeMemory() });
     await request(p.app.app).post('/remember').set(auth).send({ user_id: 'sid-olga', content: 'Olga plays the cello', infer: false }).expect(200);
   });
   afterAll(() => p.close());

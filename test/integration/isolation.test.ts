@@ -1,31 +1,27 @@
 /**
  * Many callers, one memory each: a registry with keys bound to alice and bob, an admin key, an
- * expired key and a key with its own rate limit, against the real memory engine (embedded store)
- * and the fake upstream. A bound key naming another user anywhere is refused before anything is
- * read or changed; omitting the user acts as itself; revocation by reload takes effect at once;
- * and no caller's key ever reaches the upstream.
+ * expired key and a key with its own rate limit, against the in-memory fake memory service (the
+ * isolation is the proxy's, in front of any engine) and the fake upstream. A bound key naming
+ * another user anywhere is refused before anything is read or changed; omitting the user acts as
+ * itself; revocation by reload takes effect at once; and no caller's key ever reaches the upstream,
+ * also through the real engine's own extraction and embedding requests.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { loadConfig } from '../../src/config';
 import { combinedAuthenticator } from '../../src/http/key-authenticator';
 import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex, type KeyEntryJson } from '../../src/keys/registry';
+import { keyDigestHex, type KeyEntryJson, type KeyRegistry } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
 import type { MemoryItem } from '../../src/memory/types';
+import { FakeMemoryService } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, type TestApp } from '../helpers/app';
-import { TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
+import { buildTestApp, type TestApp } from '../helpers/app';
+import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
+import { TEST_OPENAI_KEY } from '../helpers/secrets';
 
-const newKey = (): string => {
-  const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-  runtimeSecrets.push(key);
-  return key;
-};
-const KEY = { alice: newKey(), bob: newKey(), admin: newKey(), expired: newKey(), limited: newKey() };
+const KEY = { alice: newTestKey(), bob: newTestKey(), admin: newTestKey(), expired: newTestKey(), limited: newTestKey() };
 const bearer = (key: string): { Authorization: string } => ({ Authorization: `Bearer ${key}` });
 
 const ENTRIES: KeyEntryJson[] = [
@@ -43,23 +39,19 @@ let tmp: string;
 let keysFile: string;
 let registry: KeyRegistry;
 let app: TestApp;
+let memory: FakeMemoryService;
 
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'isolation-'));
-  keysFile = path.join(tmp, 'keys.json');
-  writeKeysFile(keysFile, { keys: ENTRIES });
   // No AUTH_TOKEN: the registry alone makes authentication required.
-  const env = { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'data'), EMBEDDING_DIMS: '64', KEYS_FILE: keysFile, ...generous };
-  const { logger } = captureLogger(loadConfig({ env: { DEBUG: 'true', ...env } }));
-  const loaded = KeyRegistry.load({ file: keysFile, logger });
-  if (!loaded) throw new Error('registry missing');
-  registry = loaded;
-  app = await buildTestApp(env, {
-    authenticator: combinedAuthenticator(undefined, registry),
-    memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+  const env = { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'data'), EMBEDDING_DIMS: '64', ...generous };
+  ({ app, keysFile, registry } = await buildKeyedTestApp(env, {
+    dir: tmp,
+    keys: ENTRIES,
+    memory: (config) => (memory = new FakeMemoryService({ backend: config.memory.backend })),
     queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
-  });
+  }));
 });
 afterAll(async () => {
   await app.close();
@@ -106,6 +98,7 @@ describe('isolation between bound keys', () => {
 
   it('refuses alice on chat naming bob by body `user` or by X-Mem0-User-Id, before memory or upstream', async () => {
     fake.reset();
+    const memoryCalls = memory.calls.length;
     const chat = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'What do I like to drink?' }] };
     const byBody = await post('/v1/chat/completions', KEY.alice, { ...chat, user: 'bob' }).expect(403);
     expect(byBody.body).toMatchObject({ error: { code: 'forbidden' } });
@@ -114,6 +107,7 @@ describe('isolation between bound keys', () => {
     // A matching header is fine; a mismatching one next to it is not.
     await post('/v1/chat/completions', KEY.alice, { ...chat, user: 'alice' }, { 'X-Mem0-User-Id': 'bob' }).expect(403);
     expect(fake.requests).toHaveLength(0);
+    expect(memory.calls.slice(memoryCalls)).toEqual([]);
     expect(await snapshot('bob')).toEqual(bobBefore);
   });
 
@@ -206,18 +200,37 @@ describe('per-key limits', () => {
 });
 
 describe('credentials upstream', () => {
-  it('never forwards a caller key: the upstream sees only the proxy’s own key', async () => {
-    fake.reset();
-    await request(app.app).get('/v1/models').set(bearer(KEY.alice)).expect(200);
-    await post('/v1/chat/completions', KEY.admin, { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'I like hiking' }], user: 'dave' }).expect(200);
-    await post('/remember', KEY.alice, { content: 'I like hiking in my free time' }).expect(200);
-    expect(fake.requests.length).toBeGreaterThan(2);
+  it('never forwards a caller key: the upstream sees only the proxy’s own key, also on the engine’s requests', async () => {
+    // The real engine here: its extraction and embedding requests go to the same upstream, and
+    // they must carry the proxy's key too, never the caller's.
+    const engine = await buildTestApp(
+      { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'engine'), EMBEDDING_DIMS: '64', KEYS_FILE: keysFile, ...generous },
+      {
+        authenticator: combinedAuthenticator(undefined, registry),
+        memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+        queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
+      },
+    );
+    try {
+      fake.reset();
+      const send = (route: string, key: string, body: object): request.Test => request(engine.app).post(route).set(bearer(key)).send(body);
+      await request(engine.app).get('/v1/models').set(bearer(KEY.alice)).expect(200);
+      await send('/v1/chat/completions', KEY.admin, { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'I like hiking' }], user: 'dave' }).expect(200);
+      await send('/remember', KEY.alice, { content: 'I like hiking in my free time' }).expect(200);
+      expect(fake.requests.length).toBeGreaterThan(2);
+      expectOnlyTheProxyKey();
+    } finally {
+      await engine.close();
+    }
+  });
+
+  function expectOnlyTheProxyKey(): void {
     for (const r of fake.requests) {
       expect(r.headers.authorization).toBe(`Bearer ${TEST_OPENAI_KEY}`);
       const seen = JSON.stringify(r.headers) + r.body.toString('utf8');
       for (const key of Object.values(KEY)) expect(seen).not.toContain(key);
     }
-  });
+  }
 
   it('with a registry and no OPENAI_API_KEY, sends no Authorization upstream at all', async () => {
     const bare = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, DATA_DIR: path.join(tmp, 'bare'), KEYS_FILE: keysFile, ...generous }, { authenticator: combinedAuthenticator(undefined, registry) });

@@ -1,10 +1,9 @@
 /**
  * `/mcp` end to end: the SDK's own `Client` over `StreamableHTTPClientTransport` against the served
- * app (real memory engine on the embedded store in a temp DATA_DIR, fake OpenAI upstream), checked
+ * app (the in-memory fake memory service: these tests are about the MCP door, not the engine), checked
  * both ways against the admin API. Also: a bound key cannot reach another user's memories through
  * MCP, a bad token is refused with 401, the rate limit applies, and failures are tool errors.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,14 +12,13 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import request from 'supertest';
 import { combinedAuthenticator } from '../../src/http/key-authenticator';
-import { writeKeysFile } from '../../src/keys/file';
-import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
+import { keyDigestHex } from '../../src/keys/registry';
 import type { MemoryItem } from '../../src/memory/types';
+import { fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { buildTestApp, captureLogger, serve, type Served, type TestApp } from '../helpers/app';
-import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY, runtimeSecrets } from '../helpers/secrets';
-import { loadConfig } from '../../src/config';
+import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
+import { loadTestRegistry, newTestKey } from '../helpers/keyed-app';
+import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 interface ListBody {
   memories: MemoryItem[];
@@ -47,11 +45,11 @@ afterEach(async () => {
   for (const c of opened.splice(0).reverse()) await c.close();
 });
 
-/** The app served on a real port (the MCP client speaks HTTP), with the real memory engine. */
+/** The app served on a real port (the MCP client speaks HTTP), with the fake memory service. */
 async function startServed(env: Record<string, string>, options: Parameters<typeof buildTestApp>[1] = {}): Promise<{ app: TestApp; served: Served }> {
   const app = await buildTestApp(
     { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: fs.mkdtempSync(path.join(tmp, 'data-')), EMBEDDING_DIMS: '64', ...generous, ...env },
-    { memory: (config, logger) => createMemoryService(config, logger), ...options },
+    { memory: fakeMemory(), ...options },
   );
   const served = await serve(app.app);
   return { app, served };
@@ -127,7 +125,7 @@ describe('MCP with the AUTH_TOKEN caller', () => {
     expect(resourceTemplates).toEqual([expect.objectContaining({ name: 'memories', uriTemplate: 'memory://{user_id}', mimeType: 'text/plain' })]);
   });
 
-  it('add_memory stores through the engine, and the admin API lists and finds it', async () => {
+  it('add_memory stores through the memory service, and the admin API lists and finds it', async () => {
     const client = await connect(served, TEST_AUTH_TOKEN);
     const added = jsonOf<ListBody>(await call(client, 'add_memory', { user_id: 'mia', content: 'My favourite fruit is mango.', metadata: { source: 'mcp' } }));
     expect(added.count).toBe(1);
@@ -272,28 +270,17 @@ describe('MCP with the memory engine unavailable', () => {
 });
 
 describe('MCP with bound keys (key registry)', () => {
-  const newKey = (): string => {
-    const key = `mp_${crypto.randomBytes(32).toString('base64url')}`;
-    runtimeSecrets.push(key);
-    return key;
-  };
-  const KEY = { alice: newKey(), ops: newKey() };
+  const KEY = { alice: newTestKey(), ops: newTestKey() };
   let app: TestApp;
   let served: Served;
   let bobBefore: string[];
   let bobMemoryId: string;
 
   beforeAll(async () => {
-    const keysFile = path.join(tmp, 'keys.json');
-    writeKeysFile(keysFile, {
-      keys: [
-        { id: 'app-alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
-        { id: 'ops', sha256: keyDigestHex(KEY.ops), admin: true },
-      ],
-    });
-    const { logger } = captureLogger(loadConfig({ env: { KEYS_FILE: keysFile, DATA_DIR: tmp } }));
-    const registry = KeyRegistry.load({ file: keysFile, logger });
-    if (!registry) throw new Error('registry missing');
+    const { keysFile, registry } = loadTestRegistry(tmp, [
+      { id: 'app-alice', sha256: keyDigestHex(KEY.alice), user_id: 'alice' },
+      { id: 'ops', sha256: keyDigestHex(KEY.ops), admin: true },
+    ]);
     ({ app, served } = await startServed({ KEYS_FILE: keysFile }, { authenticator: combinedAuthenticator(undefined, registry) }));
     for (const content of ['Alice likes green tea']) await admin(app, KEY.ops, '/remember', { user_id: 'alice', content, infer: false }).expect(200);
     for (const content of ['Bob likes black coffee', 'Bob lives in Oslo']) await admin(app, KEY.ops, '/remember', { user_id: 'bob', content, infer: false }).expect(200);
