@@ -15,7 +15,7 @@ import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
 import request from 'supertest';
 import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';

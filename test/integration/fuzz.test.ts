@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';

@@ -12,7 +12,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import request from 'supertest';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, keyDigestHex } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';
