@@ -19,7 +19,6 @@
  * Target: /health p99 <= 50 ms and RSS bounded (peak VmRSS of the phase <= baseline peak +
  * `RSS_BOUND_MIB`) during each attack. Loopback only; node:http / node:net only.
  */
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import {

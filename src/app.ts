@@ -31,7 +31,7 @@ import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 import type { ChatMemory } from './memory/chat-memory';
 import type { MemoryService } from './memory/types';
-import { apiOf } from './proxy/api';
+import { apiOf, isV1 } from './http/api';
 import { setOverheadHeader, type Upstream } from './proxy/upstream';
 import type { TraceStore } from './memory/trace-store';
 import { memoryChatRoute } from './routes/chat';
@@ -221,7 +221,7 @@ export function createApp(deps: AppDeps): RequestListener {
     if (isProbe(req)) {
       res.writeHead(200, { 'content-length': '0', 'cache-control': 'no-store' });
       res.end();
-    } else if (isV1Target(req.url)) {
+    } else if (req.url !== undefined && isV1(req.url)) {
       req.api = apiOf(pathOf(req), req.headers);
       v1(req, res, (err?: unknown) => {
         // Refused before forwarding (401, 429, 400, 413): the overhead is the time to the refusal.
@@ -237,9 +237,4 @@ export function createApp(deps: AppDeps): RequestListener {
 /** A connectivity probe (`HEAD /`, Claude Code's `HEAD /api/hello`): answered empty, without authentication. */
 function isProbe(req: IncomingMessage): boolean {
   return req.method === 'HEAD' && (req.url === '/' || req.url === '/api/hello');
-}
-
-/** `/v1`, `/v1/...` or `/v1?...` in origin form: the proxy's traffic. */
-function isV1Target(url: string | undefined): boolean {
-  return url !== undefined && url.startsWith('/v1') && (url.length === 3 || url[3] === '/' || url[3] === '?');
 }

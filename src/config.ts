@@ -15,17 +15,31 @@ export const MASK = '***';
 
 export type MemoryBackend = 'embedded' | 'platform' | 'pgvector' | 'qdrant';
 export type InjectionPlacement = 'before_last_user' | 'first_system';
-export type RateLimitedEndpoint = 'health' | 'search' | 'list' | 'remember' | 'forget' | 'v1' | 'mcp' | 'console';
-export const RATE_LIMITED_ENDPOINTS: readonly RateLimitedEndpoint[] = [
-  'health',
-  'search',
-  'list',
-  'remember',
-  'forget',
-  'v1',
-  'mcp',
-  'console',
-];
+/**
+ * The one list of rate-limited endpoints: each has its own limiter (built at start), its
+ * `RATE_LIMIT_<NAME>` variable over the default in config/defaults.json, and the path operators
+ * write in a key's `limits` (keys.json).
+ */
+export const RATE_LIMITED_PATHS = {
+  health: '/health',
+  search: '/search',
+  list: '/list',
+  remember: '/remember',
+  forget: '/forget',
+  v1: '/v1',
+  mcp: '/mcp',
+  console: '/console',
+} as const;
+export type RateLimitedEndpoint = keyof typeof RATE_LIMITED_PATHS;
+export const RATE_LIMITED_ENDPOINTS = Object.freeze(Object.keys(RATE_LIMITED_PATHS) as RateLimitedEndpoint[]);
+
+type RateLimitVariable = `RATE_LIMIT_${Uppercase<RateLimitedEndpoint>}`;
+const rateLimitVariable = (endpoint: RateLimitedEndpoint): RateLimitVariable => `RATE_LIMIT_${endpoint.toUpperCase()}` as RateLimitVariable;
+
+/** One entry per endpoint, built from RATE_LIMITED_ENDPOINTS (typed as the full record). */
+function perEndpoint<K extends string, V>(key: (endpoint: RateLimitedEndpoint) => K, value: (endpoint: RateLimitedEndpoint) => V): Record<K, V> {
+  return Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [key(endpoint), value(endpoint)])) as Record<K, V>;
+}
 
 export interface Config {
   readonly version: string;
@@ -219,14 +233,7 @@ const envSchema = z.object({
   SAVE_QUEUE_LEASE_MS: intVar(1000, 3_600_000),
   QDRANT_URL: urlVar(['http:', 'https:']),
   QDRANT_API_KEY: optionalString,
-  RATE_LIMIT_HEALTH: intVar(1, 1e9),
-  RATE_LIMIT_SEARCH: intVar(1, 1e9),
-  RATE_LIMIT_LIST: intVar(1, 1e9),
-  RATE_LIMIT_REMEMBER: intVar(1, 1e9),
-  RATE_LIMIT_FORGET: intVar(1, 1e9),
-  RATE_LIMIT_V1: intVar(1, 1e9),
-  RATE_LIMIT_MCP: intVar(1, 1e9),
-  RATE_LIMIT_CONSOLE: intVar(1, 1e9),
+  ...perEndpoint(rateLimitVariable, () => intVar(1, 1e9)),
   TRACE_REQUESTS: intVar(0, 1_000_000),
   RATE_LIMIT_REDIS_PREFIX: optionalString,
   RATE_LIMIT_FAIL_CLOSED: boolVar,
@@ -238,16 +245,7 @@ export const ENV_VARIABLES: readonly string[] = Object.freeze([...Object.keys(en
 
 const rateLimitSchema = z.object({
   windowMs: z.number().int().positive(),
-  perMinute: z.object({
-    health: z.number().int().positive(),
-    search: z.number().int().positive(),
-    list: z.number().int().positive(),
-    remember: z.number().int().positive(),
-    forget: z.number().int().positive(),
-    v1: z.number().int().positive(),
-    mcp: z.number().int().positive(),
-    console: z.number().int().positive(),
-  }),
+  perMinute: z.object(perEndpoint((endpoint) => endpoint, () => z.number().int().positive())),
 });
 
 const defaultsSchema = z.object({
@@ -373,16 +371,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const upstreamBaseUrl = (e.UPSTREAM_BASE_URL ?? 'https://api.openai.com/v1').replace(/\/+$/, '');
-  const perMinute = {
-    health: e.RATE_LIMIT_HEALTH ?? defaults.rateLimits.perMinute.health,
-    search: e.RATE_LIMIT_SEARCH ?? defaults.rateLimits.perMinute.search,
-    list: e.RATE_LIMIT_LIST ?? defaults.rateLimits.perMinute.list,
-    remember: e.RATE_LIMIT_REMEMBER ?? defaults.rateLimits.perMinute.remember,
-    forget: e.RATE_LIMIT_FORGET ?? defaults.rateLimits.perMinute.forget,
-    v1: e.RATE_LIMIT_V1 ?? defaults.rateLimits.perMinute.v1,
-    mcp: e.RATE_LIMIT_MCP ?? defaults.rateLimits.perMinute.mcp,
-    console: e.RATE_LIMIT_CONSOLE ?? defaults.rateLimits.perMinute.console,
-  };
+  const perMinute = perEndpoint(
+    (endpoint) => endpoint,
+    (endpoint) => e[rateLimitVariable(endpoint)] ?? defaults.rateLimits.perMinute[endpoint],
+  );
 
   const secrets = [
     ...SECRET_VARIABLES.map((name) => e[name]).filter((s): s is string => typeof s === 'string' && s.length > 0),

@@ -20,49 +20,86 @@ export interface AnthropicErrorBody {
 /** Which error body a response gets: the API the request was for, or the proxy's own (admin). */
 export type ErrorShape = 'openai' | 'anthropic' | 'admin';
 
-/** Anthropic's `error.type` for a status (its documented set; other 5xx are `api_error`). */
-function anthropicErrorType(status: number): string {
-  switch (status) {
-    case 400:
-    case 415:
-      return 'invalid_request_error';
-    case 401:
-      return 'authentication_error';
-    case 403:
-      return 'permission_error';
-    case 404:
-      return 'not_found_error';
-    case 413:
-      return 'request_too_large';
-    case 429:
-      return 'rate_limit_error';
-    default:
-      return status < 500 ? 'invalid_request_error' : 'api_error';
-  }
+/** What every error of one kind answers with, in each of the three shapes. */
+export interface ErrorKind {
+  readonly status: number;
+  /** Stable machine-readable code (OpenAI's `error.code`). */
+  readonly code: string;
+  /** OpenAI's `error.type`. */
+  readonly type: string;
+  /** Anthropic's `error.type` (its documented set for the status). */
+  readonly anthropicType: string;
+  /** The admin API's `error` title. */
+  readonly title: string;
+  /** The admin body also carries `status_code` (the contract's 503 bodies do). */
+  readonly adminStatusCode?: true;
 }
 
+/** Every kind of error a response can carry: the one table of status, types, code and title. */
+export const ERROR_KINDS = {
+  badRequest: { status: 400, code: 'invalid_request', type: 'invalid_request_error', anthropicType: 'invalid_request_error', title: 'Invalid request' },
+  unauthorized: { status: 401, code: 'invalid_api_key', type: 'invalid_request_error', anthropicType: 'authentication_error', title: 'Unauthorized' },
+  forbidden: { status: 403, code: 'forbidden', type: 'invalid_request_error', anthropicType: 'permission_error', title: 'Forbidden' },
+  notFound: { status: 404, code: 'not_found', type: 'invalid_request_error', anthropicType: 'not_found_error', title: 'Not found' },
+  payloadTooLarge: { status: 413, code: 'payload_too_large', type: 'invalid_request_error', anthropicType: 'request_too_large', title: 'Payload too large' },
+  memoryLimit: { status: 413, code: 'memory_limit_reached', type: 'invalid_request_error', anthropicType: 'request_too_large', title: 'Memory limit reached' },
+  unsupportedMediaType: {
+    status: 415,
+    code: 'unsupported_media_type',
+    type: 'invalid_request_error',
+    anthropicType: 'invalid_request_error',
+    title: 'Unsupported media type',
+  },
+  memoryRejected: { status: 422, code: 'memory_rejected', type: 'invalid_request_error', anthropicType: 'invalid_request_error', title: 'Unprocessable content' },
+  rateLimited: { status: 429, code: 'rate_limit_exceeded', type: 'rate_limit_error', anthropicType: 'rate_limit_error', title: 'Rate limit exceeded' },
+  internal: { status: 500, code: 'internal_error', type: 'server_error', anthropicType: 'api_error', title: 'Internal server error' },
+  badGateway: { status: 502, code: 'upstream_unreachable', type: 'server_error', anthropicType: 'api_error', title: 'Bad gateway' },
+  memoryUnavailable: {
+    status: 503,
+    code: 'memory_unavailable',
+    type: 'server_error',
+    anthropicType: 'api_error',
+    title: 'Service unavailable',
+    adminStatusCode: true,
+  },
+  serviceUnavailable: {
+    status: 503,
+    code: 'service_unavailable',
+    type: 'server_error',
+    anthropicType: 'api_error',
+    title: 'Service unavailable',
+    adminStatusCode: true,
+  },
+  gatewayTimeout: { status: 504, code: 'upstream_timeout', type: 'server_error', anthropicType: 'api_error', title: 'Gateway timeout' },
+} as const satisfies Record<string, ErrorKind>;
+
 export abstract class AppError extends Error {
-  abstract readonly status: number;
-  /** Stable machine-readable code (OpenAI's `error.code`). */
-  abstract readonly code: string;
-  /** OpenAI's `error.type`. */
-  abstract readonly type: string;
-  /** The admin API's `error` title. */
-  abstract readonly title: string;
+  readonly status: number;
+  readonly code: string;
+  readonly type: string;
+  readonly title: string;
   /** Extra headers the response must carry (e.g. `Retry-After`). */
   readonly headers: Readonly<Record<string, string>> = {};
   /** Detail for the admin API body; defaults to the message. */
   readonly details: unknown;
 
-  constructor(message: string, details?: unknown) {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    details?: unknown,
+  ) {
     super(message);
     this.name = new.target.name;
+    this.status = kind.status;
+    this.code = kind.code;
+    this.type = kind.type;
+    this.title = kind.title;
     this.details = details ?? message;
   }
 
   /** The admin API's body for this error. */
   adminBody(): Record<string, unknown> {
-    return { error: this.title, details: this.details };
+    return this.kind.adminStatusCode ? { error: this.title, details: this.details, status_code: this.status } : { error: this.title, details: this.details };
   }
 
   openAIBody(): OpenAIErrorBody {
@@ -70,64 +107,38 @@ export abstract class AppError extends Error {
   }
 
   anthropicBody(): AnthropicErrorBody {
-    return { type: 'error', error: { type: anthropicErrorType(this.status), message: this.message } };
+    return { type: 'error', error: { type: this.kind.anthropicType, message: this.message } };
   }
 }
 
-export class BadRequestError extends AppError {
-  readonly status = 400;
-  readonly code = 'invalid_request';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Invalid request';
+/** An AppError class of one kind: `new BadRequestError(message, details?)`. */
+function errorOfKind(kind: ErrorKind) {
+  return class extends AppError {
+    constructor(message: string, details?: unknown) {
+      super(kind, message, details);
+    }
+  };
 }
 
-export class UnauthorizedError extends AppError {
-  readonly status = 401;
-  readonly code = 'invalid_api_key';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Unauthorized';
-}
-
-export class ForbiddenError extends AppError {
-  readonly status = 403;
-  readonly code = 'forbidden';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Forbidden';
-}
-
-export class NotFoundError extends AppError {
-  readonly status = 404;
-  readonly code = 'not_found';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Not found';
-}
-
-export class PayloadTooLargeError extends AppError {
-  readonly status = 413;
-  readonly code = 'payload_too_large';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Payload too large';
-}
-
-export class UnsupportedMediaTypeError extends AppError {
-  readonly status = 415;
-  readonly code = 'unsupported_media_type';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Unsupported media type';
-}
+export class BadRequestError extends errorOfKind(ERROR_KINDS.badRequest) {}
+export class UnauthorizedError extends errorOfKind(ERROR_KINDS.unauthorized) {}
+export class ForbiddenError extends errorOfKind(ERROR_KINDS.forbidden) {}
+export class NotFoundError extends errorOfKind(ERROR_KINDS.notFound) {}
+export class PayloadTooLargeError extends errorOfKind(ERROR_KINDS.payloadTooLarge) {}
+export class UnsupportedMediaTypeError extends errorOfKind(ERROR_KINDS.unsupportedMediaType) {}
+export class ServiceUnavailableError extends errorOfKind(ERROR_KINDS.serviceUnavailable) {}
+export class BadGatewayError extends errorOfKind(ERROR_KINDS.badGateway) {}
+export class GatewayTimeoutError extends errorOfKind(ERROR_KINDS.gatewayTimeout) {}
+export class InternalError extends errorOfKind(ERROR_KINDS.internal) {}
 
 export class RateLimitError extends AppError {
-  readonly status = 429;
-  readonly code = 'rate_limit_exceeded';
-  readonly type = 'rate_limit_error';
-  readonly title = 'Rate limit exceeded';
   override readonly headers: Readonly<Record<string, string>>;
 
   constructor(
     readonly perMinute: number,
     retryAfterSeconds: number,
   ) {
-    super(`Rate limit exceeded: ${perMinute} per minute`);
+    super(ERROR_KINDS.rateLimited, `Rate limit exceeded: ${perMinute} per minute`);
     this.headers = { 'Retry-After': String(retryAfterSeconds) };
   }
 
@@ -139,18 +150,10 @@ export class RateLimitError extends AppError {
 
 /** The memory engine is not usable (never initialised, failing, or timing out). */
 export class MemoryUnavailableError extends AppError {
-  readonly status = 503;
-  readonly code = 'memory_unavailable';
-  readonly type = 'server_error';
-  readonly title = 'Service unavailable';
-
   /** @param transient true when the engine exists but is failing now; false when it was never initialised. */
   constructor(readonly transient: boolean) {
-    super(transient ? 'Memory service is temporarily unavailable' : 'Memory service is unavailable');
-  }
-
-  override adminBody(): Record<string, unknown> {
-    return { error: this.title, details: this.message, status_code: 503 };
+    const message = transient ? 'Memory service is temporarily unavailable' : 'Memory service is unavailable';
+    super(ERROR_KINDS.memoryUnavailable, message);
   }
 }
 
@@ -159,13 +162,8 @@ export class MemoryUnavailableError extends AppError {
  * or 422: too long for its context, say). Retrying cannot help; the engine itself works.
  */
 export class MemoryRejectedError extends AppError {
-  readonly status = 422;
-  readonly code = 'memory_rejected';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Unprocessable content';
-
   constructor() {
-    super('The memory engine could not process this content', 'The memory engine could not process this content');
+    super(ERROR_KINDS.memoryRejected, 'The memory engine could not process this content');
   }
 }
 
@@ -174,46 +172,9 @@ export class MemoryRejectedError extends AppError {
  * added until some are deleted or the limit is raised.
  */
 export class MemoryLimitError extends AppError {
-  readonly status = 413;
-  readonly code = 'memory_limit_reached';
-  readonly type = 'invalid_request_error';
-  readonly title = 'Memory limit reached';
-
   constructor(readonly limit: number) {
-    super(`This user has reached the limit of ${limit} memories; delete some before adding more`);
+    super(ERROR_KINDS.memoryLimit, `This user has reached the limit of ${limit} memories; delete some before adding more`);
   }
-}
-
-export class ServiceUnavailableError extends AppError {
-  readonly status = 503;
-  readonly code = 'service_unavailable';
-  readonly type = 'server_error';
-  readonly title = 'Service unavailable';
-
-  override adminBody(): Record<string, unknown> {
-    return { error: this.title, details: this.details, status_code: 503 };
-  }
-}
-
-export class BadGatewayError extends AppError {
-  readonly status = 502;
-  readonly code = 'upstream_unreachable';
-  readonly type = 'server_error';
-  readonly title = 'Bad gateway';
-}
-
-export class GatewayTimeoutError extends AppError {
-  readonly status = 504;
-  readonly code = 'upstream_timeout';
-  readonly type = 'server_error';
-  readonly title = 'Gateway timeout';
-}
-
-export class InternalError extends AppError {
-  readonly status = 500;
-  readonly code = 'internal_error';
-  readonly type = 'server_error';
-  readonly title = 'Internal server error';
 }
 
 /**

@@ -6,7 +6,7 @@ import type http from 'node:http';
 import { assemble } from './assemble';
 import { createHttpServer } from './http/server';
 import { ConfigError, loadConfig, type Config } from './config';
-import { combinedAuthenticator } from './http/key-authenticator';
+import { combinedAuthenticator } from './keys/authenticator';
 import { createRedisRateLimitStore } from './http/redis-store';
 import { KeyRegistry, KeyRegistryError } from './keys/registry';
 import { createLogger, type Logger } from './logger';

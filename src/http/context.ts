@@ -3,7 +3,7 @@
  * the route label used in logs and metrics.
  */
 import type { RateLimitedEndpoint } from '../config';
-import type { Api } from '../proxy/api';
+import type { Api } from './api';
 
 export interface Caller {
   /** Stable id for logs and rate-limit keys: `token`, a registry key id, or `ip:<address>` in development mode. */

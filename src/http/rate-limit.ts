@@ -5,7 +5,7 @@
  * default, shared (Redis) where the composition root passes one.
  */
 import { rateLimit, type Store } from 'express-rate-limit';
-import type { Config, RateLimitedEndpoint } from '../config';
+import { RATE_LIMITED_ENDPOINTS, type Config, type RateLimitedEndpoint } from '../config';
 import { RateLimitError } from '../errors';
 import type { Logger } from '../logger';
 import type { Caller } from './context';
@@ -67,14 +67,5 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
     });
     return limiter as unknown as Handler;
   };
-  return {
-    health: build('health'),
-    search: build('search'),
-    list: build('list'),
-    remember: build('remember'),
-    forget: build('forget'),
-    v1: build('v1'),
-    mcp: build('mcp'),
-    console: build('console'),
-  };
+  return Object.freeze(Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [endpoint, build(endpoint)])) as Record<RateLimitedEndpoint, Handler>);
 }

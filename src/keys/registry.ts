@@ -17,22 +17,15 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import { z } from 'zod';
-import type { RateLimitedEndpoint } from '../config';
+import { RATE_LIMITED_ENDPOINTS, RATE_LIMITED_PATHS, type RateLimitedEndpoint } from '../config';
 import type { Caller } from '../http/context';
-import { memoryIdProblem } from '../http/identity';
+import { memoryIdProblem } from '../memory/scope';
 import type { Logger } from '../logger';
 
 /** Endpoint paths as operators write them in `limits`, and the rate limiter each one names. */
-export const LIMIT_PATHS: Readonly<Record<string, RateLimitedEndpoint>> = Object.freeze({
-  '/v1': 'v1',
-  '/search': 'search',
-  '/list': 'list',
-  '/remember': 'remember',
-  '/forget': 'forget',
-  '/health': 'health',
-  '/mcp': 'mcp',
-  '/console': 'console',
-});
+export const LIMIT_PATHS: Readonly<Record<string, RateLimitedEndpoint>> = Object.freeze(
+  Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [RATE_LIMITED_PATHS[endpoint], endpoint])),
+);
 
 /** Ids become rate-limit keys and log fields: a plain, short charset, and never a built-in caller id. */
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

@@ -18,9 +18,9 @@ import { ErrorCode, McpError, type CallToolResult, type ReadResourceResult } fro
 import { z } from 'zod/v3';
 import { AppError, BadRequestError, ForbiddenError, MemoryUnavailableError, NotFoundError } from '../errors';
 import type { Caller } from '../http/context';
-import { adminScope } from '../http/identity';
+import { adminScope } from '../memory/scope';
 import type { Logger } from '../logger';
-import { MAX_CONTENT_CHARS, MAX_LIMIT, MAX_MESSAGES, MAX_QUERY_CHARS, capResults, resultBody } from '../memory/limits';
+import { MAX_CONTENT_CHARS, MAX_ID_CHARS, MAX_LIMIT, MAX_MESSAGES, MAX_METADATA_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, capResults, resultBody } from '../memory/limits';
 import type { MemoryItem, MemoryService } from '../memory/types';
 
 export const MCP_SERVER_NAME = 'mem0-proxy';
@@ -42,7 +42,7 @@ const userId = z
   .string()
   .trim()
   .min(1)
-  .max(256)
+  .max(MAX_ID_CHARS)
   .optional()
   .describe(
     'Whose memories to use. Leave it out when your key belongs to one user (the call then acts for that user); a key bound to a user cannot name anyone else. Required for keys that serve many users.',
@@ -55,7 +55,7 @@ const searchShape = {
 };
 const listShape = {
   limit: z.number().int().min(1).max(MAX_LIMIT).optional().describe('Most memories to return (default 100).'),
-  offset: z.number().int().min(0).max(1_000_000).optional().describe('How many to skip, for paging (default 0).'),
+  offset: z.number().int().min(0).max(MAX_OFFSET).optional().describe('How many to skip, for paging (default 0).'),
   user_id: userId,
 };
 const messageSchema = z.object({
@@ -78,13 +78,13 @@ const addShape = {
     .describe('A conversation to learn from; the memory engine extracts the facts worth keeping. Give this or `content`, not both.'),
   metadata: z
     .record(z.string(), z.unknown())
-    .refine((m) => JSON.stringify(m).length <= 16_000, 'metadata is too large')
+    .refine((m) => JSON.stringify(m).length <= MAX_METADATA_CHARS, 'metadata is too large')
     .optional()
     .describe('Optional key/value data stored with the memories (e.g. {"source":"chat"}).'),
   user_id: userId,
 };
 const deleteShape = {
-  memory_id: z.string().trim().min(1).max(256).describe('The `id` of the memory to delete, as returned by search_memories or list_memories.'),
+  memory_id: z.string().trim().min(1).max(MAX_ID_CHARS).describe('The `id` of the memory to delete, as returned by search_memories or list_memories.'),
   user_id: userId,
 };
 

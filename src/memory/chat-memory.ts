@@ -7,7 +7,6 @@ import path from 'node:path';
 import { BadRequestError } from '../errors';
 import type { Logger } from '../logger';
 import type { Metrics } from '../metrics';
-import type { CapturedReply } from '../proxy/capture';
 import { MAX_CONTENT_CHARS } from './limits';
 import type { Config } from '../config';
 import { PostgresSaveQueue, type PostgresSaveQueueOptions } from './pg-save-queue';
@@ -16,6 +15,7 @@ import { buildMemoryBlock } from './injection';
 import type { TraceApi, TraceInput, TraceStore } from './trace-store';
 import type { ChatMessage, MemoryItem, MemoryScope, MemoryService } from './types';
 import { UnavailableMemoryService } from './unavailable';
+import { TIMED_OUT, waitAtMost } from '../util/deadline';
 
 /** `X-Mem0-Memory`: on (default), off, read (inject only), write (save only). */
 export type MemoryMode = 'on' | 'off' | 'read' | 'write';
@@ -66,7 +66,8 @@ export interface Exchange {
   id: string;
   scope: MemoryScope;
   userText: string;
-  reply: CapturedReply;
+  /** The assistant's reply as the proxy captured it (proxy/capture.ts); only its text is saved. */
+  reply: { readonly text: string };
   metadata: Record<string, unknown>;
 }
 
@@ -113,13 +114,9 @@ export class ChatMemory {
     if (topK === 0) return { memories: [], ms: 0 };
     const started = process.hrtime.bigint();
     const ms = (): number => Number(process.hrtime.bigint() - started) / 1e6;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), timeoutMs);
-    });
     try {
-      const result = await Promise.race([memory.search(scope, query, { limit: topK, threshold }), deadline]);
-      if (result === 'timeout') {
+      const result = await waitAtMost(memory.search(scope, query, { limit: topK, threshold }), timeoutMs);
+      if (result === TIMED_OUT) {
         metrics.memorySearchDuration.observe({ outcome: 'timeout' }, ms() / 1000);
         logger.warn('memory search past its budget; answering without memories', { request_id: requestId, budget_ms: timeoutMs });
         return { memories: [], ms: ms() };
@@ -133,8 +130,6 @@ export class ChatMemory {
       metrics.memorySearchDuration.observe({ outcome: 'error' }, ms() / 1000);
       logger.warn('memory search failed; answering without memories', { request_id: requestId, error: err instanceof Error ? err.message : String(err) });
       return { memories: [], ms: ms() };
-    } finally {
-      clearTimeout(timer);
     }
   }
 

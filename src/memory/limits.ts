@@ -17,6 +17,12 @@ export const MAX_CONTENT_CHARS = 100_000;
 export const MAX_MESSAGES = 200;
 /** Longest memory stored as it is (`infer: false`): a note, not a document. */
 export const MAX_MEMORY_CHARS = 8000;
+/** Longest user, agent, run or memory id. */
+export const MAX_ID_CHARS = 256;
+/** Furthest a list may page (`offset`). */
+export const MAX_OFFSET = 1_000_000;
+/** Most characters of a memory's metadata, as JSON. */
+export const MAX_METADATA_CHARS = 16_000;
 /** Most bytes of memories (as JSON) in one answer. */
 export const MAX_RESULT_BYTES = 4 * 1024 * 1024;
 

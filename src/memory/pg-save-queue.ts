@@ -26,8 +26,9 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
-import { withDeadline } from '../util/deadline';
-import { SaveQueue, SaveTimeoutError, errorText, jitteredBackoff, queueTuning, type ExchangeQueue, type QueueTuning, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
+import { jitteredBackoff } from '../util/backoff';
+import { waitAtMost, withDeadline } from '../util/deadline';
+import { SaveQueue, SaveTimeoutError, errorText, queueTuning, type ExchangeQueue, type QueueTuning, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
 import type { ChatMessage, MemoryScope } from './types';
 
 export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' | 'synchronous' | 'maxBytes'> {
@@ -172,13 +173,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
     if (this.timer) clearTimeout(this.timer);
     const running = [...this.inFlight.values()];
     if (running.length > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      const bound = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.tuning.stopTimeoutMs);
-        timer.unref();
-      });
-      await Promise.race([Promise.allSettled(running), bound]);
-      clearTimeout(timer);
+      await waitAtMost(Promise.allSettled(running), this.tuning.stopTimeoutMs);
     }
     this.closed = true;
     if (this.schemaReady) {

@@ -18,6 +18,7 @@
  * first failing call of an outage and recovers by itself once the probe succeeds again.
  */
 import { AppError, BadRequestError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
+import { jitteredBackoff } from '../util/backoff';
 import { withDeadline } from '../util/deadline';
 import type { Logger } from '../logger';
 
@@ -277,10 +278,8 @@ export class EngineGuard {
     throw new MemoryUnavailableError(true);
   }
 
-  /** Exponential backoff with jitter (50–100 % of the step), so retries of many callers spread out. */
   private backoff(attempt: number): number {
-    const step = Math.min(this.tuning.maxDelayMs, this.tuning.baseDelayMs * 2 ** (attempt - 1));
-    return Math.round(step / 2 + (Math.random() * step) / 2);
+    return jitteredBackoff(attempt, this.tuning.baseDelayMs, this.tuning.maxDelayMs);
   }
 
   private async runProbe(): Promise<boolean> {

@@ -35,7 +35,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MemoryLimitError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
-import { withDeadline } from '../util/deadline';
+import { jitteredBackoff } from '../util/backoff';
+import { waitAtMost, withDeadline } from '../util/deadline';
 import type { ChatMessage, MemoryScope } from './types';
 
 /** An exchange to save. `id` is the request id: the same id is only ever saved once. */
@@ -165,12 +166,6 @@ export function queueTuning(options: Omit<SaveQueueOptions, 'path' | 'save'>): Q
     isPermanent: options.isPermanent ?? ((err) => err instanceof MemoryRejectedError || err instanceof MemoryLimitError),
     random: options.random ?? Math.random,
   };
-}
-
-/** Exponential backoff with jitter: 50–100 % of min(max, base · 2^(n−1)). */
-export function jitteredBackoff(n: number, baseMs: number, maxMs: number, random: () => number): number {
-  const step = Math.min(maxMs, baseMs * 2 ** Math.max(0, n - 1));
-  return Math.round(step / 2 + (random() * step) / 2);
 }
 
 /**
@@ -370,13 +365,7 @@ export class SaveQueue implements ExchangeQueue {
     this.clearTimer();
     const running = [...this.inFlight.values()];
     if (running.length > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      const bound = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.tuning.stopTimeoutMs);
-        timer.unref();
-      });
-      await Promise.race([Promise.allSettled(running), bound]);
-      clearTimeout(timer);
+      await waitAtMost(Promise.allSettled(running), this.tuning.stopTimeoutMs);
     }
     this.closed = true;
     this.db.close();

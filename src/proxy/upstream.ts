@@ -21,7 +21,7 @@ import { BadGatewayError, GatewayTimeoutError, PayloadTooLargeError, ServiceUnav
 import type { Logger } from '../logger';
 import type { Next } from '../http/pipeline';
 import type { Metrics } from '../metrics';
-import type { Api } from './api';
+import type { Api } from '../http/api';
 import { resolveUpstreamPath } from './target';
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which only makes sense on one connection. */

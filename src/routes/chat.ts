@@ -11,7 +11,7 @@
 import type { IncomingMessage } from 'node:http';
 import { BadRequestError } from '../errors';
 import type { Caller } from '../http/context';
-import { chatScope } from '../http/identity';
+import { chatScope } from '../memory/scope';
 import type { Handler } from '../http/pipeline';
 import { readBody, requireJson } from '../http/read-body';
 import type { InjectionPlacement } from '../config';

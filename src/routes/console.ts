@@ -10,18 +10,18 @@ import type { Request, RequestHandler } from 'express';
 import { z } from 'zod';
 import { ForbiddenError } from '../errors';
 import type { Caller } from '../http/context';
-import { adminScope } from '../http/identity';
+import { adminScope } from '../memory/scope';
 import type { Logger } from '../logger';
 import type { ChatMemory } from '../memory/chat-memory';
 import { buildMemoryBlock } from '../memory/injection';
-import { MAX_LIMIT, MAX_MEMORY_CHARS, MAX_QUERY_CHARS } from '../memory/limits';
+import { MAX_ID_CHARS, MAX_LIMIT, MAX_MEMORY_CHARS, MAX_QUERY_CHARS } from '../memory/limits';
 import type { TraceStore } from '../memory/trace-store';
 import type { MemoryService } from '../memory/types';
 import { id, parse, scopeFields } from './memory';
 
 const usersBody = z
   .object({
-    query: z.string().trim().max(256).optional(),
+    query: z.string().trim().max(MAX_ID_CHARS).optional(),
     limit: z.number().int().min(1).max(MAX_LIMIT).optional(),
     offset: z.number().int().min(0).max(100_000_000).optional(),
   })

@@ -5,16 +5,16 @@
 import type { Request, RequestHandler } from 'express';
 import { z } from 'zod';
 import { BadRequestError, NotFoundError } from '../errors';
-import { adminScope } from '../http/identity';
-import { MAX_CONTENT_CHARS, MAX_LIMIT, MAX_MEMORY_CHARS, MAX_MESSAGES, MAX_QUERY_CHARS, resultBody } from '../memory/limits';
+import { adminScope } from '../memory/scope';
+import { MAX_CONTENT_CHARS, MAX_ID_CHARS, MAX_LIMIT, MAX_MEMORY_CHARS, MAX_MESSAGES, MAX_METADATA_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, resultBody } from '../memory/limits';
 import type { MemoryService } from '../memory/types';
 
 export { MAX_LIMIT };
 
 /** A user, agent, run or memory id in an admin body (the console's endpoints share these). */
-export const id = z.string().trim().min(1).max(256);
+export const id = z.string().trim().min(1).max(MAX_ID_CHARS);
 export const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
-const metadata = z.record(z.string(), z.unknown()).refine((m) => JSON.stringify(m).length <= 16_000, 'metadata is too large');
+const metadata = z.record(z.string(), z.unknown()).refine((m) => JSON.stringify(m).length <= MAX_METADATA_CHARS, 'metadata is too large');
 
 const searchBody = z.object({ ...scopeFields, query: z.string().trim().min(1).max(MAX_QUERY_CHARS), limit: z.number().int().min(1).max(MAX_LIMIT).optional() }).strict();
 const instant = z
@@ -25,7 +25,7 @@ const listBody = z
   .object({
     ...scopeFields,
     limit: z.number().int().min(1).max(MAX_LIMIT).optional(),
-    offset: z.number().int().min(0).max(1_000_000).optional(),
+    offset: z.number().int().min(0).max(MAX_OFFSET).optional(),
     text: z.string().trim().min(1).max(MAX_QUERY_CHARS).optional(),
     since: instant.optional(),
     until: instant.optional(),

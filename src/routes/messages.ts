@@ -8,7 +8,7 @@
  * the reply ends it (`stop_reason: end_turn`), with the session in its metadata. Requests for
  * structured (JSON schema) output, such as Claude Code's session-title request, carry no memory.
  */
-import { chatScope } from '../http/identity';
+import { chatScope } from '../memory/scope';
 import type { Handler } from '../http/pipeline';
 import { exchangeId, writes, type ChatMemory } from '../memory/chat-memory';
 import { appendMemoryBlock, isStructuredOutputRequest, messagesPromptText, messagesSessionId } from '../memory/messages-injection';

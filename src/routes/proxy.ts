@@ -3,7 +3,7 @@
  * in both directions.
  */
 import type { Handler } from '../http/pipeline';
-import type { Api } from '../proxy/api';
+import { isV1, type Api } from '../http/api';
 import type { Upstream } from '../proxy/upstream';
 
 export function passthroughRoute(upstream: Upstream): Handler {
@@ -27,7 +27,7 @@ const ADMIN_ROUTES = new Set(['/health', '/livez', '/readyz', '/metrics', '/sear
  * (a 401 is counted under the route it was refused on) and comes from a fixed set.
  */
 export function routeLabel(path: string, api: Api | undefined): string {
-  if (path === '/v1' || path.startsWith('/v1/')) return api === 'anthropic' ? anthropicLabel(path) : v1Label(path);
+  if (isV1(path)) return api === 'anthropic' ? anthropicLabel(path) : v1Label(path);
   if (path === '/ui' || path.startsWith('/ui/')) return '/ui';
   const trimmed = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
   return ADMIN_ROUTES.has(trimmed) ? trimmed : 'unmatched';

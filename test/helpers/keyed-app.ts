@@ -7,7 +7,7 @@
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { KeyRegistry, type KeyEntryJson } from '../../src/keys/registry';
 import { buildTestApp, captureLogger, type TestApp, type TestAppOptions } from './app';

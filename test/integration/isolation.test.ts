@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { keyDigestHex, type KeyEntryJson, type KeyRegistry } from '../../src/keys/registry';
 import { createMemoryService } from '../../src/memory/factory';

@@ -5,7 +5,7 @@
  */
 import { BadRequestError, ForbiddenError } from '../../src/errors';
 import type { Caller } from '../../src/http/context';
-import { adminScope, chatScope, DEFAULT_CHAT_USER, memoryIdProblem } from '../../src/http/identity';
+import { adminScope, chatScope, DEFAULT_CHAT_USER, memoryIdProblem } from '../../src/memory/scope';
 
 const caller = (over: Partial<Caller> = {}): Caller => ({ id: 'token', kind: 'token', userId: undefined, admin: true, limits: {}, ...over });
 const token = caller();

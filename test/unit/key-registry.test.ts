@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { main as keysCli, KEY_PREFIX } from '../../scripts/keys';
 import { loadConfig } from '../../src/config';
-import { combinedAuthenticator } from '../../src/http/key-authenticator';
+import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { KeyRegistry, KeyRegistryError, keyDigestHex, readKeysFile } from '../../src/keys/registry';
 import { captureLogger } from '../helpers/app';
 import { TEST_AUTH_TOKEN, runtimeSecrets } from '../helpers/secrets';

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { appendMemoryBlock, messagesPromptText, messagesSessionId } from '../../src/memory/messages-injection';
 import { anthropicLabel } from '../../src/routes/proxy';
-import { apiOf } from '../../src/proxy/api';
+import { apiOf } from '../../src/http/api';
 
 const BLOCK = 'The following are facts…\n<memories>\n- likes "tea"\n</memories>';
 

@@ -7,8 +7,8 @@
  *
  * Both checks always run, so the time taken does not tell a token from a key.
  */
-import type { KeyRegistry } from '../keys/registry';
-import { tokenAuthenticator, type Authenticator } from './authenticate';
+import { tokenAuthenticator, type Authenticator } from '../http/authenticate';
+import type { KeyRegistry } from './registry';
 
 /** @param registry the key registry (active once its file has been read), or undefined for none. */
 export function combinedAuthenticator(token: string | undefined, registry: KeyRegistry | undefined): Authenticator {

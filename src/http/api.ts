@@ -12,6 +12,11 @@ import type { IncomingHttpHeaders } from 'node:http';
 
 export type Api = 'openai' | 'anthropic';
 
+/** `/v1`, `/v1/...` or `/v1?...` (a path, or a request target in origin form): the proxy's traffic. */
+export function isV1(target: string): boolean {
+  return target.startsWith('/v1') && (target.length === 3 || target[3] === '/' || target[3] === '?');
+}
+
 export function isAnthropicPath(path: string): boolean {
   return path === '/v1/messages' || path.startsWith('/v1/messages/') || path === '/v1/complete';
 }

@@ -6,11 +6,11 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { BadRequestError, ForbiddenError } from '../errors';
-import type { MemoryScope } from '../memory/types';
-import type { Caller } from './context';
+import type { Caller } from '../http/context';
+import { MAX_ID_CHARS } from './limits';
+import type { MemoryScope } from './types';
 
 export const DEFAULT_CHAT_USER = 'default';
-const MAX_ID_LENGTH = 256;
 
 function header(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];
@@ -23,7 +23,7 @@ function header(headers: IncomingHttpHeaders, name: string): string | undefined 
  * with whitespace, and `*` is a wildcard to vector stores: as a user id it would reach everyone.
  */
 export function memoryIdProblem(value: string): string | undefined {
-  if (value.length > MAX_ID_LENGTH) return `must be at most ${MAX_ID_LENGTH} characters`;
+  if (value.length > MAX_ID_CHARS) return `must be at most ${MAX_ID_CHARS} characters`;
   if (/\s/.test(value)) return 'must not contain whitespace';
   if (value === '*') return 'must not be "*"';
   return undefined;
