@@ -3,7 +3,7 @@
  * environment; `index.ts` (and the tests, through the same door) pass everything in.
  *
  * A request's way: request id → request log → cross-origin check → authenticate → rate limit
- * (per endpoint, per caller) → route. `/v1/*` speaks OpenAI's API or Anthropic's (`proxy/api.ts` tells them apart),
+ * (per endpoint, per caller) → route. `/v1/*` speaks OpenAI's API or Anthropic's (`http/api.ts` tells them apart),
  * each with its own upstream: `/v1/chat/completions`, `/v1/responses` and Anthropic's
  * `/v1/messages` read and check their body and carry memory; every other `/v1/*` path is forwarded
  * untouched; the admin API parses JSON bodies only on its own routes; `/mcp` serves the same

@@ -1,5 +1,5 @@
 /**
- * Whose memories a request may touch (src/http/identity.ts): a caller bound to a user acts only
+ * Whose memories a request may touch (src/memory/scope.ts): a caller bound to a user acts only
  * for that user; the token and admin keys act for whoever they name; ids that could not name a
  * memory scope are refused (admin API) or mean "no memory" (chat path).
  */
