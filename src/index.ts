@@ -122,8 +122,6 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  // The memory engine reads this when it is first imported: off unless the operator turned it on.
-  process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
   const logger = createLogger({ debug: config.debug, secrets: config.secrets });
   let running: RunningServer;
   try {

@@ -30,6 +30,7 @@ import type { Logger } from '../logger';
 import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './mem0/results';
 import { EngineGuard, isTransientError, isTransientStatus, withTimeout, type FailureKind, type GuardTuning } from './resilience';
 import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UserSummary, UsersOptions, UsersPage } from './types';
+import { loadMem0Client } from './mem0/load';
 import { UnavailableMemoryService } from './unavailable';
 
 /** The part of MemoryClient this service calls. */
@@ -296,9 +297,7 @@ export interface CreatePlatformOptions {
 export async function createPlatformService(config: Config, logger: Logger, options: CreatePlatformOptions = {}): Promise<MemoryService> {
   const apiKey = config.memory.mem0ApiKey;
   if (!apiKey) return new UnavailableMemoryService('platform', 'MEM0_API_KEY is not set (MEMORY_BACKEND=platform)');
-  // Read by mem0ai once, when first loaded.
-  process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
-  const { MemoryClient: Client } = require('mem0ai') as typeof import('mem0ai');
+  const { MemoryClient: Client } = loadMem0Client(config);
   const host = config.memory.mem0Host?.replace(/\/+$/, '');
   const makeClient = (): PlatformClient => new Client({ apiKey, ...(host !== undefined ? { host } : {}) });
 

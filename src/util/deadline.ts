@@ -3,24 +3,6 @@
  * signal); only the wait ends. No timer here keeps the process alive.
  */
 
-/** Resolves or rejects like `promise`, or rejects with `onTimeout()` after `ms`. */
-export function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(onTimeout()), ms);
-    timer.unref();
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err instanceof Error ? err : new Error(String(err)));
-      },
-    );
-  });
-}
-
 /** What `waitAtMost` resolves to when the time ran out first. */
 export const TIMED_OUT: unique symbol = Symbol('timed out');
 
@@ -43,4 +25,11 @@ export function waitAtMost<T>(promise: Promise<T>, ms: number): Promise<T | type
       },
     );
   });
+}
+
+/** Resolves or rejects like `promise`, or rejects with `onTimeout()` after `ms`. */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  const result = await waitAtMost(promise, ms);
+  if (result === TIMED_OUT) throw onTimeout();
+  return result;
 }

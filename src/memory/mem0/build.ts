@@ -20,12 +20,13 @@ import type { Logger } from '../../logger';
 import { BatchingEmbedder, type EmbedderLike } from '../batching-embedder';
 import { EntityOracle } from '../entity-oracle';
 import { Recall, type RecallStores } from '../recall';
-import type { GuardTuning } from '../resilience';
+import { DEFAULT_GUARD_TUNING, type GuardTuning } from '../resilience';
 import type { MemoryService, UserSummary, UsersOptions, UsersPage } from '../types';
 import { UnavailableMemoryService } from '../unavailable';
 import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../vector-store/embedded-store';
 import { registerEmbeddedVectorStore } from '../vector-store/register';
 import { buildMem0Config, mem0Preconditions } from './engine-config';
+import { loadMem0Oss } from './load';
 import { Mem0MemoryService, type Mem0ServiceOptions } from './service';
 
 /** The private parts of mem0's `Memory` we touch: HTTP client settings at start, stores at close. */
@@ -257,15 +258,14 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   } catch (err) {
     return new UnavailableMemoryService(backend, `DATA_DIR cannot be created: ${(err as Error).message}`);
   }
-  // Both are read by mem0ai: telemetry once at load, MEM0_DIR at each use.
-  process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
+  // Read by mem0ai at each use.
   process.env.MEM0_DIR = path.join(config.dataDir, 'mem0');
 
-  const oss = require('mem0ai/oss') as typeof import('mem0ai/oss');
+  const oss = loadMem0Oss(config);
   if (backend === 'embedded' || backend === 'pgvector') registerEmbeddedVectorStore(oss.VectorStoreFactory);
 
-  const writeTimeoutMs = options.tuning?.writeTimeoutMs ?? 60_000;
-  const readTimeoutMs = options.tuning?.readTimeoutMs ?? 10_000;
+  const writeTimeoutMs = options.tuning?.writeTimeoutMs ?? DEFAULT_GUARD_TUNING.writeTimeoutMs;
+  const readTimeoutMs = options.tuning?.readTimeoutMs ?? DEFAULT_GUARD_TUNING.readTimeoutMs;
   // The embedded store's open files belong to this engine: its stores join them, and `release` closes them.
   const files = new EmbeddedStoreFiles();
   let memory: Memory;

@@ -71,8 +71,7 @@ async function main(): Promise<void> {
   const config = configFromData(data.config, data.secrets);
   const logger = winston.createLogger({ level: 'debug', transports: [new ParentTransport()] });
   routeConsole(logger);
-  // mem0ai reads these when first loaded (createMem0Service sets them too, before loading it).
-  process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
+  // createMem0Service loads mem0ai through mem0/load.ts, which sets MEM0_TELEMETRY first.
   const service = await createMem0Service(config, logger, {
     tuning: data.tuning,
     batchEmbeddings: data.batchEmbeddings,
