@@ -71,7 +71,7 @@ export async function buildTestApp(env: Record<string, string>, options: TestApp
   const metrics = createMetrics({ collectDefault: false });
   const memory = options.memory ? await options.memory(config, logger) : new UnavailableMemoryService(config.memory.backend, 'test');
   const authenticator = options.authenticator ?? tokenAuthenticator(config.authToken);
-  const assembled = assemble({
+  const assembled = await assemble({
     config,
     logger,
     metrics,
