@@ -116,6 +116,8 @@ export interface FakeBehaviour {
   embeddingDelayMs?: number;
   /** Default embedding dimension when the request has no `dimensions`. */
   embeddingDimensions: number;
+  /** The embedding of a text (default `fakeEmbedding`); a test can make equal texts embed apart. */
+  embedding?: ((text: string, dimensions: number) => number[]) | undefined;
   /** mem0ai fact extractor: gets the "## New Messages" text ("role: content" lines), returns facts. */
   extract: (messagesText: string) => string[];
   /** Model ids listed by GET /v1/models. */
@@ -729,7 +731,7 @@ async function handleEmbeddings(ex: Exchange, body: Json, fault: Fault | undefin
     return;
   }
   const data = texts.map((t, index) => {
-    const vec = fakeEmbedding(t, dims);
+    const vec = (b.embedding ?? fakeEmbedding)(t, dims);
     let embedding: number[] | string = vec;
     if (format === 'base64') {
       const buf = Buffer.alloc(vec.length * 4);

@@ -14,7 +14,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Memory, VectorStore } from 'mem0ai/oss';
+import type { Memory, VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { Config } from '../../config';
 import type { Logger } from '../../logger';
 import { BatchingEmbedder, type EmbedderLike } from '../batching-embedder';
@@ -38,6 +38,7 @@ interface EngineInternals {
   _entityStore?: unknown;
   _ensureInitialized?: unknown;
   getEntityStore?: unknown;
+  _existingEntitiesByText?: unknown;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -84,6 +85,56 @@ function guardConnectionErrors(engine: EngineInternals, logger: Logger): () => v
       });
     }
   };
+}
+
+/** What mem0 reads of its map of a scope's existing entities, by normalised text. */
+interface EntityLookup {
+  get(key: string): VectorStoreResult | undefined;
+  has(key: string): boolean;
+}
+
+/**
+ * mem0's `add` looks each extracted entity up by its text among the scope's existing entities,
+ * which mem0 reads by listing up to 10,000 entity rows on every save (the longer a user's
+ * history, the slower each save). On the embedded store the same question is one indexed read
+ * per entity (`findByTextKey`), answering as the listing would (first row in insertion order),
+ * without its 10,000-row horizon. Other stores keep mem0's listing.
+ */
+function indexEntityLookups(memory: Memory, internals: EngineInternals, logger: Logger): void {
+  const listing = internals._existingEntitiesByText;
+  if (typeof listing !== 'function') {
+    logger.warn('memory engine: mem0 has no exact entity lookup to index; saves list the entity store as mem0 does');
+    return;
+  }
+  internals._existingEntitiesByText = (entityStore: unknown, filters: Record<string, unknown>): Promise<EntityLookup> => {
+    if (!(entityStore instanceof EmbeddedVectorStore)) return (listing as (s: unknown, f: unknown) => Promise<EntityLookup>).call(memory, entityStore, filters);
+    const lookup: EntityLookup = {
+      get: (key) => entityStore.findByTextKey(filters, key),
+      has: (key) => entityStore.findByTextKey(filters, key) !== undefined,
+    };
+    return Promise.resolve(lookup);
+  };
+}
+
+/**
+ * mem0's history file (`history.db`: each memory's change log and the last messages of each
+ * session, which mem0 reads back as context for the next extraction) is opened with SQLite's
+ * defaults: a rollback journal and a full sync, two or three fsyncs for each of its two commits
+ * per save (≈ 2 ms each here). Write-ahead logging with NORMAL sync makes those commits cost
+ * microseconds; a commit is still durable when the process dies (SIGKILL included), and only an
+ * operating-system crash or power cut can lose the last of them. The memories themselves are in
+ * the vector store, which keeps its full sync.
+ */
+function journalHistoryAhead(history: unknown, logger: Logger): void {
+  const db = isRecord(history) ? history['db'] : undefined;
+  if (!isRecord(db) || typeof db['pragma'] !== 'function') return;
+  const pragma = db['pragma'] as (source: string) => unknown;
+  try {
+    pragma.call(db, 'journal_mode = WAL');
+    pragma.call(db, 'synchronous = NORMAL');
+  } catch (err) {
+    logger.warn('memory engine: the history file keeps its rollback journal', { err });
+  }
 }
 
 function isEmbedder(value: unknown): value is EmbedderLike {
@@ -239,6 +290,8 @@ export interface CreateMem0Options {
   startupTimeoutMs?: number | undefined;
   /** One embedding request per search and per save (default true; false keeps mem0's two, for comparisons). */
   batchEmbeddings?: boolean | undefined;
+  /** Exact entity lookups from the embedded store's index (default true; false keeps mem0's listing, for comparisons). */
+  indexEntityLookups?: boolean | undefined;
 }
 
 /**
@@ -276,6 +329,8 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     return new UnavailableMemoryService(backend, `the memory engine rejected its configuration: ${(err as Error).message}`);
   }
   const internals = memory as unknown as EngineInternals;
+  if (options.indexEntityLookups !== false) indexEntityLookups(memory, internals, logger);
+  journalHistoryAhead(internals.db, logger);
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
   const { batching, recall } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
@@ -298,6 +353,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     tuning: options.tuning,
     onAvailabilityChange: options.onAvailabilityChange,
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
+    unit: (fn) => files.unit(fn),
     batching,
     recall,
     maxPerUser: config.memory.maxPerUser,

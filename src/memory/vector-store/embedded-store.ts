@@ -43,6 +43,7 @@ import type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/
 import { EmbeddedStoreFiles } from './embedded/files';
 import { asFilters, isPlainObject, matchesFilters, type Filters } from './embedded/filters';
 import { keywordQuery, tokenize } from './embedded/keywords';
+import { entityTextKey, isEntityCollection } from './embedded/text-keys';
 import { hasResidualFilter, normalizePayload, parsePayload, pickScope, scopeColumns, scopeKey, scopeKeysOf, SCOPE_FIELDS, type Scope, type ScopeField } from './embedded/scope';
 import type { CollectionState, SharedDb } from './embedded/shared-db';
 import { blobOf, clampScore, cosineToUnit, normalized, quantizeVector, toFloat32, vectorFromBlob } from './embedded/vectors';
@@ -174,22 +175,23 @@ export class EmbeddedVectorStore implements VectorStore {
       const rawPayload = payloads[i];
       const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
       const json = JSON.stringify(payload);
-      return { id, vector, quantized: quantizeVector(vector), json, cols: scopeColumns(parsePayload(json)) };
+      const parsed = parsePayload(json);
+      return { id, vector, quantized: quantizeVector(vector), json, cols: scopeColumns(parsed), textKey: this.textKeyOf(parsed) };
     });
     const trackOld = this.state.partitions.size > 0;
     const oldScopes = new Map<string, ScopeRow | undefined>();
-    const write = this.shared.db.transaction(() => {
+    this.shared.write(() => {
       this.registerCollection();
       const upsert = this.shared.stmt(
-        'INSERT OR REPLACE INTO evs_vectors (collection, id, user_id, agent_id, run_id, vector, qvector, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT OR REPLACE INTO evs_vectors (collection, id, user_id, agent_id, run_id, vector, qvector, payload, text_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
       );
       for (const r of rows) {
         // The scope before this batch (an id repeated within the batch must not see its own first write).
         if (trackOld && !oldScopes.has(r.id)) oldScopes.set(r.id, this.readScope(r.id));
-        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), encodeQuantized(r.quantized, this.dimension), r.json);
+        const quantized = encodeQuantized(r.quantized, this.dimension);
+        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), quantized, r.json, r.textKey);
       }
     });
-    write();
     if (trackOld) {
       const finalRows = new Map(rows.map((r) => [r.id, r])); // last write of an id wins, as in SQLite
       for (const r of finalRows.values()) this.applyToPartitions(r.id, oldScopes.get(r.id), r.cols, r.quantized);
@@ -292,16 +294,18 @@ export class EmbeddedVectorStore implements VectorStore {
     const v = toFloat32(vector, this.dimension, 'update');
     const quantized = quantizeVector(v);
     const json = JSON.stringify(normalizePayload(isPlainObject(payload) ? payload : {}));
-    const cols = scopeColumns(parsePayload(json));
+    const parsed = parsePayload(json);
+    const cols = scopeColumns(parsed);
     let old: ScopeRow | undefined;
-    const write = this.shared.db.transaction(() => {
+    this.shared.write(() => {
       old = this.readScope(vectorId);
       if (!old) return;
       this.shared
-        .stmt('UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, qvector = ?, payload = ? WHERE collection = ? AND id = ?')
-        .run(cols[0], cols[1], cols[2], blobOf(v), encodeQuantized(quantized, this.dimension), json, this.collectionName, vectorId);
+        .stmt(
+          'UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, qvector = ?, payload = ?, text_key = ? WHERE collection = ? AND id = ?',
+        )
+        .run(cols[0], cols[1], cols[2], blobOf(v), encodeQuantized(quantized, this.dimension), json, this.textKeyOf(parsed), this.collectionName, vectorId);
     });
-    write();
     if (!old) {
       // The built-in store silently ignores updates of missing ids; mem0 checks existence first.
       this.logger?.warn('embedded vector store: update of a missing id ignored', { collection: this.collectionName, id: vectorId });
@@ -313,24 +317,22 @@ export class EmbeddedVectorStore implements VectorStore {
   async delete(vectorId: string): Promise<void> {
     this.assertOpen();
     let old: ScopeRow | undefined;
-    const write = this.shared.db.transaction(() => {
+    this.shared.write(() => {
       old = this.readScope(vectorId);
       if (old) this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ? AND id = ?').run(this.collectionName, vectorId);
     });
-    write();
     if (old) this.applyToPartitions(vectorId, old, null, null);
   }
 
   /** Deletes every row of this collection (other collections in the file are untouched). */
   async deleteCol(): Promise<void> {
     this.assertOpen();
-    const write = this.shared.db.transaction(() => {
+    this.shared.write(() => {
       this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ?').run(this.collectionName);
       this.shared.stmt('DELETE FROM evs_images WHERE collection = ?').run(this.collectionName);
       // Forget the dimension too, so the collection can be recreated for another embedding model.
       this.shared.stmt('DELETE FROM evs_collections WHERE name = ?').run(this.collectionName);
     });
-    write();
     this.shared.dropPartitions(this.state);
   }
 
@@ -354,6 +356,25 @@ export class EmbeddedVectorStore implements VectorStore {
       if (results.length < k) results.push({ id: row.id, payload });
     }
     return [results, total];
+  }
+
+  /**
+   * The first row (in insertion order) within `filters` whose `data` mem0 would call the same
+   * entity as `key` (text-keys.ts), from the index; undefined when there is none. Entity
+   * collections only (others keep no text keys). Synchronous, as mem0 reads its map of existing
+   * entities.
+   */
+  findByTextKey(filters: Record<string, unknown> | undefined, key: string): VectorStoreResult | undefined {
+    this.assertOpen();
+    if (!this.entityCollection) throw new Error(`findByTextKey: "${this.collectionName}" is not an entity collection`);
+    const f = asFilters(filters);
+    const { where, params, residual } = this.sqlScope(f);
+    const rows = this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} AND text_key = ? ORDER BY rowid`).iterate(...params, key);
+    for (const row of rows as IterableIterator<RowForList>) {
+      const payload = parsePayload(row.payload);
+      if (!residual || matchesFilters(payload, f)) return { id: row.id, payload };
+    }
+    return undefined;
   }
 
   /**
@@ -410,6 +431,14 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   // -------------------------------------------------------------------------------------------
+
+  private get entityCollection(): boolean {
+    return isEntityCollection(this.collectionName);
+  }
+
+  private textKeyOf(payload: Record<string, unknown>): string | null {
+    return this.entityCollection ? entityTextKey(payload['data']) : null;
+  }
 
   private assertOpen(): void {
     if (this.closed || !this.shared.db.open) throw new Error(`EmbeddedVectorStore (${this.collectionName}) is closed`);

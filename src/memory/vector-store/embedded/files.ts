@@ -7,6 +7,7 @@
  * and closes it (`closeAll`) when done. Stores that should share a file's connection and index
  * must be given the same instance.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -29,6 +30,40 @@ export class EmbeddedStoreFiles {
   readonly arenas = new Int8Arenas();
   private readonly openFiles = new Map<string, SharedDb>();
   private privateDbCounter = 0;
+  private readonly units = new AsyncLocalStorage<true>();
+
+  /**
+   * Runs `fn` (one save) as a unit: the writes it makes to these files share one transaction per
+   * file, committed when `fn` settles, whether it succeeded or not (what it wrote stays written,
+   * as it would with a commit per write). A failed commit fails the unit.
+   */
+  async unit<T>(fn: () => Promise<T>): Promise<T> {
+    let result: T;
+    try {
+      result = await this.units.run(true, fn);
+    } catch (err) {
+      try {
+        this.commitUnits();
+      } catch {
+        // The save failed already; its own error is the one to report.
+      }
+      throw err;
+    }
+    this.commitUnits();
+    return result;
+  }
+
+  private commitUnits(): void {
+    let failure: unknown;
+    for (const shared of this.openFiles.values()) {
+      try {
+        shared.commitUnit();
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    if (failure !== undefined) throw failure;
+  }
 
   open(dbPath: string, synchronous: 'FULL' | 'NORMAL'): SharedDb {
     const inMemory = dbPath === ':memory:';
@@ -53,7 +88,7 @@ export class EmbeddedStoreFiles {
       db.close();
       throw err;
     }
-    const shared = new SharedDb(key, db);
+    const shared = new SharedDb(key, db, () => this.units.getStore() === true);
     shared.synchronous = synchronous;
     this.openFiles.set(key, shared);
     return shared;
@@ -62,6 +97,11 @@ export class EmbeddedStoreFiles {
   release(shared: SharedDb): void {
     shared.refs--;
     if (shared.refs > 0) return;
+    try {
+      shared.commitUnit();
+    } catch {
+      // Rolled back: the save it belonged to is retried from the save queue.
+    }
     shared.saveImages();
     shared.dropAllPartitions();
     this.openFiles.delete(shared.key);

@@ -5,6 +5,7 @@
 import type Database from 'better-sqlite3';
 import { encodeQuantized } from '../quantized/quantize';
 import { createKeywordIndex } from './keywords';
+import { createTextKeyIndex } from './text-keys';
 import { quantizeVector, vectorFromBlob } from './vectors';
 
 /** Creates what is missing in a newly opened file (tables, indexes, triggers) and migrates older files. */
@@ -23,6 +24,7 @@ export function createSchema(db: Database.Database): void {
       vector BLOB NOT NULL,
       payload TEXT NOT NULL,
       qvector BLOB,
+      text_key TEXT,
       PRIMARY KEY (collection, id)
     );
     -- agent_id / run_id are often absent: partial indexes skip those rows (an equality lookup
@@ -36,6 +38,7 @@ export function createSchema(db: Database.Database): void {
     );
   `);
   addQuantizedColumn(db);
+  createTextKeyIndex(db);
   createKeywordIndex(db);
   createPartitionImages(db);
 }
