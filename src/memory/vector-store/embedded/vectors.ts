@@ -60,5 +60,5 @@ export function vectorFromBlob(blob: Buffer, dimension: number, id: string): Flo
 }
 
 export function clampScore(s: number): number {
-  return s > 1 ? 1 : s < -1 ? -1 : s;
+  return Math.min(1, Math.max(-1, s));
 }

@@ -142,7 +142,7 @@ export function kernelModuleOrNull(): object | null {
     kernelModule = null;
     try {
       const bytes = buildInt8DotKernelWasm();
-      if (wasmApi && wasmApi.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
+      if (wasmApi?.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
     } catch {
       kernelModule = null; // no WebAssembly or no SIMD (e.g. --jitless): the JS kernel is used
     }
