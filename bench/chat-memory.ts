@@ -196,7 +196,11 @@ const QUERY_TEMPLATES: Array<(p: Pick) => string> = [
 
 export function makeQueries(count: number): string[] {
   const p = picker(seededRandom(777));
-  return Array.from({ length: count }, (_, i) => (QUERY_TEMPLATES[i % QUERY_TEMPLATES.length] ?? QUERY_TEMPLATES[0]!)(p));
+  return Array.from({ length: count }, (_, i) => {
+    const template = QUERY_TEMPLATES[i % QUERY_TEMPLATES.length];
+    if (!template) throw new Error('makeQueries: no query templates');
+    return template(p);
+  });
 }
 
 function chatBody(query: string, stream: boolean): Buffer {

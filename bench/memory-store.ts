@@ -61,22 +61,17 @@ interface InsertRow {
 }
 
 function unitVector(dim: number, next: () => number): number[] {
-  const v = new Array<number>(dim);
+  const v = Array.from({ length: dim }, () => next() * 2 - 1);
   let sum = 0;
-  for (let i = 0; i < dim; i++) {
-    const x = next() * 2 - 1;
-    v[i] = x;
-    sum += x * x;
-  }
+  for (const x of v) sum += x * x;
   const inv = 1 / Math.sqrt(sum);
-  for (let i = 0; i < dim; i++) v[i] = v[i]! * inv;
-  return v;
+  return v.map((x) => x * inv);
 }
 
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[idx]!;
+  return sorted[idx] ?? Number.NaN;
 }
 
 function nowMs(): number {
@@ -92,7 +87,11 @@ function owners(total: number, userSizes: number[], seed: number): string[] {
   const next = seededRandom(seed);
   for (let i = out.length - 1; i > 0; i--) {
     const j = Math.floor(next() * (i + 1));
-    [out[i], out[j]] = [out[j]!, out[i]!];
+    const a = out[i];
+    const b = out[j];
+    if (a === undefined || b === undefined) throw new RangeError(`owners: shuffle index ${i} or ${j} outside ${out.length}`);
+    out[i] = b;
+    out[j] = a;
   }
   return out;
 }
@@ -116,7 +115,7 @@ async function load(store: VectorStore, rowOwners: string[], dim: number, batchS
     const n = Math.min(batchSize, rowOwners.length - b);
     const vectors = Array.from({ length: n }, () => unitVector(dim, next));
     const ids = Array.from({ length: n }, (_, i) => `mem-${b + i}`);
-    const payloads = ids.map((_, i) => payloadFor(rowOwners[b + i]!, b + i));
+    const payloads = rowOwners.slice(b, b + n).map((owner, i) => payloadFor(owner, b + i));
     await store.insert(vectors, ids, payloads);
   }
   return nowMs() - started;
@@ -176,7 +175,7 @@ function fmt(n: number, digits = 1): string {
 
 function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
+  const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padStart(widths[i] ?? 0)).join(' | ')} |`;
   return [line(headers), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
 }
 

@@ -101,7 +101,7 @@ export interface TableOutcome {
 interface TableEntry {
   name: string;
   description: string;
-  run?: (args: BenchArgs) => Promise<TableOutcome | void>;
+  run?: (args: BenchArgs) => Promise<TableOutcome | undefined>;
   /** bench/<file> exporting `exportName`; skipped when the file does not exist. */
   optionalModule?: { file: string; exportName: string };
 }

@@ -8,6 +8,7 @@
  */
 import { BadRequestError } from '../errors';
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters in a request target is what this pattern is for.
 const CONTROL = /[\u0000-\u001f\u007f]/;
 const MAX_DECODE_ROUNDS = 3;
 

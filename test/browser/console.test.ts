@@ -280,7 +280,8 @@ describe('what would be injected, and the trace', () => {
     const chat = await api<unknown>('/v1/chat/completions', { model: 'gpt-test', messages: [{ role: 'user', content: prompt }] }, { 'X-Mem0-User-Id': 'ui-eve', 'X-Request-ID': requestId });
     expect(chat.status).toBe(200);
     const forwarded = fake.requestsTo('/v1/chat/completions').find((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
-    const sent = (forwarded?.json as { messages: { content: string }[] }).messages.map((m) => m.content);
+    if (!forwarded) throw new Error('the chat was not forwarded upstream');
+    const sent = (forwarded.json as { messages: { content: string }[] }).messages.map((m) => m.content);
     expect(sent).toContain(block);
 
     await waitFor(async () => {

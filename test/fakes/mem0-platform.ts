@@ -140,7 +140,8 @@ export async function startFakePlatform(options: FakePlatformOptions): Promise<F
   };
 
   const store = (text: string, body: Json): PlatformMemory => {
-    const now = new Date((clock += 1000)).toISOString();
+    clock += 1000;
+    const now = new Date(clock).toISOString();
     const entity = (name: string): string | null => (typeof body[name] === 'string' ? (body[name] as string) : null);
     const memory: PlatformMemory = {
       id: randomUUID(),

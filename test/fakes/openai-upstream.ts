@@ -212,7 +212,7 @@ export function stem(word: string): string {
   if (w.length > 5 && w.endsWith('ing')) w = w.slice(0, -3);
   else if (w.length > 4 && w.endsWith('ed')) w = w.slice(0, -2);
   else if (w.length > 4 && w.endsWith('ly')) w = w.slice(0, -2);
-  else if (w.length > 4 && w.endsWith('ies')) w = w.slice(0, -3) + 'y';
+  else if (w.length > 4 && w.endsWith('ies')) w = `${w.slice(0, -3)}y`;
   else if (w.length > 4 && w.endsWith('es') && /(ch|sh|x|ss)es$/.test(w)) w = w.slice(0, -2);
   else if (w.length > 3 && w.endsWith('s') && !w.endsWith('ss')) w = w.slice(0, -1);
   return w;
@@ -280,7 +280,7 @@ export function parseTranscript(text: string): ChatMessageLite[] {
     if (m) out.push({ role: m[1] ?? 'user', content: m[2] ?? '' });
     else if (out.length > 0) {
       const last = out[out.length - 1];
-      if (last) last.content += '\n' + line;
+      if (last) last.content += `\n${line}`;
     }
   }
   return out;
@@ -735,7 +735,9 @@ async function handleEmbeddings(ex: Exchange, body: Json, fault: Fault | undefin
     let embedding: number[] | string = vec;
     if (format === 'base64') {
       const buf = Buffer.alloc(vec.length * 4);
-      vec.forEach((x, i) => buf.writeFloatLE(x, i * 4));
+      vec.forEach((x, i) => {
+        buf.writeFloatLE(x, i * 4);
+      });
       embedding = buf.toString('base64');
     }
     return { object: 'embedding', index, embedding };

@@ -3,7 +3,7 @@
  * line is captured (and scanned for secrets after each test file), and serves it on port 0.
  */
 import fs from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';

@@ -295,7 +295,8 @@ describe('Claude Code with memory', () => {
     }
     // The same memories on both requests of the turn: the prompt was found through the tool result.
     const blockOf = (r: RecordedRequest | undefined): unknown => {
-      const messages = (r?.json as ClaudeCodeRequest).messages;
+      if (!r) throw new Error('no recorded upstream request');
+      const messages = (r.json as ClaudeCodeRequest).messages;
       const content = messages[messages.length - 1]?.content;
       return Array.isArray(content) ? content[content.length - 1] : undefined;
     };

@@ -175,7 +175,8 @@ describe('injection preview and trace', () => {
     const res = await chat('u-eve', prompt, requestId).expect(200);
     expect(res.headers['x-mem0-memories']).toBe(String(preview.injected));
     const forwarded = fake.requestsTo('/v1/chat/completions').find((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
-    const sent = (forwarded?.json as { messages: { role: string; content: string }[] }).messages;
+    if (!forwarded) throw new Error('the chat was not forwarded upstream');
+    const sent = (forwarded.json as { messages: { role: string; content: string }[] }).messages;
     expect(sent.some((m) => m.content === preview.block)).toBe(true);
 
     const saved = await waitFor(async () => {

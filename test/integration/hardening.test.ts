@@ -113,7 +113,7 @@ describe('a save queue that cannot be written', () => {
       queueOptions: { maxBytes: 64 * 1024 },
     });
     try {
-      const long = 'My notes say: ' + 'the quick brown fox jumps over the lazy dog. '.repeat(400);
+      const long = `My notes say: ${'the quick brown fox jumps over the lazy dog. '.repeat(400)}`;
       let answered = 0;
       for (let i = 0; i < 20; i++) {
         // write-only: no recall, so the test spends its time on the queue, not on searching.

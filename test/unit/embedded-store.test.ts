@@ -114,7 +114,9 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
         .sort((a, b) => b.score - a.score);
       const got = await store.search(q, 25, { user_id: 'u' });
       expect(got.map((r) => r.id)).toEqual(expected.slice(0, 25).map((e) => e.id));
-      got.forEach((r, i) => expect(r.score).toBeCloseTo(expected[i]!.score, 4));
+      got.forEach((r, i) => {
+        expect(r.score).toBeCloseTo(expected[i]!.score, 4);
+      });
       const odd = await store.search(q, 10, { user_id: 'u', parity: 1 });
       expect(odd.map((r) => r.id)).toEqual(expected.filter((e) => e.p.parity === 1).slice(0, 10).map((e) => e.id));
     }

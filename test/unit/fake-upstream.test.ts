@@ -101,7 +101,7 @@ describe('fake OpenAI upstream', () => {
     const texts = ['I love hiking in the mountains', 'hiking mountains is what I love', 'quarterly tax report spreadsheet'];
     const res = await client.embeddings.create({ model: 'text-embedding-3-small', input: texts });
     // The v6 SDK asks for base64 when the caller does not choose a format, and decodes it.
-    expect((fake.requests[0]?.json as { encoding_format?: string }).encoding_format).toBe('base64');
+    expect((fake.requests[0]?.json as { encoding_format?: string } | undefined)?.encoding_format).toBe('base64');
     const [a, b, c] = res.data.map((d) => d.embedding);
     expect(a).toHaveLength(1536);
     const related = cosineSimilarity(a ?? [], b ?? []);

@@ -176,7 +176,7 @@ export function UserPage({ userId }: { userId: string }) {
     act(async () => {
       const res = await api.update(userId, id, newText);
       const updated = res.memories[0];
-      if (updated) setMemories((list) => list && list.map((m) => (m.id === id ? { ...m, ...updated } : m)));
+      if (updated) setMemories((list) => list?.map((m) => (m.id === id ? { ...m, ...updated } : m)) ?? null);
       else refresh();
     });
 
@@ -248,6 +248,7 @@ export function UserPage({ userId }: { userId: string }) {
           </button>
         </form>
 
+        {/* biome-ignore lint/a11y/useSemanticElements: role="search" on the form is the landmark; a <search> element would be a new box around it in the panels' flex row, a layout change. */}
         <form
           class="search"
           role="search"

@@ -171,7 +171,7 @@ export class EmbeddedVectorStore implements VectorStore {
     // Validate and encode everything before writing, so a bad row fails the whole batch.
     const rows = ids.map((id, i) => {
       if (typeof id !== 'string' || id === '') throw new Error('insert: ids must be non-empty strings');
-      const vector = toFloat32(vectors[i]!, this.dimension, 'insert');
+      const vector = toFloat32(vectors[i], this.dimension, 'insert');
       const rawPayload = payloads[i];
       const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
       const json = JSON.stringify(payload);
@@ -228,7 +228,7 @@ export class EmbeddedVectorStore implements VectorStore {
         const unit = normalized(q);
         const top = new TopK<number>(candidateCount(k));
         const p = partition;
-        const accept = hasResidualFilter(f, scope.field) ? (row: number) => this.rowMatches(p.ids[row]!, f) : null;
+        const accept = hasResidualFilter(f, scope.field) ? (row: number) => this.rowMatches(p.idAt(row), f) : null;
         const query = quantize(unit);
         p.search(query, top, accept);
         // Only candidates whose exact score can reach minScore are read and rescored: the bound
@@ -242,7 +242,7 @@ export class EmbeddedVectorStore implements VectorStore {
             if (c.score + p.looseErrorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
             if (c.score + p.errorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
           }
-          ids.push(p.ids[c.item]!);
+          ids.push(p.idAt(c.item));
         }
         return this.rescore(unit, ids, k, minScore);
       }

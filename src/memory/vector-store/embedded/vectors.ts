@@ -1,7 +1,8 @@
 /** Vector helpers: validating, normalizing and scoring float32 vectors, and their BLOB form. */
-import { quantize, type Quantized } from '../quantized/quantize';
+import { component, quantize, type Quantized } from '../quantized/quantize';
 
-export function toFloat32(vector: readonly number[], dimension: number, what: string): Float32Array {
+/** A float32 copy of a caller's vector, checked at run time (a missing one fails like any non-array). */
+export function toFloat32(vector: readonly number[] | undefined, dimension: number, what: string): Float32Array {
   if (!Array.isArray(vector) && !ArrayBuffer.isView(vector)) {
     throw new Error(`${what}: vector must be an array of numbers`);
   }
@@ -22,11 +23,11 @@ export function toFloat32(vector: readonly number[], dimension: number, what: st
 /** Unit-length copy (a zero vector stays zero, so it scores 0 rather than NaN). */
 export function normalized(v: Float32Array): Float32Array {
   let sum = 0;
-  for (let i = 0; i < v.length; i++) sum += v[i]! * v[i]!;
+  for (let i = 0; i < v.length; i++) sum += component(v, i) * component(v, i);
   const out = new Float32Array(v.length);
   if (sum === 0) return out;
   const inv = 1 / Math.sqrt(sum);
-  for (let i = 0; i < v.length; i++) out[i] = v[i]! * inv;
+  for (let i = 0; i < v.length; i++) out[i] = component(v, i) * inv;
   return out;
 }
 
@@ -40,8 +41,9 @@ export function cosineToUnit(unit: Float32Array, v: Float32Array): number {
   let dot = 0;
   let norm = 0;
   for (let i = 0; i < v.length; i++) {
-    dot += unit[i]! * v[i]!;
-    norm += v[i]! * v[i]!;
+    const x = component(v, i);
+    dot += component(unit, i) * x;
+    norm += x * x;
   }
   return norm === 0 ? 0 : dot / Math.sqrt(norm);
 }
@@ -60,5 +62,5 @@ export function vectorFromBlob(blob: Buffer, dimension: number, id: string): Flo
 }
 
 export function clampScore(s: number): number {
-  return s > 1 ? 1 : s < -1 ? -1 : s;
+  return Math.min(1, Math.max(-1, s));
 }

@@ -21,7 +21,6 @@ export class Int8Arena {
   private readonly headerBytes: number;
   private readonly scoresOffset: number;
   private readonly wasm: WasmKernel | null;
-  private jsBuffer: ArrayBuffer | null;
   private bytes: Int8Array;
   private scoresView: Int32Array;
   private capacityBlocks = 0;
@@ -36,13 +35,11 @@ export class Int8Arena {
     this.headerBytes = stride + Math.ceil((this.blockRows * 4) / 16) * 16;
     this.wasm = wasm;
     if (wasm) {
-      this.jsBuffer = null;
       const needPages = Math.ceil(this.headerBytes / WASM_PAGE) - wasm.mem.buffer.byteLength / WASM_PAGE;
       if (needPages > 0) wasm.mem.grow(needPages);
       this.bytes = new Int8Array(wasm.mem.buffer);
     } else {
-      this.jsBuffer = new ArrayBuffer(this.headerBytes);
-      this.bytes = new Int8Array(this.jsBuffer);
+      this.bytes = new Int8Array(this.headerBytes); // the JS kernel's own buffer, which `bytes` spans whole (grow copies it)
     }
     this.scoresView = new Int32Array(this.bytes.buffer, this.scoresOffset, this.blockRows);
   }
@@ -119,8 +116,7 @@ export class Int8Arena {
         this.view();
       } else {
         const next = new ArrayBuffer(needBytes);
-        new Uint8Array(next).set(new Uint8Array(this.jsBuffer!));
-        this.jsBuffer = next;
+        new Int8Array(next).set(this.bytes);
         this.bytes = new Int8Array(next);
         this.scoresView = new Int32Array(next, this.scoresOffset, this.blockRows);
       }

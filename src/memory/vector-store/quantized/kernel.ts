@@ -142,7 +142,7 @@ export function kernelModuleOrNull(): object | null {
     kernelModule = null;
     try {
       const bytes = buildInt8DotKernelWasm();
-      if (wasmApi && wasmApi.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
+      if (wasmApi?.validate(bytes)) kernelModule = new wasmApi.Module(bytes);
     } catch {
       kernelModule = null; // no WebAssembly or no SIMD (e.g. --jitless): the JS kernel is used
     }
@@ -164,6 +164,13 @@ export function embeddedVectorStoreKernel(): 'wasm' | 'js' {
   return kernelModuleOrNull() ? 'wasm' : 'js';
 }
 
+/** The code at byte `i` of the arena; the arena lays out every row it scores, so one missing is a bug. */
+function codeAt(i8: Int8Array, i: number): number {
+  const c = i8[i];
+  if (c === undefined) throw new RangeError(`jsScores: byte ${i} is outside the arena's ${i8.length} bytes`);
+  return c;
+}
+
 /** The JS kernel: integer dot products of `rows` rows of `stride` codes at byte `v` with the codes at byte `q`. */
 export function jsScores(i8: Int8Array, q: number, v: number, rows: number, stride: number, out: Int32Array): void {
   for (let r = 0; r < rows; r++) {
@@ -171,8 +178,8 @@ export function jsScores(i8: Int8Array, q: number, v: number, rows: number, stri
     let s1 = 0;
     let off = v + r * stride;
     for (let i = q, end = q + stride; i < end; i += 4, off += 4) {
-      s0 += i8[i]! * i8[off]! + i8[i + 1]! * i8[off + 1]!;
-      s1 += i8[i + 2]! * i8[off + 2]! + i8[i + 3]! * i8[off + 3]!;
+      s0 += codeAt(i8, i) * codeAt(i8, off) + codeAt(i8, i + 1) * codeAt(i8, off + 1);
+      s1 += codeAt(i8, i + 2) * codeAt(i8, off + 2) + codeAt(i8, i + 3) * codeAt(i8, off + 3);
     }
     out[r] = s0 + s1;
   }

@@ -54,6 +54,13 @@ export class Partition {
     return this.rowOf.has(id);
   }
 
+  /** The id of a row (rows `0..count - 1` always have one). */
+  idAt(row: number): string {
+    const id = this.ids[row];
+    if (id === undefined) throw new RangeError(`partition ${this.key}: no row ${row} of ${this.ids.length}`);
+    return id;
+  }
+
   /**
    * `errorBound` without reading the row's codes: ‖sv·cv‖₁ ≤ ‖v‖₁ + d·sv/2 ≤ √d + d·sv/2 for a
    * unit v. Never smaller than `errorBound`, and the same for every row of one scale.
@@ -66,11 +73,14 @@ export class Partition {
   /** The most quantization can have moved this row's score against `query` (`quantizationErrorBound`). */
   errorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
     const scale = this.scales[row] ?? 0;
-    const blockRows = this.arena.blockRows;
-    const slot = row % blockRows;
-    const codes = this.arena.rowsOf(this.blocks[Math.floor(row / blockRows)]!, slot + 1);
+    const slot = row % this.arena.blockRows;
+    const codes = this.arena.rowsOf(this.blockOf(row), slot + 1);
     let sum = 0;
-    for (let i = slot * this.arena.stride, end = i + dimension; i < end; i++) sum += Math.abs(codes[i]!);
+    for (let i = slot * this.arena.stride, end = i + dimension; i < end; i++) {
+      const c = codes[i];
+      if (c === undefined) throw new RangeError(`partition ${this.key}: row ${row} has no code ${i - slot * this.arena.stride}`);
+      sum += Math.abs(c);
+    }
     return quantizationErrorBound(query, queryL1, scale, sum * scale, dimension);
   }
 
@@ -85,8 +95,7 @@ export class Partition {
     } else {
       this.scales[row] = q.scale;
     }
-    const blockRows = this.arena.blockRows;
-    this.arena.writeRow(this.blocks[Math.floor(row / blockRows)]!, row % blockRows, q.codes);
+    this.arena.writeRow(this.blockOf(row), row % this.arena.blockRows, q.codes);
   }
 
   /** Removes a row by moving the last row into its place, keeping rows dense. */
@@ -96,16 +105,20 @@ export class Partition {
     const last = this.ids.length - 1;
     const blockRows = this.arena.blockRows;
     if (row !== last) {
-      this.arena.copyRow(this.blocks[Math.floor(last / blockRows)]!, last % blockRows, this.blocks[Math.floor(row / blockRows)]!, row % blockRows);
-      const movedId = this.ids[last]!;
+      this.arena.copyRow(this.blockOf(last), last % blockRows, this.blockOf(row), row % blockRows);
+      const movedId = this.idAt(last);
       this.ids[row] = movedId;
-      this.scales[row] = this.scales[last]!;
+      this.scales[row] = this.scaleAt(last);
       this.rowOf.set(movedId, row);
     }
     this.ids.pop();
     this.scales.pop();
     this.rowOf.delete(id);
-    if (last % blockRows === 0) this.arena.freeBlock(this.blocks.pop()!);
+    if (last % blockRows === 0) {
+      const emptied = this.blocks.pop();
+      if (emptied === undefined) throw new Error(`partition ${this.key}: row ${last} had no block`);
+      this.arena.freeBlock(emptied);
+    }
   }
 
   /**
@@ -125,7 +138,9 @@ export class Partition {
     head.writeUInt32LE(n, 8);
     head.writeUInt32LE(ids.length, 12);
     ids.copy(head, IMAGE_HEADER_BYTES);
-    for (let i = 0; i < n; i++) head.writeDoubleLE(this.scales[i]!, scalesAt + i * 8);
+    this.scales.forEach((scale, i) => {
+      head.writeDoubleLE(scale, scalesAt + i * 8);
+    });
     const parts = [head];
     const rowsPerPart = Math.max(1, Math.floor(maxPartBytes / stride));
     for (let first = 0; first < n; first += rowsPerPart) {
@@ -158,9 +173,9 @@ export class Partition {
         for (let first = 0; first < n; first += blockRows) this.blocks.push(this.arena.allocBlock());
         head.ids.forEach((id, i) => {
           this.ids.push(id);
-          this.scales.push(head.scales[i]!);
           this.rowOf.set(id, i);
         });
+        for (const scale of head.scales) this.scales.push(scale);
         continue;
       }
       const rows = part.byteLength / stride;
@@ -182,7 +197,7 @@ export class Partition {
       const row = first + done;
       const slot = row % blockRows;
       const count = Math.min(blockRows - slot, rows - done);
-      fn(this.blocks[Math.floor(row / blockRows)]!, slot, count, done);
+      fn(this.blockOf(row), slot, count, done);
       done += count;
     }
   }
@@ -205,16 +220,33 @@ export class Partition {
     this.arena.setQuery(query.codes);
     const blockRows = this.arena.blockRows;
     const scales = this.scales;
-    for (let b = 0; b < this.blocks.length; b++) {
-      const first = b * blockRows;
+    let first = 0;
+    for (const block of this.blocks) {
       const rows = Math.min(blockRows, n - first);
-      const dots = this.arena.scoreBlock(this.blocks[b]!, rows);
+      const dots = this.arena.scoreBlock(block, rows);
       for (let s = 0; s < rows; s++) {
-        const score = dots[s]! * query.scale * scales[first + s]!;
+        const dot = dots[s];
+        const scale = scales[first + s];
+        if (dot === undefined || scale === undefined) throw new RangeError(`partition ${this.key}: no score or scale for row ${first + s} of ${n}`);
+        const score = dot * query.scale * scale;
         if (score <= top.floor) continue;
         if (accept && !accept(first + s)) continue;
         top.push(score, first + s);
       }
+      first += blockRows;
     }
+  }
+
+  /** The arena block holding a row (every row `0..count - 1` has one). */
+  private blockOf(row: number): number {
+    const block = this.blocks[Math.floor(row / this.arena.blockRows)];
+    if (block === undefined) throw new RangeError(`partition ${this.key}: row ${row} has no block (${this.blocks.length} blocks)`);
+    return block;
+  }
+
+  private scaleAt(row: number): number {
+    const scale = this.scales[row];
+    if (scale === undefined) throw new RangeError(`partition ${this.key}: no scale for row ${row} of ${this.scales.length}`);
+    return scale;
   }
 }
