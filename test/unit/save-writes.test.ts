@@ -164,7 +164,7 @@ describe('the memo in front of the part-of-speech tagger', () => {
         const words = text.split(' ');
         return { nouns: () => ({ out: (format: string) => (format === 'array' ? words.filter((w) => /^[A-Z]/.test(w)) : words.join('|')) }), text: () => text };
       },
-      { version: 'test' },
+      { version: 'test' } as Record<string, unknown>,
     );
     return { nlp, built };
   }
