@@ -27,6 +27,7 @@ import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../vector-store/embedde
 import { registerEmbeddedVectorStore } from '../vector-store/register';
 import { buildMem0Config, mem0Preconditions } from './engine-config';
 import { loadMem0Oss } from './load';
+import { withNounMemo } from './noun-cache';
 import { Mem0MemoryService, type Mem0ServiceOptions } from './service';
 
 /** The private parts of mem0's `Memory` we touch: HTTP client settings at start, stores at close. */
@@ -353,7 +354,8 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     tuning: options.tuning,
     onAvailabilityChange: options.onAvailabilityChange,
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
-    unit: (fn) => files.unit(fn),
+    // One save: its store writes in one transaction, its texts tagged once.
+    perSave: (fn) => files.unit(() => withNounMemo(fn)),
     batching,
     recall,
     maxPerUser: config.memory.maxPerUser,

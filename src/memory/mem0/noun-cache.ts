@@ -1,21 +1,18 @@
 /**
  * A memo in front of compromise, the part-of-speech tagger mem0ai runs to find an entity's noun
- * phrases (`nlp(text).nouns().out('array')`, its only use of the library). Each save tags every
+ * phrases (`nlp(text).nouns().out('array')`, its only use of the library). A save tags every
  * extracted memory text twice: once when the entity oracle predicts the entity batch (so the
  * embeddings go out in one request), once when mem0 extracts the entities for real. Tagging is
- * the costliest step of a save after the network (≈ 2 ms a sentence here), and the same text
- * always gives the same nouns, so the second call is answered from a bounded cache.
+ * the costliest local step of a save (≈ 2 ms a sentence here), and the same text always gives the
+ * same nouns, so inside one save (`withNounMemo`) the second call is answered from the first.
+ * Outside a save every call tags, as before: nothing is kept between requests.
  *
  * It has to sit in Node's module cache before mem0ai is loaded (mem0ai takes `require('compromise')`
  * once, at load). What `nlp(text)` returns is the real document, built on first use of anything but
  * `nouns().out('array')`, so any other use mem0 might make of it still works.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import path from 'node:path';
-
-/** Texts remembered (the oldest forgotten first): a save's texts are asked for again within milliseconds. */
-const MAX_ENTRIES = 2000;
-/** Longer texts (whole prompts) are tagged each time: the cache stays within a few megabytes. */
-const MAX_TEXT_CHARS = 1000;
 
 type Nlp = ((text: string, ...rest: unknown[]) => unknown) & Record<string, unknown>;
 
@@ -27,22 +24,31 @@ function isDoc(value: unknown): value is Doc {
   return typeof value === 'object' && value !== null && typeof (value as { nouns?: unknown }).nouns === 'function';
 }
 
-/** Wraps `nlp` so `nlp(text).nouns().out('array')` is computed once per text (up to MAX_ENTRIES texts). */
-export function memoizeNouns(nlp: Nlp, maxEntries = MAX_ENTRIES): Nlp {
-  const nouns = new Map<string, string[]>();
+const saves = new AsyncLocalStorage<Map<string, string[]>>();
+
+/** Runs `fn` (one save) with its own memo of noun phrases by text, dropped when it ends. */
+export function withNounMemo<T>(fn: () => Promise<T>): Promise<T> {
+  return saves.run(new Map(), fn);
+}
+
+/** Wraps `nlp` so that inside `withNounMemo`, `nlp(text).nouns().out('array')` is computed once per text. */
+export function memoizeNouns(nlp: Nlp): Nlp {
   const cached = (text: string, ...rest: unknown[]): unknown => {
-    if (rest.length > 0 || typeof text !== 'string' || text.length > MAX_TEXT_CHARS) return nlp(text, ...rest);
+    const memo = saves.getStore();
+    if (memo === undefined || rest.length > 0 || typeof text !== 'string') return nlp(text, ...rest);
     let real: unknown;
-    const doc = (): unknown => (real ??= nlp(text));
+    const doc = (): unknown => {
+      real ??= nlp(text);
+      return real;
+    };
     const nounsOf = (): string[] => {
-      let found = nouns.get(text);
+      let found = memo.get(text);
       if (found === undefined) {
         const d = doc();
         const out = isDoc(d) ? d.nouns().out('array') : undefined;
         if (!Array.isArray(out) || !out.every((n) => typeof n === 'string')) throw new Error('compromise: nouns().out("array") is not a list of strings');
         found = out;
-        if (nouns.size >= maxEntries) nouns.delete(nouns.keys().next().value as string);
-        nouns.set(text, found);
+        memo.set(text, found);
       }
       return found;
     };

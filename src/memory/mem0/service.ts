@@ -71,8 +71,11 @@ export interface Mem0ServiceOptions {
   onAvailabilityChange?: ((available: boolean) => void) | undefined;
   /** Called after every successful engine call (pgvector: guard new connections). */
   afterSuccess?: (() => void) | undefined;
-  /** Runs one engine `add` so its store writes commit together (the embedded store's files); each write commits alone otherwise. */
-  unit?: (<T>(fn: () => Promise<T>) => Promise<T>) | undefined;
+  /**
+   * Runs one engine `add` as one save: its embedded-store writes commit together and its texts are
+   * tagged once (build.ts); without it each write commits alone.
+   */
+  perSave?: (<T>(fn: () => Promise<T>) => Promise<T>) | undefined;
   /** The engine's embedder, when it batches an operation's embeddings into one request. */
   batching?: BatchingEmbedder | undefined;
   /** mem0's search run by us with one embedding request (recall.ts); mem0's own search otherwise. */
@@ -188,7 +191,7 @@ export class Mem0MemoryService implements MemoryService {
       for (const message of input.messages) {
         if (message.role === 'system') continue;
         const result = await this.call('write', 'add', 'all', () =>
-          this.inUnit(() => this.engine().add([{ role: message.role, content: message.content }], { ...base, metadata: { ...metadata }, infer: false })),
+          this.asOneSave(() => this.engine().add([{ role: message.role, content: message.content }], { ...base, metadata: { ...metadata }, infer: false })),
         );
         added.push(...result.results);
       }
@@ -197,7 +200,7 @@ export class Mem0MemoryService implements MemoryService {
       const messages = input.messages.map((m) => ({ role: m.role, content: m.content }));
       const batching = this.options.batching;
       const add = (): ReturnType<Mem0Engine['add']> => this.engine().add(messages, { ...base, metadata: { ...metadata }, infer: true });
-      const result = await this.call('write', 'add', 'all', () => this.inUnit(() => (batching ? batching.duringAdd(add) : add())));
+      const result = await this.call('write', 'add', 'all', () => this.asOneSave(() => (batching ? batching.duringAdd(add) : add())));
       added.push(...result.results);
     }
     // mem0's add answers with {id, memory, metadata:{event}} only: read each memory back for the
@@ -215,9 +218,9 @@ export class Mem0MemoryService implements MemoryService {
     return items.filter((i): i is MemoryItem => i !== undefined);
   }
 
-  /** One engine add, its writes committed together where the store allows it (`unit`). */
-  private inUnit<T>(fn: () => Promise<T>): Promise<T> {
-    return this.options.unit ? this.options.unit(fn) : fn();
+  /** One engine add as one save (`perSave`). */
+  private asOneSave<T>(fn: () => Promise<T>): Promise<T> {
+    return this.options.perSave ? this.options.perSave(fn) : fn();
   }
 
   async get(scope: MemoryScope, id: string): Promise<MemoryItem | undefined> {
