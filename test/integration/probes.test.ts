@@ -4,7 +4,6 @@
  * turns 503 as soon as the real process begins shutting down, while a slow request still drains.
  */
 import fs from 'node:fs';
-import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import request from 'supertest';
 import { tokenAuthenticator } from '../../src/http/authenticate';
 import { UnavailableMemoryService } from '../../src/memory/unavailable';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
+import { SLOW_SSE_EVENTS, startSlowSseUpstream } from '../fakes/slow-sse-upstream';
 import { buildTestApp, type TestApp } from '../helpers/app';
 import { listeningPort, startProxyProcess, type ProxyProcess } from '../helpers/process';
 import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
@@ -156,35 +156,6 @@ describe("a kubelet's probe (Host: <pod-ip>:<port>)", () => {
 
 // ---------------------------------------------------------------- the real process
 
-const EVENTS = 10;
-const EVENT_INTERVAL_MS = 150;
-
-/** An upstream that answers every request with EVENTS SSE events, EVENT_INTERVAL_MS apart. */
-async function slowUpstream(): Promise<{ url: string; close(): Promise<void> }> {
-  const server = http.createServer((_req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/event-stream' });
-    let sent = 0;
-    const timer = setInterval(() => {
-      sent += 1;
-      res.write(`data: {"n":${sent}}\n\n`);
-      if (sent === EVENTS) {
-        clearInterval(timer);
-        res.end('data: [DONE]\n\n');
-      }
-    }, EVENT_INTERVAL_MS);
-    res.on('close', () => clearInterval(timer));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}/v1`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 /**
  * A request whose head is sent now but completed only by `finish()`: its connection is open and
@@ -223,7 +194,7 @@ describe('the running process on SIGTERM', () => {
   });
 
   it('reports not ready (shutting_down) while a slow request is still in flight, then exits 0', async () => {
-    const upstream = await slowUpstream();
+    const upstream = await startSlowSseUpstream();
     try {
       proc = startProxyProcess(
         {
@@ -267,7 +238,7 @@ describe('the running process on SIGTERM', () => {
       expect(JSON.parse(during.body)).toEqual({ status: 'not_ready', reasons: ['shutting_down'] });
 
       await rest;
-      for (let n = 1; n <= EVENTS; n += 1) expect(text).toContain(`data: {"n":${n}}`);
+      for (let n = 1; n <= SLOW_SSE_EVENTS; n += 1) expect(text).toContain(`data: {"n":${n}}`);
       expect(await proc.exited).toBe('0');
     } finally {
       await upstream.close();

@@ -4,42 +4,13 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { SLOW_SSE_EVENTS, startSlowSseUpstream } from '../fakes/slow-sse-upstream';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TSX = require.resolve('tsx');
-const EVENTS = 10;
-const EVENT_INTERVAL_MS = 150;
-
-/** An upstream that answers every request with EVENTS SSE events, EVENT_INTERVAL_MS apart. */
-async function slowUpstream(): Promise<{ url: string; close(): Promise<void> }> {
-  const server = http.createServer((_req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/event-stream' });
-    let sent = 0;
-    const timer = setInterval(() => {
-      sent += 1;
-      res.write(`data: {"n":${sent}}\n\n`);
-      if (sent === EVENTS) {
-        clearInterval(timer);
-        res.end('data: [DONE]\n\n');
-      }
-    }, EVENT_INTERVAL_MS);
-    res.on('close', () => clearInterval(timer));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}/v1`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 function connectRefused(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -63,7 +34,7 @@ afterEach(() => {
 });
 
 it('on SIGTERM stops accepting, finishes the in-flight stream, and exits 0', async () => {
-  const upstream = await slowUpstream();
+  const upstream = await startSlowSseUpstream();
   try {
     const proc = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
       cwd: dir,
@@ -114,7 +85,7 @@ it('on SIGTERM stops accepting, finishes the in-flight stream, and exits 0', asy
       text += decoder.decode(chunk.value, { stream: true });
     }
     const streamEnded = Date.now();
-    for (let n = 1; n <= EVENTS; n++) expect(text).toContain(`data: {"n":${n}}`);
+    for (let n = 1; n <= SLOW_SSE_EVENTS; n++) expect(text).toContain(`data: {"n":${n}}`);
     expect(text).toContain('data: [DONE]');
 
     expect(await exited).toBe(0);
