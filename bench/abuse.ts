@@ -142,29 +142,31 @@ async function slowBodyAttack(port: number, count: number, durationMs: number): 
   const socks: S[] = [];
   const t0 = Date.now();
   await Promise.all(
-    Array.from({ length: count }, () =>
-      new Promise<void>((resolve) => {
-        const s: S = { sock: net.connect({ host: '127.0.0.1', port }), status: undefined, closedAt: undefined, buf: '' };
-        socks.push(s);
-        s.sock.setNoDelay(true);
-        s.sock.once('connect', () => {
-          s.sock.write(head);
-          s.sock.write('{');
-          resolve();
-        });
-        s.sock.on('data', (c: Buffer) => {
-          if (s.status !== undefined) return;
-          s.buf += c.toString('latin1');
-          const m = /^HTTP\/1\.[01] (\d{3})/.exec(s.buf);
-          if (m) s.status = m[1];
-          else if (s.buf.includes('\r\n')) s.status = 'garbled';
-        });
-        s.sock.on('error', () => undefined);
-        s.sock.once('close', () => {
-          s.closedAt = Date.now();
-          resolve();
-        });
-      }),
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<void>((resolve) => {
+          const s: S = { sock: net.connect({ host: '127.0.0.1', port }), status: undefined, closedAt: undefined, buf: '' };
+          socks.push(s);
+          s.sock.setNoDelay(true);
+          s.sock.once('connect', () => {
+            s.sock.write(head);
+            s.sock.write('{');
+            resolve();
+          });
+          s.sock.on('data', (c: Buffer) => {
+            if (s.status !== undefined) return;
+            s.buf += c.toString('latin1');
+            const m = /^HTTP\/1\.[01] (\d{3})/.exec(s.buf);
+            if (m) s.status = m[1];
+            else if (s.buf.includes('\r\n')) s.status = 'garbled';
+          });
+          s.sock.on('error', () => undefined);
+          s.sock.once('close', () => {
+            s.closedAt = Date.now();
+            resolve();
+          });
+        }),
     ),
   );
   const opened = Date.now();
@@ -242,7 +244,9 @@ export async function runAbuseBench(args: BenchArgs): Promise<TableOutcome> {
     args.proxyRoot,
   );
   const pid = proxy.child.pid;
-  console.log(`[abuse] fake upstream ${fake.url} (pid ${fake.child.pid}); our proxy ${proxy.origin} (${prepared.note}, pid ${pid}, DATA_DIR ${proxy.dataDir})`);
+  console.log(
+    `[abuse] fake upstream ${fake.url} (pid ${fake.child.pid}); our proxy ${proxy.origin} (${prepared.note}, pid ${pid}, DATA_DIR ${proxy.dataDir})`,
+  );
   const target: Target = { name: 'health', origin: proxy.origin, pathPrefix: '', headers: { authorization: `Bearer ${BENCH_TOKEN}` }, pid };
 
   // Warm-up: JIT for /health and the two refusal paths.
@@ -263,7 +267,11 @@ export async function runAbuseBench(args: BenchArgs): Promise<TableOutcome> {
   try {
     await phase('baseline (quiet)', async () => ({ done: sleep(phaseMs).then(() => ({ attack: '-', outcome: '-', outcomeOk: true })) }));
 
-    for (const [kind, name] of [['slow', 'slow-body sockets'], ['deep', 'deep-nested bodies'], ['mcp', 'big MCP batches']] as const) {
+    for (const [kind, name] of [
+      ['slow', 'slow-body sockets'],
+      ['deep', 'deep-nested bodies'],
+      ['mcp', 'big MCP batches'],
+    ] as const) {
       await phase(name, () => attackInChild(kind, proxy.port, phaseMs));
     }
   } catch (err) {
@@ -285,7 +293,14 @@ export async function runAbuseBench(args: BenchArgs): Promise<TableOutcome> {
   const baseRss = baseline?.rssPeak ?? NaN;
   const rows = results.map((r) => {
     const s = summarize(r.health);
-    return [r.name, fmt(s.p50, 2), fmt(s.p99, 2), fmt(r.rssPeak, 1), r.attack, `${r.outcome}${r.healthErrors ? ` (/health errors: ${r.healthErrors})` : ''}`];
+    return [
+      r.name,
+      fmt(s.p50, 2),
+      fmt(s.p99, 2),
+      fmt(r.rssPeak, 1),
+      r.attack,
+      `${r.outcome}${r.healthErrors ? ` (/health errors: ${r.healthErrors})` : ''}`,
+    ];
   });
   printTable(
     `Abuse: /health latency and proxy RSS while an attack runs (${fmt(phaseMs / 1000, 0)} s per phase)`,
@@ -293,8 +308,12 @@ export async function runAbuseBench(args: BenchArgs): Promise<TableOutcome> {
     rows,
   );
   const n = results.map((r) => r.health.length);
-  console.log(`(/health: GET with the token, one keep-alive connection, one every ${HEALTH_PERIOD_MS} ms: ${n.join('/')} samples per phase;`);
-  console.log(` RSS = peak VmRSS of the proxy process sampled every ${RSS_PERIOD_MS} ms; each attack runs in its own child process, deep-nested and MCP on one connection back to back;`);
+  console.log(
+    `(/health: GET with the token, one keep-alive connection, one every ${HEALTH_PERIOD_MS} ms: ${n.join('/')} samples per phase;`,
+  );
+  console.log(
+    ` RSS = peak VmRSS of the proxy process sampled every ${RSS_PERIOD_MS} ms; each attack runs in its own child process, deep-nested and MCP on one connection back to back;`,
+  );
   console.log(` "RSS bounded" = peak <= baseline peak (${fmt(baseRss, 1)} MiB) + ${RSS_BOUND_MIB} MiB)`);
 
   const marks: string[] = [];
@@ -325,7 +344,11 @@ const RESULT_PREFIX = 'ABUSE_RESULT ';
 
 /** Starts the attacker child; resolves (once it is running) with a promise of its outcome. */
 async function attackInChild(kind: AttackKind, port: number, durationMs: number): Promise<{ done: Promise<AttackOutcome> }> {
-  const child = spawnNode(`abuse-${kind}`, ['--import', TSX_IMPORT, __filename, `--attack=${kind}`, `--port=${port}`, `--ms=${durationMs}`], { env: baseEnv({ NODE_ENV: 'production' }) });
+  const child = spawnNode(
+    `abuse-${kind}`,
+    ['--import', TSX_IMPORT, __filename, `--attack=${kind}`, `--port=${port}`, `--ms=${durationMs}`],
+    { env: baseEnv({ NODE_ENV: 'production' }) },
+  );
   let out = '';
   child.proc.stdout?.on('data', (c: Buffer) => {
     out += c.toString('utf8');
@@ -411,7 +434,7 @@ if (require.main === module) {
   attackerMain(process.argv.slice(2)).then(
     () => process.exit(0),
     (err: unknown) => {
-      console.error(err instanceof Error ? err.stack ?? err.message : String(err));
+      console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
       process.exit(1);
     },
   );

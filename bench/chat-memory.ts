@@ -140,19 +140,124 @@ const hrMs = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 // Deterministic text: memories and chat queries over one vocabulary
 // ---------------------------------------------------------------------------------------------
 
-const NAMES = ['Anna', 'Ben', 'Carla', 'David', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ines', 'Jonas', 'Kira', 'Liam', 'Maya', 'Noah', 'Olga', 'Pedro', 'Quinn', 'Rosa', 'Sam', 'Tara'];
-const RELATIONS = ['sister', 'brother', 'mother', 'father', 'cousin', 'friend', 'colleague', 'neighbor', 'partner', 'daughter', 'son', 'uncle', 'aunt'];
-const PLACES = ['Lisbon', 'Berlin', 'Kyoto', 'Denver', 'Oslo', 'Naples', 'Austin', 'Seoul', 'Dublin', 'Porto', 'Quebec', 'Lima', 'Zurich', 'Hanoi', 'Vienna', 'Madrid', 'Boston', 'Prague', 'Cairo', 'Sydney'];
-const ACTIVITIES = ['hiking', 'cycling', 'swimming', 'painting', 'baking', 'climbing', 'running', 'sailing', 'reading', 'gardening', 'knitting', 'skiing', 'surfing', 'fishing', 'dancing', 'chess'];
-const FOODS = ['Thai curry', 'ramen', 'tacos', 'sushi', 'lasagna', 'falafel', 'pho', 'paella', 'dumplings', 'risotto', 'pancakes', 'burritos', 'hummus', 'kimchi stew', 'pierogi'];
+const NAMES = [
+  'Anna',
+  'Ben',
+  'Carla',
+  'David',
+  'Elena',
+  'Farid',
+  'Grace',
+  'Hiro',
+  'Ines',
+  'Jonas',
+  'Kira',
+  'Liam',
+  'Maya',
+  'Noah',
+  'Olga',
+  'Pedro',
+  'Quinn',
+  'Rosa',
+  'Sam',
+  'Tara',
+];
+const RELATIONS = [
+  'sister',
+  'brother',
+  'mother',
+  'father',
+  'cousin',
+  'friend',
+  'colleague',
+  'neighbor',
+  'partner',
+  'daughter',
+  'son',
+  'uncle',
+  'aunt',
+];
+const PLACES = [
+  'Lisbon',
+  'Berlin',
+  'Kyoto',
+  'Denver',
+  'Oslo',
+  'Naples',
+  'Austin',
+  'Seoul',
+  'Dublin',
+  'Porto',
+  'Quebec',
+  'Lima',
+  'Zurich',
+  'Hanoi',
+  'Vienna',
+  'Madrid',
+  'Boston',
+  'Prague',
+  'Cairo',
+  'Sydney',
+];
+const ACTIVITIES = [
+  'hiking',
+  'cycling',
+  'swimming',
+  'painting',
+  'baking',
+  'climbing',
+  'running',
+  'sailing',
+  'reading',
+  'gardening',
+  'knitting',
+  'skiing',
+  'surfing',
+  'fishing',
+  'dancing',
+  'chess',
+];
+const FOODS = [
+  'Thai curry',
+  'ramen',
+  'tacos',
+  'sushi',
+  'lasagna',
+  'falafel',
+  'pho',
+  'paella',
+  'dumplings',
+  'risotto',
+  'pancakes',
+  'burritos',
+  'hummus',
+  'kimchi stew',
+  'pierogi',
+];
 const DAYS = ['Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday', 'Sunday'];
 const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
 const THINGS = ['bike', 'guitar', 'camera', 'laptop', 'kayak', 'piano', 'telescope', 'car', 'tent', 'drone', 'scooter'];
 const COLORS = ['red', 'blue', 'green', 'black', 'white', 'yellow', 'silver', 'orange'];
-const JOBS = ['nurse', 'teacher', 'engineer', 'chef', 'lawyer', 'pilot', 'architect', 'designer', 'dentist', 'librarian', 'plumber', 'journalist'];
+const JOBS = [
+  'nurse',
+  'teacher',
+  'engineer',
+  'chef',
+  'lawyer',
+  'pilot',
+  'architect',
+  'designer',
+  'dentist',
+  'librarian',
+  'plumber',
+  'journalist',
+];
 
 type Pick = <T>(xs: readonly T[]) => T;
-const picker = (next: () => number): Pick => (xs) => xs[Math.floor(next() * xs.length)] as (typeof xs)[number];
+const picker =
+  (next: () => number): Pick =>
+  (xs) =>
+    xs[Math.floor(next() * xs.length)] as (typeof xs)[number];
 
 /** Facts in the form mem0's extractor writes them ("User ..."). */
 const FACT_TEMPLATES: Array<(p: Pick) => string> = [
@@ -204,7 +309,9 @@ export function makeQueries(count: number): string[] {
 }
 
 function chatBody(query: string, stream: boolean): Buffer {
-  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', ...(stream ? { stream: true } : {}), messages: [{ role: 'user', content: query }] }));
+  return Buffer.from(
+    JSON.stringify({ model: 'gpt-4o-mini', ...(stream ? { stream: true } : {}), messages: [{ role: 'user', content: query }] }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,8 +336,16 @@ function loadMem0Internals(root: string): Mem0Internals | string {
     if (!/\bfunction lemmatizeForBm25\(/.test(src) || !/\bfunction extractEntitiesBatch\(/.test(src)) {
       return 'mem0ai bundle has no lemmatizeForBm25/extractEntitiesBatch';
     }
-    type CompilableModule = { filename: string; paths: string[]; exports: Record<string, unknown>; _compile(code: string, filename: string): void };
-    const ModuleCtor = Module as unknown as { new (id: string, parent?: unknown): CompilableModule; _nodeModulePaths(dir: string): string[] };
+    type CompilableModule = {
+      filename: string;
+      paths: string[];
+      exports: Record<string, unknown>;
+      _compile(code: string, filename: string): void;
+    };
+    const ModuleCtor = Module as unknown as {
+      new (id: string, parent?: unknown): CompilableModule;
+      _nodeModulePaths(dir: string): string[];
+    };
     const m = new ModuleCtor(file, module);
     m.filename = file;
     m.paths = ModuleCtor._nodeModulePaths(path.dirname(file));
@@ -284,7 +399,10 @@ function extractEntitiesPart(outFile: string, root: string, count: number, from:
 }
 
 const isEntity = (e: unknown): e is { type: string; text: string } =>
-  typeof e === 'object' && e !== null && typeof (e as { type?: unknown }).type === 'string' && typeof (e as { text?: unknown }).text === 'string';
+  typeof e === 'object' &&
+  e !== null &&
+  typeof (e as { type?: unknown }).type === 'string' &&
+  typeof (e as { text?: unknown }).text === 'string';
 
 /** The first `count` entity lists from the part files, in order. */
 function readEntityLists(files: readonly string[], count: number): EntityList[] {
@@ -313,7 +431,13 @@ interface SeedReport {
 }
 
 /** Child mode `--seed`: writes the user's `count` memories (and entity rows) into `<dataDir>/vectors.db`. */
-async function seedStore(dataDir: string, root: string, count: number, userId: string, entityFiles: readonly string[]): Promise<SeedReport> {
+async function seedStore(
+  dataDir: string,
+  root: string,
+  count: number,
+  userId: string,
+  entityFiles: readonly string[],
+): Promise<SeedReport> {
   const t0 = Date.now();
   const loaded = loadMem0Internals(root);
   const internals = typeof loaded === 'string' ? FALLBACK_INTERNALS : loaded;
@@ -324,7 +448,13 @@ async function seedStore(dataDir: string, root: string, count: number, userId: s
   // NORMAL: no fsync per commit (seeding a bench file; the proxy reopens it with its own setting).
   const files = new EmbeddedStoreFiles();
   const memories = new EmbeddedVectorStore({ dbPath, collectionName: COLLECTION, dimension: DIMS, synchronous: 'NORMAL', files });
-  const entityStore = new EmbeddedVectorStore({ dbPath, collectionName: `${COLLECTION}_entities`, dimension: DIMS, synchronous: 'NORMAL', files });
+  const entityStore = new EmbeddedVectorStore({
+    dbPath,
+    collectionName: `${COLLECTION}_entities`,
+    dimension: DIMS,
+    synchronous: 'NORMAL',
+    files,
+  });
   let entityCount = 0;
   let insertMs = 0;
   let transactions = 0;
@@ -405,18 +535,39 @@ async function runModeChild(name: string, modeArgs: readonly string[], scratchDi
 }
 
 /** Entity lists of generateFacts(count), extracted by `parts` children in parallel. */
-async function extractEntitiesInChildren(scratchDir: string, root: string, count: number, parts: number): Promise<{ files: string[]; ms: number; note: string }> {
+async function extractEntitiesInChildren(
+  scratchDir: string,
+  root: string,
+  count: number,
+  parts: number,
+): Promise<{ files: string[]; ms: number; note: string }> {
   const t0 = Date.now();
   const chunk = Math.ceil(count / parts);
-  const jobs = Array.from({ length: parts }, (_, p) => ({ from: p * chunk, to: Math.min(count, (p + 1) * chunk), file: path.join(scratchDir, `entities-${p}.json`) })).filter((j) => j.to > j.from);
+  const jobs = Array.from({ length: parts }, (_, p) => ({
+    from: p * chunk,
+    to: Math.min(count, (p + 1) * chunk),
+    file: path.join(scratchDir, `entities-${p}.json`),
+  })).filter((j) => j.to > j.from);
   const reports = await Promise.all(
-    jobs.map((j) => runModeChild(`chat-memory-entities-${j.from}`, ['--entities', j.file, root, String(count), String(j.from), String(j.to)], scratchDir)),
+    jobs.map((j) =>
+      runModeChild(`chat-memory-entities-${j.from}`, ['--entities', j.file, root, String(count), String(j.from), String(j.to)], scratchDir),
+    ),
   );
   return { files: jobs.map((j) => j.file), ms: Date.now() - t0, note: String(reports[0]?.['note'] ?? '') };
 }
 
-async function seedInChild(dataDir: string, root: string, count: number, userId: string, entityFiles: readonly string[]): Promise<SeedReport> {
-  const info = await runModeChild(`chat-memory-seed-${sizeLabel(count)}`, ['--seed', dataDir, root, String(count), userId, ...entityFiles], dataDir);
+async function seedInChild(
+  dataDir: string,
+  root: string,
+  count: number,
+  userId: string,
+  entityFiles: readonly string[],
+): Promise<SeedReport> {
+  const info = await runModeChild(
+    `chat-memory-seed-${sizeLabel(count)}`,
+    ['--seed', dataDir, root, String(count), userId, ...entityFiles],
+    dataDir,
+  );
   return {
     entities: Number(info['entities']),
     ms: Number(info['ms']),
@@ -434,7 +585,10 @@ if (require.main === module) {
   };
   if (mode === '--seed') {
     const [dir, root, count, userId, ...files] = rest;
-    seedStore(dir ?? '', root ?? ROOT, Number(count), userId ?? '', files).then((report) => process.stdout.write(`${READY_PREFIX}${JSON.stringify(report)}\n`), fail);
+    seedStore(dir ?? '', root ?? ROOT, Number(count), userId ?? '', files).then(
+      (report) => process.stdout.write(`${READY_PREFIX}${JSON.stringify(report)}\n`),
+      fail,
+    );
   } else if (mode === '--entities') {
     const [outFile, root, count, from, to] = rest;
     try {
@@ -450,7 +604,9 @@ if (require.main === module) {
 function countUserRows(dataDir: string, userId: string): number {
   const db = new Database(path.join(dataDir, 'vectors.db'), { readonly: true, fileMustExist: true });
   try {
-    const row = db.prepare('SELECT COUNT(*) AS n FROM evs_vectors WHERE collection = ? AND user_id = ?').get(COLLECTION, userId) as { n: number };
+    const row = db.prepare('SELECT COUNT(*) AS n FROM evs_vectors WHERE collection = ? AND user_id = ?').get(COLLECTION, userId) as {
+      n: number;
+    };
     return row.n;
   } finally {
     db.close();
@@ -529,7 +685,10 @@ function proxyCall(
       {
         method,
         agent,
-        headers: { authorization: `Bearer ${BENCH_TOKEN}`, ...(body ? { 'content-type': 'application/json', 'content-length': body.length } : {}) },
+        headers: {
+          authorization: `Bearer ${BENCH_TOKEN}`,
+          ...(body ? { 'content-type': 'application/json', 'content-length': body.length } : {}),
+        },
       },
       (res) => {
         const chunks: Buffer[] = [];
@@ -550,7 +709,12 @@ interface ListedMemory {
   score?: number;
 }
 
-async function adminMemories(origin: string, pathName: '/list' | '/search', json: unknown, timeoutMs = 120_000): Promise<{ memories: ListedMemory[]; ms: number }> {
+async function adminMemories(
+  origin: string,
+  pathName: '/list' | '/search',
+  json: unknown,
+  timeoutMs = 120_000,
+): Promise<{ memories: ListedMemory[]; ms: number }> {
   const r = await proxyCall(origin, 'POST', pathName, json, timeoutMs);
   if (r.status !== 200) throw new Error(`${pathName} answered ${r.status}: ${r.text.slice(0, 200)}`);
   const parsed = JSON.parse(r.text) as { memories?: ListedMemory[] };
@@ -686,7 +850,12 @@ interface Phase {
 }
 
 /** Polls /health until save_queue.depth is 0 (bounded); returns the ms waited and the polls made. */
-async function waitDrained(origin: string, agent: http.Agent, timeoutMs: number, pollMs = 5): Promise<{ ms: number; drained: boolean; polls: number }> {
+async function waitDrained(
+  origin: string,
+  agent: http.Agent,
+  timeoutMs: number,
+  pollMs = 5,
+): Promise<{ ms: number; drained: boolean; polls: number }> {
   const t0 = process.hrtime.bigint();
   let polls = 0;
   for (;;) {
@@ -810,7 +979,13 @@ async function drainQueue(origin: string, timeoutMs: number): Promise<{ depth: n
 }
 
 /** The seed check: exactly `size` memories listed, and a search finds one by its text. */
-async function checkSeed(origin: string, size: number, userId: string, texts: readonly string[], ids: readonly string[]): Promise<{ ok: boolean; firstSearchMs: number }> {
+async function checkSeed(
+  origin: string,
+  size: number,
+  userId: string,
+  texts: readonly string[],
+  ids: readonly string[],
+): Promise<{ ok: boolean; firstSearchMs: number }> {
   const lastId = ids[size - 1];
   const probeIdx = Math.min(1234, Math.floor(size / 3));
   const probeText = texts[probeIdx] ?? '';
@@ -843,7 +1018,17 @@ async function measureChatTable(ctx: Ctx, proxy: OurProxy, dataDir: string, size
   const origin = proxy.origin;
   const fakeOrigin = ctx.fake.url.replace(/\/v1$/, '');
   const rows: Row[] = [
-    { mode: 'direct', target: { name: 'direct (fake upstream)', origin: fakeOrigin, pathPrefix: '/v1', headers: { authorization: 'Bearer sk-bench-upstream' }, pid: undefined }, results: new Map() },
+    {
+      mode: 'direct',
+      target: {
+        name: 'direct (fake upstream)',
+        origin: fakeOrigin,
+        pathPrefix: '/v1',
+        headers: { authorization: 'Bearer sk-bench-upstream' },
+        pid: undefined,
+      },
+      results: new Map(),
+    },
     { mode: 'off', target: proxyTarget('proxy, memory off', proxy, userId, 'off'), results: new Map() },
     { mode: 'write', target: proxyTarget('proxy, memory write-only', proxy, userId, 'write'), results: new Map() },
     { mode: 'read', target: proxyTarget('proxy, memory read-only', proxy, userId, 'read'), results: new Map() },
@@ -860,7 +1045,16 @@ async function measureChatTable(ctx: Ctx, proxy: OurProxy, dataDir: string, size
   // Quiet: after each request that queued a save, wait until the queue is empty, so every request
   // meets an idle proxy and shows only its own cost. Back-to-back: no waiting, saves run in the
   // background while the next requests are served.
-  const phase = (name: string, phaseLabel: string, stream: boolean, quiet: boolean, rounds: number, offset: number): Phase => ({ name, label: phaseLabel, stream, quiet, rounds, offset, waits: [], waitTimeouts: 0 });
+  const phase = (name: string, phaseLabel: string, stream: boolean, quiet: boolean, rounds: number, offset: number): Phase => ({
+    name,
+    label: phaseLabel,
+    stream,
+    quiet,
+    rounds,
+    offset,
+    waits: [],
+    waitTimeouts: 0,
+  });
   const warmJson = phase('warm', '', false, true, Math.max(5, Math.round(20 * scale)), 500);
   const warmSse = phase('warm-sse', '', true, true, 2, 600);
   const phases: Phase[] = [
@@ -935,24 +1129,38 @@ async function measureChatTable(ctx: Ctx, proxy: OurProxy, dataDir: string, size
   const waitTimeouts = phases.reduce((a, p) => a + p.waitTimeouts, 0);
   if (!ctx.explained) {
     ctx.explained = true;
-    console.log('(all proxy rows hit one proxy process; every round sends the same request to each target in an order shuffled per round, one keep-alive connection per target;');
+    console.log(
+      '(all proxy rows hit one proxy process; every round sends the same request to each target in an order shuffled per round, one keep-alive connection per target;',
+    );
     console.log(' "+" = minus direct in the same phase; X-Mem0-Memories = the response header, p50 (min-max); errors = non-200 answers;');
-    console.log(' non-streamed / streamed = quiet phases: after each write-only / on request the bench waits until GET /health shows save_queue.depth 0;');
+    console.log(
+      ' non-streamed / streamed = quiet phases: after each write-only / on request the bench waits until GET /health shows save_queue.depth 0;',
+    );
     console.log(' back-to-back = no waiting: the saves of write-only / on requests run in the proxy while the next requests are served;');
-    console.log(` streamed: the fake upstream sends the headers at once, the first SSE event ${FIRST_TOKEN_MS} ms later, then one event every ${CHUNK_INTERVAL_MS} ms (one word each, ~15 events); TTFB = first body byte;`);
-    console.log(` search = ${SEARCH_METRIC}{outcome="ok"} from the proxy's /metrics, diffed around each phase (read-only and on requests together))`);
+    console.log(
+      ` streamed: the fake upstream sends the headers at once, the first SSE event ${FIRST_TOKEN_MS} ms later, then one event every ${CHUNK_INTERVAL_MS} ms (one word each, ~15 events); TTFB = first body byte;`,
+    );
+    console.log(
+      ` search = ${SEARCH_METRIC}{outcome="ok"} from the proxy's /metrics, diffed around each phase (read-only and on requests together))`,
+    );
   }
-  console.log(`(${label}: waits for the save queue in the quiet phases took p50 ${fmt(summarize(waitsAll).p50, 1)} ms (one save in the background)${waitTimeouts ? `; ${waitTimeouts} waits timed out` : ''}; search:`);
+  console.log(
+    `(${label}: waits for the save queue in the quiet phases took p50 ${fmt(summarize(waitsAll).p50, 1)} ms (one save in the background)${waitTimeouts ? `; ${waitTimeouts} waits timed out` : ''}; search:`,
+  );
   for (const p of phases) {
     const s = p.search;
     if (!s) continue;
-    console.log(`   ${p.label}: ${s.ok} searches ok${s.notOk ? `, ${s.notOk} timed out/failed` : ''}; p50 ~${fmt(s.p50Ms, 2)} ms (interpolated in the buckets), mean ${fmt(s.meanMs, 2)} ms, p99 ~${fmt(s.p99Ms, 1)} ms`);
+    console.log(
+      `   ${p.label}: ${s.ok} searches ok${s.notOk ? `, ${s.notOk} timed out/failed` : ''}; p50 ~${fmt(s.p50Ms, 2)} ms (interpolated in the buckets), mean ${fmt(s.meanMs, 2)} ms, p99 ~${fmt(s.p99Ms, 1)} ms`,
+    );
   }
   console.log(
     ` save queue depth at the end (GET /health save_queue.depth): ${end.depth} (${end.startDepth} right after the last request; ` +
       `${end.depth === 0 ? `drained in ${fmt(end.ms / 1000, 1)} s` : `NOT drained after ${fmt(end.ms / 1000, 0)} s`}), save failures ${end.failures};`,
   );
-  console.log(` the user's memories in vectors.db after the table: ${userRows} = ${size} seeded + ${userRows - size} saved from the exchanges)`);
+  console.log(
+    ` the user's memories in vectors.db after the table: ${userRows} = ${size} seeded + ${userRows - size} saved from the exchanges)`,
+  );
 
   // Bars (quiet non-streamed phase), and what the other phases show.
   const st = (p: string, m: Mode): Stat => stats.get(`${p}/${m}`) ?? { p50: NaN, mean: NaN, ttfb: NaN };
@@ -978,9 +1186,16 @@ async function measureChatTable(ctx: Ctx, proxy: OurProxy, dataDir: string, size
     );
     const writeDiff = addedWrite - addedOff;
     const writePass = Number.isFinite(writeDiff) && writeDiff < WRITE_VS_OFF_MAX_MS;
-    console.log(`bar (${label}): write-only added p50 ${fmt(addedWrite, 3)} - off added p50 ${fmt(addedOff, 3)} = ${fmt(writeDiff, 3)} ms (< ${WRITE_VS_OFF_MAX_MS} ms)  ${writePass ? 'PASS' : 'FAIL'}`);
-    ctx.bars.push({ name: `${label}: memory-on minus off ≈ search p50`, pass: searchPass }, { name: `${label}: write-only minus off < 1 ms`, pass: writePass });
-    console.log(`info (${label}): on - read-only (the save on top of the search), non-streamed p50: ${fmt(st('json', 'on').p50 - st('json', 'read').p50, 2)} ms`);
+    console.log(
+      `bar (${label}): write-only added p50 ${fmt(addedWrite, 3)} - off added p50 ${fmt(addedOff, 3)} = ${fmt(writeDiff, 3)} ms (< ${WRITE_VS_OFF_MAX_MS} ms)  ${writePass ? 'PASS' : 'FAIL'}`,
+    );
+    ctx.bars.push(
+      { name: `${label}: memory-on minus off ≈ search p50`, pass: searchPass },
+      { name: `${label}: write-only minus off < 1 ms`, pass: writePass },
+    );
+    console.log(
+      `info (${label}): on - read-only (the save on top of the search), non-streamed p50: ${fmt(st('json', 'on').p50 - st('json', 'read').p50, 2)} ms`,
+    );
   }
   if (sse?.search) {
     console.log(
@@ -998,7 +1213,9 @@ async function measureChatTable(ctx: Ctx, proxy: OurProxy, dataDir: string, size
   }
   const drained = end.depth === 0;
   ctx.bars.push({ name: `${label}: save queue drained`, pass: drained });
-  console.log(`bar (${label}): save queue depth at the end ${end.depth} (waited up to ${DRAIN_TIMEOUT_MS / 1000} s)  ${drained ? 'PASS' : 'FAIL'}`);
+  console.log(
+    `bar (${label}): save queue depth at the end ${end.depth} (waited up to ${DRAIN_TIMEOUT_MS / 1000} s)  ${drained ? 'PASS' : 'FAIL'}`,
+  );
   return { search: searchJson };
 }
 
@@ -1018,7 +1235,13 @@ interface CpuResult {
 }
 
 /** Proxy CPU time (utime+stime from /proc) per chat: sequential memory-on chats, each followed by its save, then memory-off chats. */
-async function measureCpu(proxy: OurProxy, userId: string, queries: readonly string[], onCount: number, offCount: number): Promise<CpuResult> {
+async function measureCpu(
+  proxy: OurProxy,
+  userId: string,
+  queries: readonly string[],
+  onCount: number,
+  offCount: number,
+): Promise<CpuResult> {
   const pid = proxy.child.pid;
   const origin = proxy.origin;
   const healthAgent = keepAliveAgent(1);
@@ -1086,7 +1309,11 @@ async function measureSaves(proxy: OurProxy, userId: string, queries: readonly s
       Array.from({ length: SAVES_CONCURRENCY }, async () => {
         while (next < n) {
           const i = next++;
-          const r = await sendChat(agent, target, chatBody(`My note #${i}: ${queries[(900 + i) % queries.length] ?? 'I like tea.'}`, false));
+          const r = await sendChat(
+            agent,
+            target,
+            chatBody(`My note #${i}: ${queries[(900 + i) % queries.length] ?? 'I like tea.'}`, false),
+          );
           if (r.status !== 200) errors++;
         }
       }),
@@ -1164,7 +1391,14 @@ interface HolResult {
 }
 
 /** Head-of-line: probes alone, then while HOL_LOOPS connections send memory-on chats back to back. */
-async function measureHeadOfLine(proxy: OurProxy, userId: string, queries: readonly string[], quietN: number, loadedN: number, loadedMaxMs: number): Promise<HolResult> {
+async function measureHeadOfLine(
+  proxy: OurProxy,
+  userId: string,
+  queries: readonly string[],
+  quietN: number,
+  loadedN: number,
+  loadedMaxMs: number,
+): Promise<HolResult> {
   await probe(proxy, userId, queries, 30, 5_000); // warm the probe path
   const quiet = await probe(proxy, userId, queries, quietN, 60_000);
   const on = proxyTarget('on', proxy, userId, 'on');
@@ -1219,7 +1453,17 @@ function printHeadOfLine(ctx: Ctx, size: number, hol: HolResult): void {
     const l = summarize(loaded);
     const ratio = l.p99 / q.p99;
     const pass = Number.isFinite(ratio) && ratio <= TARGET_HOL_P99_RATIO;
-    rows.push([name, String(q.n), fmt(q.p50, 2), fmt(q.p99, 2), String(l.n), fmt(l.p50, 2), fmt(l.p99, 2), `${fmt(ratio, 2)}x ${pass ? '✓' : '✗'}`, `≤ ${TARGET_HOL_P99_RATIO}x`]);
+    rows.push([
+      name,
+      String(q.n),
+      fmt(q.p50, 2),
+      fmt(q.p99, 2),
+      String(l.n),
+      fmt(l.p50, 2),
+      fmt(l.p99, 2),
+      `${fmt(ratio, 2)}x ${pass ? '✓' : '✗'}`,
+      `≤ ${TARGET_HOL_P99_RATIO}x`,
+    ]);
     ctx.bars.push({ name: `target ${label}: ${name} p99 loaded/quiet ≤ ${TARGET_HOL_P99_RATIO}x`, pass });
   };
   check('memory-off chat', hol.quiet.off, hol.loaded.off);
@@ -1259,14 +1503,20 @@ interface RealisticResult {
  */
 async function measureRealistic(ctx: Ctx, dataDir: string, size: number, rounds: number): Promise<RealisticResult> {
   const userId = userIdFor(size);
-  const slowFake = await startFakeUpstreamChild({ firstTokenDelayMs: FIRST_TOKEN_MS, chunkIntervalMs: CHUNK_INTERVAL_MS, embeddingDelayMs: EMBEDDING_DELAY_MS });
+  const slowFake = await startFakeUpstreamChild({
+    firstTokenDelayMs: FIRST_TOKEN_MS,
+    chunkIntervalMs: CHUNK_INTERVAL_MS,
+    embeddingDelayMs: EMBEDDING_DELAY_MS,
+  });
   const fakeOrigin = slowFake.url.replace(/\/v1$/, '');
   let proxy: OurProxy | undefined;
   let failed = true;
   try {
     proxy = (await startProxyOn(ctx, dataDir, slowFake.url)).proxy;
     const origin = proxy.origin;
-    console.log(`[chat-memory] ${sizeLabel(size)}: realistic network: fake upstream ${slowFake.url} (pid ${slowFake.child.pid}, embeddings delayed ${EMBEDDING_DELAY_MS} ms); proxy restarted on the same DATA_DIR (pid ${proxy.child.pid})`);
+    console.log(
+      `[chat-memory] ${sizeLabel(size)}: realistic network: fake upstream ${slowFake.url} (pid ${slowFake.child.pid}, embeddings delayed ${EMBEDDING_DELAY_MS} ms); proxy restarted on the same DATA_DIR (pid ${proxy.child.pid})`,
+    );
     await adminMemories(origin, '/search', { user_id: userId, query: ctx.queries[1] ?? 'Hello', limit: 5 }); // loads the partitions
     const healthAgent = keepAliveAgent(1);
     const agent = keepAliveAgent(1);
@@ -1276,10 +1526,18 @@ async function measureRealistic(ctx: Ctx, dataDir: string, size: number, rounds:
     const writeTarget = proxyTarget('write', proxy, userId, 'write');
     try {
       // One embedding round trip, measured from here.
-      const fakeTarget: Target = { name: 'fake embeddings', origin: fakeOrigin, pathPrefix: '/v1', headers: { authorization: 'Bearer sk-bench-upstream' }, pid: undefined };
+      const fakeTarget: Target = {
+        name: 'fake embeddings',
+        origin: fakeOrigin,
+        pathPrefix: '/v1',
+        headers: { authorization: 'Bearer sk-bench-upstream' },
+        pid: undefined,
+      };
       const rtt: number[] = [];
       for (let i = 0; i < 20; i++) {
-        const body = Buffer.from(JSON.stringify({ model: 'text-embedding-3-small', input: ctx.queries[i] ?? 'Hello', encoding_format: 'float' }));
+        const body = Buffer.from(
+          JSON.stringify({ model: 'text-embedding-3-small', input: ctx.queries[i] ?? 'Hello', encoding_format: 'float' }),
+        );
         const r = await timedRequest(agent, fakeTarget, 'POST', '/embeddings', body);
         if (r.status === 200) rtt.push(r.totalMs);
       }
@@ -1304,7 +1562,9 @@ async function measureRealistic(ctx: Ctx, dataDir: string, size: number, rounds:
         await waitDrained(origin, healthAgent, 30_000);
         await sendChat(agent, offTarget, chatBody(ctx.queries[40 + i] ?? 'Hello', false));
       }
-      console.log(`[chat-memory] ${sizeLabel(size)}: realistic network: ${rounds} rounds x (memory off, memory on), order shuffled per round, waiting for the save after each memory-on chat`);
+      console.log(
+        `[chat-memory] ${sizeLabel(size)}: realistic network: ${rounds} rounds x (memory off, memory on), order shuffled per round, waiting for the save after each memory-on chat`,
+      );
       const off: ChatResult[] = [];
       const on: ChatResult[] = [];
       const waits: number[] = [];
@@ -1349,7 +1609,10 @@ function printRealistic(ctx: Ctx, size: number, r: RealisticResult): void {
   const added = on.p50 - off.p50;
   const limit = rtt.p50 + TARGET_ADDED_OVER_RTT_MS;
   const pass = Number.isFinite(added) && added <= limit;
-  ctx.bars.push({ name: `target ${label}: realistic added p50 (on - off) ≤ one embedding round trip + ${TARGET_ADDED_OVER_RTT_MS} ms`, pass });
+  ctx.bars.push({
+    name: `target ${label}: realistic added p50 (on - off) ≤ one embedding round trip + ${TARGET_ADDED_OVER_RTT_MS} ms`,
+    pass,
+  });
   const memories = (xs: ChatResult[]): string => {
     const vals = xs.map((x) => x.memories).filter((v): v is number => v !== undefined && Number.isFinite(v));
     return vals.length === 0 ? '-' : `${fmt(summarize(vals).p50, 0)} (${Math.min(...vals)}-${Math.max(...vals)})`;
@@ -1372,7 +1635,9 @@ function printRealistic(ctx: Ctx, size: number, r: RealisticResult): void {
     ],
   );
   const s = r.search;
-  console.log(`(one embedding round trip = POST /v1/embeddings to the delayed fake from the bench, ${rtt.n} sequential: p50 ${fmt(rtt.p50, 2)} ms, p99 ${fmt(rtt.p99, 2)} ms;`);
+  console.log(
+    `(one embedding round trip = POST /v1/embeddings to the delayed fake from the bench, ${rtt.n} sequential: p50 ${fmt(rtt.p50, 2)} ms, p99 ${fmt(rtt.p99, 2)} ms;`,
+  );
   console.log(
     ` embedding calls the proxy makes: ${fmt(r.embeddingsPerSearch.requests, 2)} requests (${fmt(r.embeddingsPerSearch.inputs, 2)} texts) per memory search (read-only chats), ` +
       `${fmt(r.embeddingsPerSave.requests, 2)} requests (${fmt(r.embeddingsPerSave.inputs, 2)} texts) per save (write-only chats);`,
@@ -1429,7 +1694,9 @@ async function runSize(ctx: Ctx, size: number, headline: boolean): Promise<SizeR
   const sizeStarted = Date.now();
   const dataDir = makeTempDir(`bench-chat-memory-${label}-`);
   removeTempDirLater(dataDir);
-  console.log(`\n[chat-memory] ---- ${label}: ${size} memories x ${DIMS} dims for user "${userId}" into ${dataDir}/vectors.db (seeding child process) ----`);
+  console.log(
+    `\n[chat-memory] ---- ${label}: ${size} memories x ${DIMS} dims for user "${userId}" into ${dataDir}/vectors.db (seeding child process) ----`,
+  );
   try {
     result.seed = await seedInChild(dataDir, ctx.root, size, userId, ctx.entityFiles);
   } catch (err) {
@@ -1454,7 +1721,9 @@ async function runSize(ctx: Ctx, size: number, headline: boolean): Promise<SizeR
     // 1. First process on the seeded DATA_DIR: does mem0 see exactly the seeded memories?
     const first = await startProxyOn(ctx, dataDir, ctx.fake.url);
     proxy = first.proxy;
-    console.log(`[chat-memory] ${label}: our proxy ${proxy.origin} (${ctx.prepared.note}, pid ${proxy.child.pid}, ready in ${fmt(first.startMs, 0)} ms, log ${proxy.dataDir}/proxy.log)`);
+    console.log(
+      `[chat-memory] ${label}: our proxy ${proxy.origin} (${ctx.prepared.note}, pid ${proxy.child.pid}, ready in ${fmt(first.startMs, 0)} ms, log ${proxy.dataDir}/proxy.log)`,
+    );
     const check = await checkSeed(proxy.origin, size, userId, texts, ids);
     result.freshFirstSearchMs = check.firstSearchMs;
     ctx.bars.push({ name: `${label}: seeded memories visible to mem0`, pass: check.ok });
@@ -1470,7 +1739,8 @@ async function runSize(ctx: Ctx, size: number, headline: boolean): Promise<SizeR
     const cold = await adminMemories(proxy.origin, '/search', { user_id: userId, query: ctx.queries[3] ?? 'Hello', limit: 5 });
     result.coldFirstSearchMs = cold.ms;
     const warm: number[] = [];
-    for (let i = 0; i < 5; i++) warm.push((await adminMemories(proxy.origin, '/search', { user_id: userId, query: ctx.queries[4 + i] ?? 'Hello', limit: 5 })).ms);
+    for (let i = 0; i < 5; i++)
+      warm.push((await adminMemories(proxy.origin, '/search', { user_id: userId, query: ctx.queries[4 + i] ?? 'Hello', limit: 5 })).ms);
     result.warmAdminSearchMs = summarize(warm).p50;
     result.rssLoaded = procRssMiB(proxy.child.pid);
     console.log(
@@ -1529,15 +1799,28 @@ function withTarget(value: number, digits: number, limit: number | undefined, at
 function printSummary(ctx: Ctx, results: readonly SizeResult[], entities: { ms: number; parts: number; count: number }): void {
   const cols = results.map((r) => sizeLabel(r.size));
   const row = (name: string, cell: (r: SizeResult) => string, target = ''): string[] => [name, ...results.map(cell), target];
-  const targetText = (m: ReadonlyMap<number, number>, unit: string, op: string): string => [...m].map(([s, v]) => `${op} ${v}${unit} @${sizeLabel(s)}`).join(', ');
+  const targetText = (m: ReadonlyMap<number, number>, unit: string, op: string): string =>
+    [...m].map(([s, v]) => `${op} ${v}${unit} @${sizeLabel(s)}`).join(', ');
   const rows: string[][] = [
     row('seeding s (entity rows)', (r) => (r.seed ? `${fmt(r.seed.ms / 1000, 1)} (${r.seed.entities})` : 'n/a')),
     row('first search, first process ms', (r) => fmt(r.freshFirstSearchMs, 1)),
-    row('cold first search after restart ms', (r) => withTarget(r.coldFirstSearchMs, 1, TARGET_COLD_SEARCH_MS.get(r.size), true), targetText(TARGET_COLD_SEARCH_MS, ' ms', '≤')),
+    row(
+      'cold first search after restart ms',
+      (r) => withTarget(r.coldFirstSearchMs, 1, TARGET_COLD_SEARCH_MS.get(r.size), true),
+      targetText(TARGET_COLD_SEARCH_MS, ' ms', '≤'),
+    ),
     row('warm admin /search ms (p50 of 5)', (r) => fmt(r.warmAdminSearchMs, 1)),
-    row('warm chat search p50 ms (/metrics)', (r) => withTarget(r.search?.p50Ms ?? NaN, 2, TARGET_WARM_SEARCH_P50_MS.get(r.size), true), targetText(TARGET_WARM_SEARCH_P50_MS, ' ms', '≤')),
+    row(
+      'warm chat search p50 ms (/metrics)',
+      (r) => withTarget(r.search?.p50Ms ?? NaN, 2, TARGET_WARM_SEARCH_P50_MS.get(r.size), true),
+      targetText(TARGET_WARM_SEARCH_P50_MS, ' ms', '≤'),
+    ),
     row('warm chat search mean ms (/metrics)', (r) => fmt(r.search?.meanMs ?? NaN, 2)),
-    row('RSS MiB, memories loaded (peak)', (r) => (r.rssLoaded ? `${withTarget(r.rssLoaded.rss, 0, TARGET_RSS_MIB.get(r.size), true)} (${fmt(r.rssLoaded.peak, 0)})` : 'n/a'), targetText(TARGET_RSS_MIB, ' MiB', '≤')),
+    row(
+      'RSS MiB, memories loaded (peak)',
+      (r) => (r.rssLoaded ? `${withTarget(r.rssLoaded.rss, 0, TARGET_RSS_MIB.get(r.size), true)} (${fmt(r.rssLoaded.peak, 0)})` : 'n/a'),
+      targetText(TARGET_RSS_MIB, ' MiB', '≤'),
+    ),
     row('RSS MiB at the end (peak)', (r) => (r.rssEnd ? `${fmt(r.rssEnd.rss, 0)} (${fmt(r.rssEnd.peak, 0)})` : 'n/a')),
     row('saves/s (write-only burst)', (r) => withTarget(r.saves?.perSec ?? NaN, 1, TARGET_SAVES_PER_S, false), `≥ ${TARGET_SAVES_PER_S}`),
     row('CPU ms per memory-on chat (+ save)', (r) => fmt(r.cpu?.onMs ?? NaN, 2)),
@@ -1546,12 +1829,26 @@ function printSummary(ctx: Ctx, results: readonly SizeResult[], entities: { ms: 
     row('CPU ms per write-only chat (+ save)', (r) => fmt(r.saves?.cpuMsPerSave ?? NaN, 2)),
     row("user's memories at the end", (r) => (Number.isFinite(r.memoriesAtEnd) ? String(r.memoriesAtEnd) : 'n/a')),
   ];
-  printTable(`Memory at scale: one user with ${cols.join(' / ')} memories (embedded store, ${DIMS} dims, fake upstream without delays)`, ['figure', ...cols, 'target'], rows);
-  console.log(`(seeding = the per-size child (lemmatize, fake embeddings, inserts); before it, mem0's entity extraction of all ${entities.count} texts took ${fmt(entities.ms / 1000, 1)} s on ${entities.parts} processes, shared by all sizes;`);
-  console.log(' first search = POST /search in the first proxy process on the seeded DATA_DIR (after two /list calls); cold = the same after stopping that process and starting another (OS page cache warm);');
-  console.log(' warm chat search = the quiet non-streamed phase of the chat table (read-only and on chats); RSS = VmRSS (VmHWM) of the proxy after the cold search and 5 more;');
-  console.log(` saves/s = write-only chats sent on ${SAVES_CONCURRENCY} connections, saved / (first request until GET /health shows save_queue.depth 0);`);
-  console.log(' CPU = utime+stime of the proxy process (/proc, 10 ms ticks): memory-on chats one at a time, each waited until its save was done (the /health polls subtracted); ✓/✗ = target met / not met)');
+  printTable(
+    `Memory at scale: one user with ${cols.join(' / ')} memories (embedded store, ${DIMS} dims, fake upstream without delays)`,
+    ['figure', ...cols, 'target'],
+    rows,
+  );
+  console.log(
+    `(seeding = the per-size child (lemmatize, fake embeddings, inserts); before it, mem0's entity extraction of all ${entities.count} texts took ${fmt(entities.ms / 1000, 1)} s on ${entities.parts} processes, shared by all sizes;`,
+  );
+  console.log(
+    ' first search = POST /search in the first proxy process on the seeded DATA_DIR (after two /list calls); cold = the same after stopping that process and starting another (OS page cache warm);',
+  );
+  console.log(
+    ' warm chat search = the quiet non-streamed phase of the chat table (read-only and on chats); RSS = VmRSS (VmHWM) of the proxy after the cold search and 5 more;',
+  );
+  console.log(
+    ` saves/s = write-only chats sent on ${SAVES_CONCURRENCY} connections, saved / (first request until GET /health shows save_queue.depth 0);`,
+  );
+  console.log(
+    ' CPU = utime+stime of the proxy process (/proc, 10 ms ticks): memory-on chats one at a time, each waited until its save was done (the /health polls subtracted); ✓/✗ = target met / not met)',
+  );
   for (const r of results) {
     if (r.error) console.log(`note: ${sizeLabel(r.size)}: ${r.error}`);
     const label = sizeLabel(r.size);
@@ -1570,7 +1867,8 @@ function printSummary(ctx: Ctx, results: readonly SizeResult[], entities: { ms: 
 
 function headlineSize(sizes: readonly number[]): number | undefined {
   let best: number | undefined;
-  for (const s of sizes) if (best === undefined || Math.abs(Math.log(s / HEADLINE_SIZE)) < Math.abs(Math.log(best / HEADLINE_SIZE))) best = s;
+  for (const s of sizes)
+    if (best === undefined || Math.abs(Math.log(s / HEADLINE_SIZE)) < Math.abs(Math.log(best / HEADLINE_SIZE))) best = s;
   return best;
 }
 
@@ -1581,8 +1879,15 @@ export async function runChatMemoryBench(args: BenchArgs): Promise<TableOutcome>
   const sizes = args.sizes ?? (args.quick ? QUICK_SIZES : DEFAULT_SIZES);
   const maxSize = Math.max(...sizes);
   const headline = headlineSize(sizes);
-  console.log(`\n[chat-memory] host: ${os.cpus().length} CPU(s) (${os.cpus()[0]?.model ?? '?'}), node ${process.version}, load avg ${os.loadavg().map((l) => fmt(l, 2)).join(' ')}`);
-  console.log(`[chat-memory] sizes: ${sizes.map(sizeLabel).join(', ')} memories; head-of-line and realistic-network tables at ${headline === undefined ? '-' : sizeLabel(headline)}`);
+  console.log(
+    `\n[chat-memory] host: ${os.cpus().length} CPU(s) (${os.cpus()[0]?.model ?? '?'}), node ${process.version}, load avg ${os
+      .loadavg()
+      .map((l) => fmt(l, 2))
+      .join(' ')}`,
+  );
+  console.log(
+    `[chat-memory] sizes: ${sizes.map(sizeLabel).join(', ')} memories; head-of-line and realistic-network tables at ${headline === undefined ? '-' : sizeLabel(headline)}`,
+  );
   if (args.oursStandIn) console.log('[chat-memory] --ours=bare does not apply here (the bare proxy has no memory): our proxy is used');
 
   // 1. mem0's entity extraction for the largest size, in parallel children, while the proxy builds.

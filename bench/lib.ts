@@ -359,7 +359,10 @@ export type ProxyRuntime = 'dist' | 'tsx';
  * Builds the proxy once (`tsc -p tsconfig.build.json`) and says how to run it: `dist` when the
  * build succeeded and dist/index.js exists, else `tsx` (src/index.ts through the tsx loader).
  */
-export function prepareOurProxy(prefer: ProxyRuntime | 'auto' = 'auto', root: string = ROOT): { runtime: ProxyRuntime; note: string } | undefined {
+export function prepareOurProxy(
+  prefer: ProxyRuntime | 'auto' = 'auto',
+  root: string = ROOT,
+): { runtime: ProxyRuntime; note: string } | undefined {
   const srcEntry = path.join(root, 'src', 'index.ts');
   if (!fs.existsSync(srcEntry) || !fs.existsSync(path.join(root, 'src', 'app.ts'))) return undefined;
   if (prefer === 'tsx') return { runtime: 'tsx', note: 'src/index.ts via tsx (--proxy-runtime=tsx)' };
@@ -508,7 +511,12 @@ export function timedRequest(
 }
 
 /** `count` requests one after another on one keep-alive connection. */
-export async function runSequential(agent: http.Agent, target: Target, count: number, make: () => { method: string; path: string; body: Buffer | undefined }): Promise<RequestResult[]> {
+export async function runSequential(
+  agent: http.Agent,
+  target: Target,
+  count: number,
+  make: () => { method: string; path: string; body: Buffer | undefined },
+): Promise<RequestResult[]> {
   const out: RequestResult[] = [];
   for (let i = 0; i < count; i++) {
     const r = make();
@@ -529,7 +537,14 @@ export interface LoadResult {
  * Closed-loop load: `concurrency` workers, each with its own request in flight, until
  * `durationMs` elapsed or `maxRequests` were sent.
  */
-export async function runConcurrent(agent: http.Agent, target: Target, concurrency: number, durationMs: number, maxRequests: number, make: () => { method: string; path: string; body: Buffer | undefined }): Promise<LoadResult> {
+export async function runConcurrent(
+  agent: http.Agent,
+  target: Target,
+  concurrency: number,
+  durationMs: number,
+  maxRequests: number,
+  make: () => { method: string; path: string; body: Buffer | undefined },
+): Promise<LoadResult> {
   const latencies: number[] = [];
   let sent = 0;
   let errors = 0;
@@ -546,5 +561,11 @@ export async function runConcurrent(agent: http.Agent, target: Target, concurren
   };
   await Promise.all(Array.from({ length: concurrency }, () => worker()));
   const durationMs2 = Date.now() - t0;
-  return { requests: latencies.length, errors, durationMs: durationMs2, rps: (latencies.length * 1000) / durationMs2, latency: summarize(latencies) };
+  return {
+    requests: latencies.length,
+    errors,
+    durationMs: durationMs2,
+    rps: (latencies.length * 1000) / durationMs2,
+    latency: summarize(latencies),
+  };
 }

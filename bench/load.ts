@@ -81,7 +81,8 @@ function parseArgs(argv: readonly string[]): LoadArgs {
   };
   const quick = argv.includes('--quick');
   const runtime = get('proxy-runtime') ?? 'auto';
-  if (runtime !== 'dist' && runtime !== 'tsx' && runtime !== 'auto') throw new Error(`--proxy-runtime must be dist, tsx or auto (got ${runtime})`);
+  if (runtime !== 'dist' && runtime !== 'tsx' && runtime !== 'auto')
+    throw new Error(`--proxy-runtime must be dist, tsx or auto (got ${runtime})`);
   const soakRpsRaw = get('soak-rps');
   const soakMemory = get('soak-memory') ?? 'on';
   if (soakMemory !== 'on' && soakMemory !== 'read') throw new Error(`--soak-memory must be on or read (got ${soakMemory})`);
@@ -174,13 +175,23 @@ function streamChat(ep: Endpoint, body: Buffer): Promise<ChatResult> {
         res.on('end', () => {
           const done = tail.includes('data: [DONE]');
           const ok = status === 200 && done;
-          finish({ ok, status, ttfbMs, totalMs: ms(), overheadMs, memories, error: ok ? undefined : status !== 200 ? `status ${status}` : 'stream ended without [DONE]' });
+          finish({
+            ok,
+            status,
+            ttfbMs,
+            totalMs: ms(),
+            overheadMs,
+            memories,
+            error: ok ? undefined : status !== 200 ? `status ${status}` : 'stream ended without [DONE]',
+          });
         });
         res.on('error', (err) => finish({ ok: false, status, ttfbMs, totalMs: ms(), overheadMs, memories, error: err.message }));
       },
     );
     req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error('timeout')));
-    req.on('error', (err) => finish({ ok: false, status: 0, ttfbMs: NaN, totalMs: ms(), overheadMs: NaN, memories: NaN, error: err.message }));
+    req.on('error', (err) =>
+      finish({ ok: false, status: 0, ttfbMs: NaN, totalMs: ms(), overheadMs: NaN, memories: NaN, error: err.message }),
+    );
     req.end(body);
   });
 }
@@ -253,7 +264,10 @@ async function startProxy(upstreamUrl: string, runtime: ProxyRuntime): Promise<P
 }
 
 /** Waits (bounded) for the save queue to reach 0; returns the time taken and the depth curve's ends. */
-async function waitForDrain(proxy: ProxyChild, boundSeconds: number): Promise<{ startDepth: number; endDepth: number; seconds: number; drained: boolean; cpuMs: number }> {
+async function waitForDrain(
+  proxy: ProxyChild,
+  boundSeconds: number,
+): Promise<{ startDepth: number; endDepth: number; seconds: number; drained: boolean; cpuMs: number }> {
   const t0 = Date.now();
   const cpu0 = procCpuMs(proxy.child.pid);
   const startDepth = await queueDepth(proxy);
@@ -294,10 +308,16 @@ class Samples {
     return summarize(this.ok().map((r) => r.totalMs));
   }
   overhead(): Summary {
-    return summarize(this.ok().map((r) => r.overheadMs).filter((x) => Number.isFinite(x)));
+    return summarize(
+      this.ok()
+        .map((r) => r.overheadMs)
+        .filter((x) => Number.isFinite(x)),
+    );
   }
   memoriesMean(): number {
-    const m = this.ok().map((r) => r.memories).filter((x) => Number.isFinite(x));
+    const m = this.ok()
+      .map((r) => r.memories)
+      .filter((x) => Number.isFinite(x));
     return m.reduce((a, b) => a + b, 0) / (m.length || 1);
   }
 }
@@ -392,7 +412,14 @@ function cpuMeter(proxyPid: number, fakePid: number): () => { proxyMs: number; p
     const wall = Date.now() - t0 || 1;
     const proxyMs = procCpuMs(proxyPid) - p0;
     const g = process.cpuUsage(g0);
-    return { proxyMs, pct: { proxy: (proxyMs * 100) / wall, fake: ((procCpuMs(fakePid) - f0) * 100) / wall, generator: ((g.user + g.system) / 1000 / wall) * 100 } };
+    return {
+      proxyMs,
+      pct: {
+        proxy: (proxyMs * 100) / wall,
+        fake: ((procCpuMs(fakePid) - f0) * 100) / wall,
+        generator: ((g.user + g.system) / 1000 / wall) * 100,
+      },
+    };
   };
 }
 
@@ -426,7 +453,16 @@ async function closedLoop(proxyEp: Endpoint, directEp: Endpoint, args: LoadArgs,
   sampling = false;
   await sampler;
   const queueDepthEnd = await queueDepth(proxy);
-  return { name: 'phase 1', seconds, cpuPct: used.pct, proxy: proxySamples, direct: directSamples, proxyCpuMs: used.proxyMs, queueDepthEnd, queueDepthMax: Math.max(maxDepth, queueDepthEnd) };
+  return {
+    name: 'phase 1',
+    seconds,
+    cpuPct: used.pct,
+    proxy: proxySamples,
+    direct: directSamples,
+    proxyCpuMs: used.proxyMs,
+    queueDepthEnd,
+    queueDepthMax: Math.max(maxDepth, queueDepthEnd),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,7 +474,14 @@ interface RssSample {
   rss: number;
 }
 
-async function soak(proxyEp: Endpoint, directEp: Endpoint, rps: number, seconds: number, proxy: ProxyChild, fakePid: number): Promise<{ report: PhaseReport; rss: RssSample[]; shed: number; depthStart: number; depthCurve: Array<{ atS: number; depth: number }> }> {
+async function soak(
+  proxyEp: Endpoint,
+  directEp: Endpoint,
+  rps: number,
+  seconds: number,
+  proxy: ProxyChild,
+  fakePid: number,
+): Promise<{ report: PhaseReport; rss: RssSample[]; shed: number; depthStart: number; depthCurve: Array<{ atS: number; depth: number }> }> {
   const proxySamples = new Samples();
   const directSamples = new Samples();
   const rss: RssSample[] = [];
@@ -500,7 +543,16 @@ async function soak(proxyEp: Endpoint, directEp: Endpoint, rps: number, seconds:
   const queueDepthEnd = await queueDepth(proxy);
   const queueDepthMax = Math.max(queueDepthEnd, ...depthCurve.map((d) => d.depth).filter((d) => Number.isFinite(d)));
   return {
-    report: { name: 'soak', seconds: sendSeconds, cpuPct: used.pct, proxy: proxySamples, direct: directSamples, proxyCpuMs: used.proxyMs, queueDepthEnd, queueDepthMax },
+    report: {
+      name: 'soak',
+      seconds: sendSeconds,
+      cpuPct: used.pct,
+      proxy: proxySamples,
+      direct: directSamples,
+      proxyCpuMs: used.proxyMs,
+      queueDepthEnd,
+      queueDepthMax,
+    },
     rss,
     shed,
     depthStart,
@@ -533,8 +585,12 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const prepared = prepareOurProxy(args.runtime);
   if (!prepared) throw new Error('src/index.ts not found');
-  console.log(`load: proxy from ${prepared.note}; fake upstream pacing: first token ${FIRST_TOKEN_MS} ms, a chunk every ${CHUNK_INTERVAL_MS} ms`);
-  console.log(`load: phase 1 ${args.concurrency} concurrent (+${args.directConcurrency} direct) for ${args.phase1Seconds} s; soak ${args.soakSeconds} s; drain waits bounded at ${args.drainWaitSeconds} s`);
+  console.log(
+    `load: proxy from ${prepared.note}; fake upstream pacing: first token ${FIRST_TOKEN_MS} ms, a chunk every ${CHUNK_INTERVAL_MS} ms`,
+  );
+  console.log(
+    `load: phase 1 ${args.concurrency} concurrent (+${args.directConcurrency} direct) for ${args.phase1Seconds} s; soak ${args.soakSeconds} s; drain waits bounded at ${args.drainWaitSeconds} s`,
+  );
 
   const fake = await startFakeUpstreamChild({ firstTokenDelayMs: FIRST_TOKEN_MS, chunkIntervalMs: CHUNK_INTERVAL_MS });
   const directEp: Endpoint = { origin: `http://${HOST}:${fake.port}`, headers: {}, agent: keepAliveAgent(args.directConcurrency + 8) };
@@ -550,7 +606,9 @@ async function main(): Promise<void> {
   await waitForDrain(p1, 30);
   console.log('load: phase 1 running ...');
   const phase1 = await closedLoop(p1Ep, directEp, args, p1, fake.child.pid);
-  console.log(`load: phase 1 done (${phase1.proxy.results.length} proxied chats); waiting for the save queue (depth ${phase1.queueDepthEnd}) ...`);
+  console.log(
+    `load: phase 1 done (${phase1.proxy.results.length} proxied chats); waiting for the save queue (depth ${phase1.queueDepthEnd}) ...`,
+  );
   const drain1 = await waitForDrain(p1, args.drainWaitSeconds);
   const saved1 = drain1.startDepth - drain1.endDepth;
   const saveRate = drain1.seconds > 0 && saved1 > 0 ? saved1 / drain1.seconds : NaN;
@@ -572,7 +630,11 @@ async function main(): Promise<void> {
   const soakRps = Math.min(MAX_SOAK_RPS, args.soakRps ?? Math.max(1, Math.floor(autoRate)));
   const p2 = await startProxy(fake.url, prepared.runtime);
   await seedUsers(p2);
-  const p2Ep: Endpoint = { origin: p2.origin, headers: { ...authHeader, 'x-mem0-memory': args.soakMemory }, agent: keepAliveAgent(Math.min(MAX_IN_FLIGHT, Math.ceil(soakRps * 2) + 16)) };
+  const p2Ep: Endpoint = {
+    origin: p2.origin,
+    headers: { ...authHeader, 'x-mem0-memory': args.soakMemory },
+    agent: keepAliveAgent(Math.min(MAX_IN_FLIGHT, Math.ceil(soakRps * 2) + 16)),
+  };
   for (let i = 0; i < USERS; i++) await streamChat(p2Ep, chatBody().body);
   await waitForDrain(p2, 30);
   const rssBefore = procRssMiB(p2.child.pid).rss;
@@ -586,14 +648,17 @@ async function main(): Promise<void> {
   directEp.agent.destroy();
 
   // ---- tables ----
-  printTable('Streaming chats with memory on, through the proxy vs direct to the fake (ms; + = added by the proxy; overhead = X-Mem0-Overhead-Ms)', PHASE_HEADER, [
-    ...phaseRows(phase1),
-    ...phaseRows(soaked.report),
-  ]);
+  printTable(
+    'Streaming chats with memory on, through the proxy vs direct to the fake (ms; + = added by the proxy; overhead = X-Mem0-Overhead-Ms)',
+    PHASE_HEADER,
+    [...phaseRows(phase1), ...phaseRows(soaked.report)],
+  );
 
-  printTable(`CPU during each phase (% of one core; this machine has ${os.cpus().length} cores)`, ['phase', 'proxy', 'fake upstream', 'load generator'], [
-    ...[phase1, soaked.report].map((r) => [r.name, fmt(r.cpuPct.proxy, 0), fmt(r.cpuPct.fake, 0), fmt(r.cpuPct.generator, 0)]),
-  ]);
+  printTable(
+    `CPU during each phase (% of one core; this machine has ${os.cpus().length} cores)`,
+    ['phase', 'proxy', 'fake upstream', 'load generator'],
+    [...[phase1, soaked.report].map((r) => [r.name, fmt(r.cpuPct.proxy, 0), fmt(r.cpuPct.fake, 0), fmt(r.cpuPct.generator, 0)])],
+  );
 
   const warmS = Math.max(5, args.soakSeconds * 0.2);
   const post = soaked.rss.filter((s) => s.atS >= warmS);
@@ -607,35 +672,45 @@ async function main(): Promise<void> {
   const growth = rssEnd - rssStart;
   const rssFlag = growth > noise * 2 && growth > rssStart * 0.1 ? 'GROWTH beyond noise' : 'flat (within noise)';
 
-  printTable('Soak: proxy RSS (MiB)', ['point', 'RSS MiB'], [
-    ['before soak (after seeding + warm-up chats)', fmt(rssBefore, 1)],
-    [`start (after ${fmt(warmS, 0)} s warm-up)`, fmt(rssStart, 1)],
-    ['middle', fmt(rssMid, 1)],
-    ['end', fmt(rssEnd, 1)],
-    ['growth start → end', fmt(growth, 1)],
-    ['trend after warm-up (MiB/min)', fmt(rssSlope, 2)],
-    ['noise (early spread, floor 5)', fmt(noise, 1)],
-    ['verdict', rssFlag],
-    ['phase-1 proxy RSS at its end / peak', `${fmt(p1Rss.rss, 1)} / ${fmt(p1Rss.peak, 1)}`],
-  ]);
-
-  const drainCell = (d: { drained: boolean; seconds: number; endDepth: number }): string => (d.drained ? `${fmt(d.seconds, 1)} s` : `NOT drained in ${fmt(d.seconds, 0)} s (depth ${d.endDepth} left)`);
-  printTable('Save queue (from /health save_queue.depth)', ['measure', 'value'], [
-    ['phase 1: depth at end / max seen', `${phase1.queueDepthEnd} / ${phase1.queueDepthMax}`],
-    ['phase 1: chats per second vs saves per second', `${fmt(phase1.proxy.results.length / phase1.seconds, 1)} vs ${fmt(saveRate, 1)}`],
-    ['phase 1: drain time', drainCell(drain1)],
-    ['saves per second while draining (idle proxy)', fmt(saveRate, 1)],
-    ['proxy CPU ms per save while draining', fmt(cpuPerSave, 2)],
+  printTable(
+    'Soak: proxy RSS (MiB)',
+    ['point', 'RSS MiB'],
     [
-      'soak rate (req/s)',
-      `${soakRps}${args.soakRps === undefined ? ` (min of 50 % core / (${fmt(cpuPerChat, 1)} ms chat + ${fmt(cpuPerSave, 1)} ms save) and 60 % of ${fmt(capacity, 1)} saves/s)` : ' (--soak-rps)'}`,
+      ['before soak (after seeding + warm-up chats)', fmt(rssBefore, 1)],
+      [`start (after ${fmt(warmS, 0)} s warm-up)`, fmt(rssStart, 1)],
+      ['middle', fmt(rssMid, 1)],
+      ['end', fmt(rssEnd, 1)],
+      ['growth start → end', fmt(growth, 1)],
+      ['trend after warm-up (MiB/min)', fmt(rssSlope, 2)],
+      ['noise (early spread, floor 5)', fmt(noise, 1)],
+      ['verdict', rssFlag],
+      ['phase-1 proxy RSS at its end / peak', `${fmt(p1Rss.rss, 1)} / ${fmt(p1Rss.peak, 1)}`],
     ],
-    ['soak: depth at start / max / end', `${soaked.depthStart} / ${soaked.report.queueDepthMax} / ${soaked.report.queueDepthEnd}`],
-    ['soak: drain time after the end', drainCell(drain2)],
-    ['soak: requests shed (in-flight cap)', String(soaked.shed)],
-  ]);
+  );
 
-  const totalErrors = phase1.proxy.errorCount + phase1.direct.errorCount + soaked.report.proxy.errorCount + soaked.report.direct.errorCount + soaked.shed;
+  const drainCell = (d: { drained: boolean; seconds: number; endDepth: number }): string =>
+    d.drained ? `${fmt(d.seconds, 1)} s` : `NOT drained in ${fmt(d.seconds, 0)} s (depth ${d.endDepth} left)`;
+  printTable(
+    'Save queue (from /health save_queue.depth)',
+    ['measure', 'value'],
+    [
+      ['phase 1: depth at end / max seen', `${phase1.queueDepthEnd} / ${phase1.queueDepthMax}`],
+      ['phase 1: chats per second vs saves per second', `${fmt(phase1.proxy.results.length / phase1.seconds, 1)} vs ${fmt(saveRate, 1)}`],
+      ['phase 1: drain time', drainCell(drain1)],
+      ['saves per second while draining (idle proxy)', fmt(saveRate, 1)],
+      ['proxy CPU ms per save while draining', fmt(cpuPerSave, 2)],
+      [
+        'soak rate (req/s)',
+        `${soakRps}${args.soakRps === undefined ? ` (min of 50 % core / (${fmt(cpuPerChat, 1)} ms chat + ${fmt(cpuPerSave, 1)} ms save) and 60 % of ${fmt(capacity, 1)} saves/s)` : ' (--soak-rps)'}`,
+      ],
+      ['soak: depth at start / max / end', `${soaked.depthStart} / ${soaked.report.queueDepthMax} / ${soaked.report.queueDepthEnd}`],
+      ['soak: drain time after the end', drainCell(drain2)],
+      ['soak: requests shed (in-flight cap)', String(soaked.shed)],
+    ],
+  );
+
+  const totalErrors =
+    phase1.proxy.errorCount + phase1.direct.errorCount + soaked.report.proxy.errorCount + soaked.report.direct.errorCount + soaked.shed;
   for (const [name, s] of [
     ['phase 1 proxy', phase1.proxy],
     ['phase 1 direct', phase1.direct],
@@ -648,10 +723,17 @@ async function main(): Promise<void> {
     failed = true;
     notes.push(`FAIL: ${totalErrors} failed request(s) (must be 0)`);
   } else notes.push('errors: 0');
-  if (!keptUp) notes.push(`finding: at ${args.concurrency} concurrent streams the saves do not keep up (${fmt(phase1.proxy.results.length / phase1.seconds, 1)} chats/s vs ${fmt(saveRate, 1)} saves/s); the backlog ${drain1.drained ? 'drained' : 'did NOT drain'} in ${fmt(drain1.seconds, 1)} s`);
-  if (soaked.report.queueDepthEnd > Math.max(10, soaked.depthStart + soakRps * 2)) notes.push(`finding: during the soak at ${soakRps} req/s the queue grew to ${soaked.report.queueDepthEnd}: the saves did not keep up at this rate`);
+  if (!keptUp)
+    notes.push(
+      `finding: at ${args.concurrency} concurrent streams the saves do not keep up (${fmt(phase1.proxy.results.length / phase1.seconds, 1)} chats/s vs ${fmt(saveRate, 1)} saves/s); the backlog ${drain1.drained ? 'drained' : 'did NOT drain'} in ${fmt(drain1.seconds, 1)} s`,
+    );
+  if (soaked.report.queueDepthEnd > Math.max(10, soaked.depthStart + soakRps * 2))
+    notes.push(
+      `finding: during the soak at ${soakRps} req/s the queue grew to ${soaked.report.queueDepthEnd}: the saves did not keep up at this rate`,
+    );
   else notes.push(`soak at ${soakRps} req/s: saves kept up (depth ${soaked.depthStart} → ${soaked.report.queueDepthEnd})`);
-  if (rssFlag !== 'flat (within noise)') notes.push(`finding: proxy RSS grew ${fmt(growth, 1)} MiB after warm-up (${fmt(rssSlope, 2)} MiB/min)`);
+  if (rssFlag !== 'flat (within noise)')
+    notes.push(`finding: proxy RSS grew ${fmt(growth, 1)} MiB after warm-up (${fmt(rssSlope, 2)} MiB/min)`);
   if (args.quick) notes.push('quick run: durations are too short for firm RSS or throughput conclusions');
   console.log('');
   for (const n of notes) console.log(`- ${n}`);

@@ -158,7 +158,15 @@ async function timeSearches(
       times.push(nowMs() - t);
     }
     times.sort((a, b) => a - b);
-    rows.push({ store: label, totalRows, userRows: size, firstMs, p50: percentile(times, 50), p99: percentile(times, 99), n: times.length });
+    rows.push({
+      store: label,
+      totalRows,
+      userRows: size,
+      firstMs,
+      p50: percentile(times, 50),
+      p99: percentile(times, 99),
+      n: times.length,
+    });
   }
   return rows;
 }
@@ -204,12 +212,19 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
   const insertRows: InsertRow[] = [];
   const notes: string[] = [];
   const benchStart = nowMs();
-  console.log(`memory-store bench: dim=${dim}, topK=${topK}, users of ${userSizes.join(' / ')} rows; cpus=${os.cpus().length}, node ${process.version}`);
+  console.log(
+    `memory-store bench: dim=${dim}, topK=${topK}, users of ${userSizes.join(' / ')} rows; cpus=${os.cpus().length}, node ${process.version}`,
+  );
   const files = new EmbeddedStoreFiles();
   try {
     // --- EmbeddedVectorStore ------------------------------------------------------------------
     const embeddedDir = path.join(root, 'embedded');
-    const embedded = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim, files });
+    const embedded = new EmbeddedVectorStore({
+      dbPath: path.join(embeddedDir, 'vectors.db'),
+      collectionName: 'memories',
+      dimension: dim,
+      files,
+    });
     const kernelLabel = `embedded (${embedded.kernel})`;
     console.log(`loading ${totalRows} rows into ${kernelLabel} ...`);
     const loadMs = await load(embedded, owners(totalRows, userSizes, 1), dim, batchSize, 2);
@@ -233,8 +248,16 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
     if (compareJs && kernelLabel === 'embedded (wasm)') {
       // A fresh connection, so the plain-JS kernel loads its own copy of the users instead of
       // reusing the partitions the WASM instance had loaded from the same file.
-      const jsStore = new EmbeddedVectorStore({ dbPath: path.join(embeddedDir, 'vectors.db'), collectionName: 'memories', dimension: dim, kernel: 'js', files });
-      searchRows.push(...(await timeSearches('embedded (js)', jsStore, totalRows + singleInserts, userSizes, Math.min(searches, 50), dim, topK)));
+      const jsStore = new EmbeddedVectorStore({
+        dbPath: path.join(embeddedDir, 'vectors.db'),
+        collectionName: 'memories',
+        dimension: dim,
+        kernel: 'js',
+        files,
+      });
+      searchRows.push(
+        ...(await timeSearches('embedded (js)', jsStore, totalRows + singleInserts, userSizes, Math.min(searches, 50), dim, topK)),
+      );
       jsStore.close();
     }
     fs.rmSync(embeddedDir, { recursive: true, force: true });
@@ -258,7 +281,10 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
     // Its search reads the whole table, so the total (incl. the single inserts) is what counts.
     searchRows.push(...(await timeSearches('mem0 built-in', builtin, builtinTotal + singleInserts, userSizes, builtinSearches, dim, topK)));
     notes.push(`RSS after the built-in store's searches: ${fmt(process.memoryUsage().rss / 1e6, 0)} MB`);
-    const perRowMs = (searchRows.filter((r) => r.store === 'mem0 built-in').reduce((a, r) => a + r.p50, 0) / userSizes.length) / (builtinTotal + singleInserts);
+    const perRowMs =
+      searchRows.filter((r) => r.store === 'mem0 built-in').reduce((a, r) => a + r.p50, 0) /
+      userSizes.length /
+      (builtinTotal + singleInserts);
     if (builtinTotal < totalRows) {
       notes.push(
         `built-in store run at ${builtinTotal} total rows, not ${totalRows}: it rescans every row per search ` +
@@ -275,20 +301,37 @@ export async function runMemoryStoreBench(opts: MemoryStoreBenchOptions = {}): P
   console.log(
     table(
       ['store', 'total rows', 'user rows', 'dim', 'first ms', 'p50 ms', 'p99 ms', 'searches'],
-      searchRows.map((r) => [r.store, String(r.totalRows), String(r.userRows), String(dim), fmt(r.firstMs), fmt(r.p50, 2), fmt(r.p99, 2), String(r.n)]),
+      searchRows.map((r) => [
+        r.store,
+        String(r.totalRows),
+        String(r.userRows),
+        String(dim),
+        fmt(r.firstMs),
+        fmt(r.p50, 2),
+        fmt(r.p99, 2),
+        String(r.n),
+      ]),
     ),
   );
   console.log(`\nInserts (bulk: insert() of ${batchSize} rows per call; single: one-row insert() calls, each its own commit):`);
   console.log(
     table(
       ['store', 'total rows', 'bulk rows/s', 'single inserts/s', 'single p50 ms', 'files MB'],
-      insertRows.map((r) => [r.store, String(r.totalRows), fmt(r.bulkRowsPerSec, 0), fmt(r.singleOpsPerSec, 0), fmt(r.singleP50, 2), fmt(r.fileMB, 0)]),
+      insertRows.map((r) => [
+        r.store,
+        String(r.totalRows),
+        fmt(r.bulkRowsPerSec, 0),
+        fmt(r.singleOpsPerSec, 0),
+        fmt(r.singleP50, 2),
+        fmt(r.fileMB, 0),
+      ]),
     ),
   );
   notes.push('p99 is the nearest-rank percentile of the timed searches: with only a few built-in searches it is their maximum.');
   for (const n of notes) console.log(`- ${n}`);
   const bar = searchRows.find((r) => r.store.startsWith('embedded (') && r.store !== 'embedded (js)' && r.userRows === 10_000);
-  if (bar) console.log(`- bar: embedded search p50 at 10k x ${dim} = ${fmt(bar.p50, 2)} ms (target < 20 ms): ${bar.p50 < 20 ? 'MET' : 'NOT MET'}`);
+  if (bar)
+    console.log(`- bar: embedded search p50 at 10k x ${dim} = ${fmt(bar.p50, 2)} ms (target < 20 ms): ${bar.p50 < 20 ? 'MET' : 'NOT MET'}`);
   console.log(`- kernel "auto" resolves to: ${embeddedVectorStoreKernel()}; bench wall time ${fmt((nowMs() - benchStart) / 1000, 0)} s`);
 }
 

@@ -36,7 +36,6 @@ import {
   startFakeUpstreamChild,
   startOurProxyChild,
   stopAllChildren,
-
   summarize,
   timedRequest,
   type LoadResult,
@@ -111,9 +110,15 @@ interface TableEntry {
 // ---------------------------------------------------------------------------------------------
 
 const CHAT_BODY = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello in five words.' }] }));
-const STREAM_BODY = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Say hello in five words.' }] }));
+const STREAM_BODY = Buffer.from(
+  JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Say hello in five words.' }] }),
+);
 const chatRequest = (): { method: string; path: string; body: Buffer } => ({ method: 'POST', path: '/chat/completions', body: CHAT_BODY });
-const streamRequest = (): { method: string; path: string; body: Buffer } => ({ method: 'POST', path: '/chat/completions', body: STREAM_BODY });
+const streamRequest = (): { method: string; path: string; body: Buffer } => ({
+  method: 'POST',
+  path: '/chat/completions',
+  body: STREAM_BODY,
+});
 
 /** Bars from the brief: ours vs bare. */
 const MAX_ADDED_P50_RATIO = 2;
@@ -183,8 +188,20 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
   const bare = await startBareProxyChild(fake.url);
 
   const targets: Target[] = [
-    { name: 'direct (fake upstream)', origin: fakeOrigin, pathPrefix: '/v1', headers: { authorization: 'Bearer sk-bench-upstream' }, pid: undefined },
-    { name: 'bare node:http proxy', origin: bare.origin, pathPrefix: '/v1', headers: { authorization: `Bearer ${BENCH_TOKEN}` }, pid: bare.child.pid },
+    {
+      name: 'direct (fake upstream)',
+      origin: fakeOrigin,
+      pathPrefix: '/v1',
+      headers: { authorization: 'Bearer sk-bench-upstream' },
+      pid: undefined,
+    },
+    {
+      name: 'bare node:http proxy',
+      origin: bare.origin,
+      pathPrefix: '/v1',
+      headers: { authorization: `Bearer ${BENCH_TOKEN}` },
+      pid: bare.child.pid,
+    },
   ];
   let oursNote: string;
   let oursTarget: Target | undefined;
@@ -192,7 +209,13 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
   const prepared = args.oursStandIn ? undefined : prepareOurProxy(args.proxyRuntime, args.proxyRoot);
   if (args.oursStandIn) {
     const standIn = await startBareProxyChild(fake.url);
-    oursTarget = { name: 'our proxy [stand-in: bare]', origin: standIn.origin, pathPrefix: '/v1', headers: { authorization: `Bearer ${BENCH_TOKEN}` }, pid: standIn.child.pid };
+    oursTarget = {
+      name: 'our proxy [stand-in: bare]',
+      origin: standIn.origin,
+      pathPrefix: '/v1',
+      headers: { authorization: `Bearer ${BENCH_TOKEN}` },
+      pid: standIn.child.pid,
+    };
     targets.push(oursTarget);
     oursNote = `our proxy: a second bare proxy stands in (--ours=bare), pid ${standIn.child.pid}`;
   } else if (!prepared) {
@@ -201,7 +224,13 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
     try {
       const ours = await startOurProxyChild(fake.url, prepared.runtime, {}, args.proxyRoot);
       oursChild = ours;
-      oursTarget = { name: 'our proxy (auth+rate limit+log)', origin: ours.origin, pathPrefix: '/v1', headers: { authorization: `Bearer ${BENCH_TOKEN}`, 'x-mem0-memory': 'off' }, pid: ours.child.pid };
+      oursTarget = {
+        name: 'our proxy (auth+rate limit+log)',
+        origin: ours.origin,
+        pathPrefix: '/v1',
+        headers: { authorization: `Bearer ${BENCH_TOKEN}`, 'x-mem0-memory': 'off' },
+        pid: ours.child.pid,
+      };
       targets.push(oursTarget);
       oursNote = `our proxy: ${prepared.note}, pid ${ours.child.pid}`;
     } catch (err) {
@@ -223,7 +252,16 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
     } else if (target === oursTarget && oursChild) {
       removeTempDirLater(oursChild.dataDir);
     }
-    results.push({ target, latency: [], load: undefined, cpuMsPerRequest: NaN, upstreamCpuMsPerRequest: NaN, sse: [], rss: undefined, error });
+    results.push({
+      target,
+      latency: [],
+      load: undefined,
+      cpuMsPerRequest: NaN,
+      upstreamCpuMsPerRequest: NaN,
+      sse: [],
+      rss: undefined,
+      error,
+    });
   }
   const live = results.filter((r) => r.error === undefined);
 
@@ -297,7 +335,19 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
   }
   printTable(
     'Proxy overhead: POST /v1/chat/completions (small JSON, non-streamed unless noted; our proxy with X-Mem0-Memory: off)',
-    ['target', 'p50 ms', 'p99 ms', '+p50 ms', '+p99 ms', `req/s @${CONCURRENCY}`, 'errors', 'CPU ms/req', 'SSE TTFB p50', 'SSE end p50', 'RSS MiB (peak)'],
+    [
+      'target',
+      'p50 ms',
+      'p99 ms',
+      '+p50 ms',
+      '+p99 ms',
+      `req/s @${CONCURRENCY}`,
+      'errors',
+      'CPU ms/req',
+      'SSE TTFB p50',
+      'SSE end p50',
+      'RSS MiB (peak)',
+    ],
     rows,
   );
   const upstreamCpu = live.map((r) => `${r.target.name.split(' ')[0] ?? r.target.name}=${fmt(r.upstreamCpuMsPerRequest, 3)}`).join(', ');
@@ -319,8 +369,12 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
     const cpuPass = cpuRatio <= MAX_CPU_PER_REQUEST_RATIO;
     bars.push({ name: 'added p50 ratio', pass: latPass }, { name: 'CPU/request ratio', pass: cpuPass });
     console.log('');
-    console.log(`bar: our added p50 ${fmt(oursAdded, 3)} ms / bare ${fmt(bareAdded, 3)} ms = ${fmt(latRatio, 2)}x (<= ${MAX_ADDED_P50_RATIO}x)  ${latPass ? 'PASS' : 'FAIL'}`);
-    console.log(`bar: our CPU/request ${fmt(oursRes.cpuMsPerRequest, 3)} ms / bare ${fmt(bareRes.cpuMsPerRequest, 3)} ms = ${fmt(cpuRatio, 2)}x (<= ${MAX_CPU_PER_REQUEST_RATIO}x)  ${cpuPass ? 'PASS' : 'FAIL'}`);
+    console.log(
+      `bar: our added p50 ${fmt(oursAdded, 3)} ms / bare ${fmt(bareAdded, 3)} ms = ${fmt(latRatio, 2)}x (<= ${MAX_ADDED_P50_RATIO}x)  ${latPass ? 'PASS' : 'FAIL'}`,
+    );
+    console.log(
+      `bar: our CPU/request ${fmt(oursRes.cpuMsPerRequest, 3)} ms / bare ${fmt(bareRes.cpuMsPerRequest, 3)} ms = ${fmt(cpuRatio, 2)}x (<= ${MAX_CPU_PER_REQUEST_RATIO}x)  ${cpuPass ? 'PASS' : 'FAIL'}`,
+    );
   } else {
     console.log('\nbars: not evaluated (our proxy is not in the table)');
   }
@@ -334,9 +388,21 @@ export async function runProxyTable(args: BenchArgs): Promise<TableOutcome> {
 
 const TABLES: TableEntry[] = [
   { name: 'proxy', description: 'proxy overhead: direct vs bare node:http proxy vs our proxy', run: runProxyTable },
-  { name: 'memory-store', description: 'memory store operations', optionalModule: { file: 'memory-store.ts', exportName: 'runMemoryStoreBench' } },
-  { name: 'chat-memory', description: 'chat with memory injection', optionalModule: { file: 'chat-memory.ts', exportName: 'runChatMemoryBench' } },
-  { name: 'abuse', description: '/health latency and RSS under slow-body, deep-nested and MCP-batch attacks', optionalModule: { file: 'abuse.ts', exportName: 'runAbuseBench' } },
+  {
+    name: 'memory-store',
+    description: 'memory store operations',
+    optionalModule: { file: 'memory-store.ts', exportName: 'runMemoryStoreBench' },
+  },
+  {
+    name: 'chat-memory',
+    description: 'chat with memory injection',
+    optionalModule: { file: 'chat-memory.ts', exportName: 'runChatMemoryBench' },
+  },
+  {
+    name: 'abuse',
+    description: '/health latency and RSS under slow-body, deep-nested and MCP-batch attacks',
+    optionalModule: { file: 'abuse.ts', exportName: 'runAbuseBench' },
+  },
 ];
 
 function isOutcome(v: unknown): v is TableOutcome {
@@ -378,16 +444,17 @@ async function main(): Promise<void> {
       await stopAllChildren();
     }
   }
-  console.log(`\nbench finished in ${fmt((Date.now() - started) / 1000, 1)} s${failed.length ? `; failed bars: ${failed.join('; ')}` : ''}`);
+  console.log(
+    `\nbench finished in ${fmt((Date.now() - started) / 1000, 1)} s${failed.length ? `; failed bars: ${failed.join('; ')}` : ''}`,
+  );
   if (failed.length > 0 && args.strict) process.exitCode = 1;
 }
 
 // Only when run as the entry point, so other bench files can import runProxyTable.
 if (require.main === module) {
   main().catch(async (err: unknown) => {
-    console.error(err instanceof Error ? err.stack ?? err.message : String(err));
+    console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
     await stopAllChildren();
     process.exit(1);
   });
 }
-

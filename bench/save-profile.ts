@@ -22,7 +22,9 @@ function arg(name: string, fallback: number): number {
 }
 
 async function startFake(): Promise<{ url: string; stop(): void }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'fake-upstream-server.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'fake-upstream-server.ts')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -35,7 +37,24 @@ async function startFake(): Promise<{ url: string; stop(): void }> {
   return { url, stop: () => child.kill('SIGTERM') };
 }
 
-const WORDS = ['tea', 'coffee', 'Oslo', 'Paris', 'kayak', 'guitar', 'sister', 'brother', 'Python', 'garden', 'cat', 'dog', 'bike', 'piano', 'Berlin', 'chess'];
+const WORDS = [
+  'tea',
+  'coffee',
+  'Oslo',
+  'Paris',
+  'kayak',
+  'guitar',
+  'sister',
+  'brother',
+  'Python',
+  'garden',
+  'cat',
+  'dog',
+  'bike',
+  'piano',
+  'Berlin',
+  'chess',
+];
 function sentence(i: number): string {
   const w = (k: number) => WORDS[(i * 7 + k * 3) % WORDS.length];
   return `My note ${i}: I like ${w(0)} and my ${w(1)} lives near ${w(2)}. I play ${w(3)} with Anna ${i % 50}.`;
@@ -46,18 +65,29 @@ async function main(): Promise<void> {
   const n = arg('n', 200);
   const fake = await startFake();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'save-profile-'));
-  const config = loadConfig({ env: { DATA_DIR: dataDir, OPENAI_API_KEY: 'sk-bench', UPSTREAM_BASE_URL: fake.url, MEMORY_MAX_PER_USER: '1000000' } });
+  const config = loadConfig({
+    env: { DATA_DIR: dataDir, OPENAI_API_KEY: 'sk-bench', UPSTREAM_BASE_URL: fake.url, MEMORY_MAX_PER_USER: '1000000' },
+  });
   const logger = createLogger({ debug: false, secrets: [] });
   const memory = await createMem0Service(config, logger);
-  const scope: MemoryScope = { userId: "bench-user" };
-  const save = (i: number) => memory.add(scope, { messages: [{ role: 'user', content: sentence(i) }, { role: 'assistant', content: 'Noted.' }], infer: true });
+  const scope: MemoryScope = { userId: 'bench-user' };
+  const save = (i: number) =>
+    memory.add(scope, {
+      messages: [
+        { role: 'user', content: sentence(i) },
+        { role: 'assistant', content: 'Noted.' },
+      ],
+      infer: true,
+    });
   for (let i = 0; i < seed; i++) await save(i);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < n; i++) await save(seed + i);
   const wall = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
-  console.log(`seed ${seed}, ${n} saves: ${(wall / n).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / n).toFixed(1)} ms CPU per save (${(n / (wall / 1000)).toFixed(1)} saves/s on one thread)`);
+  console.log(
+    `seed ${seed}, ${n} saves: ${(wall / n).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / n).toFixed(1)} ms CPU per save (${(n / (wall / 1000)).toFixed(1)} saves/s on one thread)`,
+  );
   await memory.close();
   fake.stop();
   fs.rmSync(dataDir, { recursive: true, force: true });

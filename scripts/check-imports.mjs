@@ -48,7 +48,11 @@ function sourceFiles(dir, root = dir) {
 /** Relative import specifiers of a file: `import … from './x'`, `export … from './x'`, `require('./x')`, `import('./x')`. */
 function importsOf(text) {
   const specs = [];
-  const patterns = [/\b(?:import|export)\s[^'";]*?\bfrom\s*['"]([^'"]+)['"]/g, /\brequire\(\s*['"]([^'"]+)['"]\s*\)/g, /\bimport\(\s*['"]([^'"]+)['"]\s*\)/g];
+  const patterns = [
+    /\b(?:import|export)\s[^'";]*?\bfrom\s*['"]([^'"]+)['"]/g,
+    /\brequire\(\s*['"]([^'"]+)['"]\s*\)/g,
+    /\bimport\(\s*['"]([^'"]+)['"]\s*\)/g,
+  ];
   const code = text.replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
   for (const pattern of patterns) for (const match of code.matchAll(pattern)) if (match[1].startsWith('.')) specs.push(match[1]);
   return specs;
@@ -79,8 +83,10 @@ export function checkImports(srcDir) {
       targets.push(target);
       const to = moduleOf(target);
       if (!to || to === from) continue;
-      if (to.layer > from.layer) problems.push(`${rel}: imports ${target}, a higher layer (${from.name} ${from.layer} → ${to.name} ${to.layer})`);
-      else if (to.layer === from.layer) problems.push(`${rel}: imports ${target}, a sibling module (${from.name} → ${to.name}): move what they share lower`);
+      if (to.layer > from.layer)
+        problems.push(`${rel}: imports ${target}, a higher layer (${from.name} ${from.layer} → ${to.name} ${to.layer})`);
+      else if (to.layer === from.layer)
+        problems.push(`${rel}: imports ${target}, a sibling module (${from.name} → ${to.name}): move what they share lower`);
     }
     graph.set(rel, targets);
   }
@@ -112,7 +118,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const srcDir = path.resolve(process.argv[2] ?? path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'src'));
   const problems = checkImports(srcDir);
   if (problems.length > 0) {
-    process.stderr.write(`import check: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n${problems.map((p) => `  ${p}`).join('\n')}\n`);
+    process.stderr.write(
+      `import check: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n${problems.map((p) => `  ${p}`).join('\n')}\n`,
+    );
     process.exit(1);
   }
   process.stdout.write(`import check: ${sourceFiles(srcDir).length} files, layering holds, no cycles\n`);

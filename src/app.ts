@@ -99,7 +99,12 @@ export function createApp(deps: AppDeps): RequestListener {
   );
   const front = chain(
     identified,
-    authenticate(deps.authenticator, logger, config.server.trustProxy, new FailedLogins(config.rateLimits.failedAuthPerMinute, { shared: deps.failedLoginCounter })),
+    authenticate(
+      deps.authenticator,
+      logger,
+      config.server.trustProxy,
+      new FailedLogins(config.rateLimits.failedAuthPerMinute, { shared: deps.failedLoginCounter }),
+    ),
   );
   // The proxy's own JSON endpoints (admin API, health, metrics, their errors) carry security
   // headers; /v1/* never reaches this app, so upstream headers there pass through unchanged.
@@ -151,17 +156,13 @@ export function createApp(deps: AppDeps): RequestListener {
     maxBlockChars: config.memory.injection.maxChars,
   });
   const anthropicPassthrough = passthroughRoute(deps.anthropicUpstream);
-  const v1 = chain(
-    front,
-    limits.v1,
-    (req, res, next) => {
-      const path = req.method === 'POST' ? pathOf(req) : '';
-      if (req.api === 'anthropic') return path === '/v1/messages' ? messages(req, res, next) : anthropicPassthrough(req, res, next);
-      if (path === '/v1/chat/completions') return chat(req, res, next);
-      if (path === '/v1/responses') return responses(req, res, next);
-      return passthrough(req, res, next);
-    },
-  );
+  const v1 = chain(front, limits.v1, (req, res, next) => {
+    const path = req.method === 'POST' ? pathOf(req) : '';
+    if (req.api === 'anthropic') return path === '/v1/messages' ? messages(req, res, next) : anthropicPassthrough(req, res, next);
+    if (path === '/v1/chat/completions') return chat(req, res, next);
+    if (path === '/v1/responses') return responses(req, res, next);
+    return passthrough(req, res, next);
+  });
 
   // Operations.
   app.get('/health', limits.health, healthRoute({ memory, metrics, version: config.version, saveQueueStats: deps.saveQueueStats }));

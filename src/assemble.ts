@@ -127,7 +127,12 @@ export async function assemble(options: AssembleOptions): Promise<Assembled> {
   });
   if (options.startQueue ?? true) queue?.start();
   const saveQueueStats = queue
-    ? () => ({ depth: queue.depth(), failures: queue.failures, enqueue_failures: chatMemory.enqueueFailures, writable: !chatMemory.lastEnqueueFailed })
+    ? () => ({
+        depth: queue.depth(),
+        failures: queue.failures,
+        enqueue_failures: chatMemory.enqueueFailures,
+        writable: !chatMemory.lastEnqueueFailed,
+      })
     : undefined;
   const app = createApp({
     config,

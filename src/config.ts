@@ -37,7 +37,10 @@ type RateLimitVariable = `RATE_LIMIT_${Uppercase<RateLimitedEndpoint>}`;
 const rateLimitVariable = (endpoint: RateLimitedEndpoint): RateLimitVariable => `RATE_LIMIT_${endpoint.toUpperCase()}` as RateLimitVariable;
 
 /** One entry per endpoint, built from RATE_LIMITED_ENDPOINTS (typed as the full record). */
-function perEndpoint<K extends string, V>(key: (endpoint: RateLimitedEndpoint) => K, value: (endpoint: RateLimitedEndpoint) => V): Record<K, V> {
+function perEndpoint<K extends string, V>(
+  key: (endpoint: RateLimitedEndpoint) => K,
+  value: (endpoint: RateLimitedEndpoint) => V,
+): Record<K, V> {
   return Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [key(endpoint), value(endpoint)])) as Record<K, V>;
 }
 
@@ -168,13 +171,16 @@ const urlVar = (protocols: readonly string[]) =>
     blankToUndefined,
     z
       .string()
-      .refine((s) => {
-        try {
-          return protocols.includes(new URL(s).protocol);
-        } catch {
-          return false;
-        }
-      }, `must be a URL (${protocols.join(' or ')})`)
+      .refine(
+        (s) => {
+          try {
+            return protocols.includes(new URL(s).protocol);
+          } catch {
+            return false;
+          }
+        },
+        `must be a URL (${protocols.join(' or ')})`,
+      )
       .optional(),
   );
 
@@ -188,16 +194,27 @@ const envSchema = z.object({
   DEBUG: boolVar,
   TRUST_PROXY: boolVar,
   // The request's own path and query are appended to it, so the base carries neither.
-  UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
+  UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine(
+    (s) => s === undefined || (!s.includes('?') && !s.includes('#')),
+    'must not have a query string or fragment',
+  ),
   UPSTREAM_TIMEOUT_MS: intVar(1, 24 * 3600 * 1000),
   ANTHROPIC_API_KEY: optionalString,
-  ANTHROPIC_UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine((s) => s === undefined || (!s.includes('?') && !s.includes('#')), 'must not have a query string or fragment'),
+  ANTHROPIC_UPSTREAM_BASE_URL: urlVar(['http:', 'https:']).refine(
+    (s) => s === undefined || (!s.includes('?') && !s.includes('#')),
+    'must not have a query string or fragment',
+  ),
   MAX_BODY_BYTES: intVar(1024, 1024 * 1024 * 1024),
   ALLOWED_HOSTS: z.preprocess(
     blankToUndefined,
     z
       .string()
-      .transform((s) => s.split(',').map((h) => h.trim()).filter((h) => h !== ''))
+      .transform((s) =>
+        s
+          .split(',')
+          .map((h) => h.trim())
+          .filter((h) => h !== ''),
+      )
       .refine((list) => list.every((h) => /^[\w.\-:[\]*]+$/.test(h)), 'must be a comma-separated list of host names')
       .optional(),
   ),
@@ -205,8 +222,16 @@ const envSchema = z.object({
     blankToUndefined,
     z
       .string()
-      .transform((s) => s.split(',').map((o) => o.trim()).filter((o) => o !== ''))
-      .refine((list) => list.every((o) => /^https?:\/\/[^/\s]+$/.test(o)), 'must be a comma-separated list of origins like https://app.example.com')
+      .transform((s) =>
+        s
+          .split(',')
+          .map((o) => o.trim())
+          .filter((o) => o !== ''),
+      )
+      .refine(
+        (list) => list.every((o) => /^https?:\/\/[^/\s]+$/.test(o)),
+        'must be a comma-separated list of origins like https://app.example.com',
+      )
       .optional(),
   ),
   DATA_DIR: optionalString,
@@ -241,11 +266,18 @@ const envSchema = z.object({
 });
 
 /** Every environment variable the proxy reads (env.example and the README list each one). */
-export const ENV_VARIABLES: readonly string[] = Object.freeze([...Object.keys(envSchema.shape), 'MEM0_TELEMETRY'].filter((v, i, a) => a.indexOf(v) === i));
+export const ENV_VARIABLES: readonly string[] = Object.freeze(
+  [...Object.keys(envSchema.shape), 'MEM0_TELEMETRY'].filter((v, i, a) => a.indexOf(v) === i),
+);
 
 const rateLimitSchema = z.object({
   windowMs: z.number().int().positive(),
-  perMinute: z.object(perEndpoint((endpoint) => endpoint, () => z.number().int().positive())),
+  perMinute: z.object(
+    perEndpoint(
+      (endpoint) => endpoint,
+      () => z.number().int().positive(),
+    ),
+  ),
 });
 
 const defaultsSchema = z.object({
@@ -282,8 +314,7 @@ function urlSecrets(raw: string | undefined): string[] {
   if (!raw) return [];
   try {
     const u = new URL(raw);
-    return [u.password, decodeURIComponent(u.password), u.password ? '' : u.username]
-      .filter((s) => s.length >= 4);
+    return [u.password, decodeURIComponent(u.password), u.password ? '' : u.username].filter((s) => s.length >= 4);
   } catch {
     return [raw];
   }
@@ -366,7 +397,8 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   }
   if (e.MEMORY_BACKEND === 'pgvector' && !e.DATABASE_URL) problems.push('DATABASE_URL: required when MEMORY_BACKEND=pgvector');
   const saveQueueKind = e.SAVE_QUEUE ?? (e.MEMORY_BACKEND === 'pgvector' ? 'postgres' : 'sqlite');
-  if (saveQueueKind === 'postgres' && !(e.SAVE_QUEUE_URL ?? e.DATABASE_URL)) problems.push('SAVE_QUEUE_URL: required when SAVE_QUEUE=postgres (or set DATABASE_URL)');
+  if (saveQueueKind === 'postgres' && !(e.SAVE_QUEUE_URL ?? e.DATABASE_URL))
+    problems.push('SAVE_QUEUE_URL: required when SAVE_QUEUE=postgres (or set DATABASE_URL)');
   if (e.MEMORY_BACKEND === 'qdrant' && !e.QDRANT_URL) problems.push('QDRANT_URL: required when MEMORY_BACKEND=qdrant');
   if (problems.length > 0) throw new ConfigError(problems);
 

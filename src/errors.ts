@@ -37,12 +37,36 @@ export interface ErrorKind {
 
 /** Every kind of error a response can carry: the one table of status, types, code and title. */
 export const ERROR_KINDS = {
-  badRequest: { status: 400, code: 'invalid_request', type: 'invalid_request_error', anthropicType: 'invalid_request_error', title: 'Invalid request' },
-  unauthorized: { status: 401, code: 'invalid_api_key', type: 'invalid_request_error', anthropicType: 'authentication_error', title: 'Unauthorized' },
+  badRequest: {
+    status: 400,
+    code: 'invalid_request',
+    type: 'invalid_request_error',
+    anthropicType: 'invalid_request_error',
+    title: 'Invalid request',
+  },
+  unauthorized: {
+    status: 401,
+    code: 'invalid_api_key',
+    type: 'invalid_request_error',
+    anthropicType: 'authentication_error',
+    title: 'Unauthorized',
+  },
   forbidden: { status: 403, code: 'forbidden', type: 'invalid_request_error', anthropicType: 'permission_error', title: 'Forbidden' },
   notFound: { status: 404, code: 'not_found', type: 'invalid_request_error', anthropicType: 'not_found_error', title: 'Not found' },
-  payloadTooLarge: { status: 413, code: 'payload_too_large', type: 'invalid_request_error', anthropicType: 'request_too_large', title: 'Payload too large' },
-  memoryLimit: { status: 413, code: 'memory_limit_reached', type: 'invalid_request_error', anthropicType: 'request_too_large', title: 'Memory limit reached' },
+  payloadTooLarge: {
+    status: 413,
+    code: 'payload_too_large',
+    type: 'invalid_request_error',
+    anthropicType: 'request_too_large',
+    title: 'Payload too large',
+  },
+  memoryLimit: {
+    status: 413,
+    code: 'memory_limit_reached',
+    type: 'invalid_request_error',
+    anthropicType: 'request_too_large',
+    title: 'Memory limit reached',
+  },
   unsupportedMediaType: {
     status: 415,
     code: 'unsupported_media_type',
@@ -50,8 +74,20 @@ export const ERROR_KINDS = {
     anthropicType: 'invalid_request_error',
     title: 'Unsupported media type',
   },
-  memoryRejected: { status: 422, code: 'memory_rejected', type: 'invalid_request_error', anthropicType: 'invalid_request_error', title: 'Unprocessable content' },
-  rateLimited: { status: 429, code: 'rate_limit_exceeded', type: 'rate_limit_error', anthropicType: 'rate_limit_error', title: 'Rate limit exceeded' },
+  memoryRejected: {
+    status: 422,
+    code: 'memory_rejected',
+    type: 'invalid_request_error',
+    anthropicType: 'invalid_request_error',
+    title: 'Unprocessable content',
+  },
+  rateLimited: {
+    status: 429,
+    code: 'rate_limit_exceeded',
+    type: 'rate_limit_error',
+    anthropicType: 'rate_limit_error',
+    title: 'Rate limit exceeded',
+  },
   internal: { status: 500, code: 'internal_error', type: 'server_error', anthropicType: 'api_error', title: 'Internal server error' },
   badGateway: { status: 502, code: 'upstream_unreachable', type: 'server_error', anthropicType: 'api_error', title: 'Bad gateway' },
   memoryUnavailable: {
@@ -99,7 +135,9 @@ export abstract class AppError extends Error {
 
   /** The admin API's body for this error. */
   adminBody(): Record<string, unknown> {
-    return this.kind.adminStatusCode ? { error: this.title, details: this.details, status_code: this.status } : { error: this.title, details: this.details };
+    return this.kind.adminStatusCode
+      ? { error: this.title, details: this.details, status_code: this.status }
+      : { error: this.title, details: this.details };
   }
 
   openAIBody(): OpenAIErrorBody {
@@ -188,7 +226,9 @@ export function sendError(res: ServerResponse, shape: ErrorShape, err: unknown):
     res.destroy();
     return;
   }
-  const body = JSON.stringify(shape === 'openai' ? appError.openAIBody() : shape === 'anthropic' ? appError.anthropicBody() : appError.adminBody());
+  const body = JSON.stringify(
+    shape === 'openai' ? appError.openAIBody() : shape === 'anthropic' ? appError.anthropicBody() : appError.adminBody(),
+  );
   for (const [name, value] of Object.entries(appError.headers)) res.setHeader(name, value);
   res.statusCode = appError.status;
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
@@ -211,7 +251,8 @@ export function toAppError(err: unknown): AppError {
   // carry a 4xx status and `expose`; they are the caller's, not ours.
   if (err && typeof err === 'object' && 'status' in err && 'expose' in err) {
     const { status, expose } = err as { status: unknown; expose: unknown };
-    if (expose === true && typeof status === 'number' && status >= 400 && status < 500) return new BadRequestError('Request body could not be decoded');
+    if (expose === true && typeof status === 'number' && status >= 400 && status < 500)
+      return new BadRequestError('Request body could not be decoded');
   }
   return new InternalError('Internal server error');
 }

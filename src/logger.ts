@@ -13,7 +13,8 @@ import { MASK } from './config';
 
 export type Logger = winston.Logger;
 
-const SENSITIVE_KEY = /^(authorization|proxy-authorization|x-api-key|api[-_]?key|apikey|token|auth[-_]?token|password|secret|cookie|set-cookie)$/i;
+const SENSITIVE_KEY =
+  /^(authorization|proxy-authorization|x-api-key|api[-_]?key|apikey|token|auth[-_]?token|password|secret|cookie|set-cookie)$/i;
 /** `scheme://userinfo@`: everything between `://` and `@` is credentials (`redis://:pw@`, `pg://u:pw@`). */
 const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi;
 const BEARER = /\b(Bearer|Token)\s+[A-Za-z0-9._~+/=-]{4,}/g;

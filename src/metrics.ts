@@ -106,7 +106,7 @@ export function createMetrics(options: { collectDefault?: boolean } = {}): Metri
     }),
     saveDead: new client.Counter({
       name: 'proxy_save_dead_total',
-      help: 'Exchanges the save queue gave up on (kept as dead with their last error): refused by the memory engine\'s model, or failing too often',
+      help: "Exchanges the save queue gave up on (kept as dead with their last error): refused by the memory engine's model, or failing too often",
       registers,
     }),
     saveEnqueueFailures: new client.Counter({

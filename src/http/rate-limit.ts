@@ -67,5 +67,7 @@ export function createRateLimiters(options: RateLimitOptions): RateLimiters {
     });
     return limiter as unknown as Handler;
   };
-  return Object.freeze(Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [endpoint, build(endpoint)])) as Record<RateLimitedEndpoint, Handler>);
+  return Object.freeze(
+    Object.fromEntries(RATE_LIMITED_ENDPOINTS.map((endpoint) => [endpoint, build(endpoint)])) as Record<RateLimitedEndpoint, Handler>,
+  );
 }

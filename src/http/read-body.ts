@@ -71,7 +71,9 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     };
     stream.on('data', onData);
     stream.once('end', () => settle(undefined));
-    stream.once('error', (err: Error) => settle(err instanceof PayloadTooLargeError ? err : new BadRequestError('Request body could not be read')));
+    stream.once('error', (err: Error) =>
+      settle(err instanceof PayloadTooLargeError ? err : new BadRequestError('Request body could not be read')),
+    );
     req.once('aborted', () => settle(new BadRequestError('Request aborted')));
   });
 }

@@ -15,7 +15,10 @@ export interface ServerLimits {
 
 export function createHttpServer(listener: http.RequestListener, limits: ServerLimits = {}): http.Server {
   const requestTimeout = limits.requestTimeoutMs ?? 300_000;
-  const server = http.createServer({ requestTimeout, headersTimeout: Math.min(60_000, requestTimeout), connectionsCheckingInterval: limits.checkIntervalMs ?? 5_000 }, listener);
+  const server = http.createServer(
+    { requestTimeout, headersTimeout: Math.min(60_000, requestTimeout), connectionsCheckingInterval: limits.checkIntervalMs ?? 5_000 },
+    listener,
+  );
   server.keepAliveTimeout = 65_000;
   return server;
 }

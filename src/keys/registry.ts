@@ -35,7 +35,11 @@ const limitsSchema = z
   .superRefine((limits, ctx) => {
     for (const key of Object.keys(limits)) {
       if (!(key in LIMIT_PATHS)) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: [key], message: `unknown endpoint (use one of ${Object.keys(LIMIT_PATHS).join(', ')})` });
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: [key],
+          message: `unknown endpoint (use one of ${Object.keys(LIMIT_PATHS).join(', ')})`,
+        });
       }
     }
   });
@@ -51,7 +55,10 @@ const entrySchema = z
       .string()
       .trim()
       .min(1, 'must not be empty')
-      .refine((v) => memoryIdProblem(v) === undefined, (v) => ({ message: memoryIdProblem(v) ?? 'invalid' }))
+      .refine(
+        (v) => memoryIdProblem(v) === undefined,
+        (v) => ({ message: memoryIdProblem(v) ?? 'invalid' }),
+      )
       .optional(),
     admin: z.boolean().optional(),
     limits: limitsSchema.optional(),
@@ -69,7 +76,8 @@ const fileSchema = z
       if (ids.has(entry.id)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['keys', i, 'id'], message: `duplicate id "${entry.id}"` });
       ids.add(entry.id);
       const digest = entry.sha256.toLowerCase();
-      if (digests.has(digest)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['keys', i, 'sha256'], message: 'duplicate digest (two entries for one key)' });
+      if (digests.has(digest))
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['keys', i, 'sha256'], message: 'duplicate digest (two entries for one key)' });
       digests.add(digest);
     });
   });
@@ -249,7 +257,9 @@ export class KeyRegistry {
       this.entries = [];
     } else {
       if (!this.isActive) {
-        this.options.logger.warn('key registry file found: registry keys are accepted and, from now on, every caller needs a key', { file: this.options.file });
+        this.options.logger.warn('key registry file found: registry keys are accepted and, from now on, every caller needs a key', {
+          file: this.options.file,
+        });
       }
       this.entries = json.keys.map(toEntry);
       this.isActive = true;

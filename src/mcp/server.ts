@@ -20,7 +20,17 @@ import { AppError, BadRequestError, ForbiddenError, MemoryUnavailableError, NotF
 import type { Caller } from '../http/context';
 import { adminScope } from '../memory/scope';
 import type { Logger } from '../logger';
-import { MAX_CONTENT_CHARS, MAX_ID_CHARS, MAX_LIMIT, MAX_MESSAGES, MAX_METADATA_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, capResults, resultBody } from '../memory/limits';
+import {
+  MAX_CONTENT_CHARS,
+  MAX_ID_CHARS,
+  MAX_LIMIT,
+  MAX_MESSAGES,
+  MAX_METADATA_CHARS,
+  MAX_OFFSET,
+  MAX_QUERY_CHARS,
+  capResults,
+  resultBody,
+} from '../memory/limits';
 import type { MemoryItem, MemoryService } from '../memory/types';
 
 export const MCP_SERVER_NAME = 'mem0-proxy';
@@ -49,7 +59,12 @@ const userId = z
   );
 
 const searchShape = {
-  query: z.string().trim().min(1).max(MAX_QUERY_CHARS).describe('What to look for, in natural language, e.g. "favourite food" or "where does the user live".'),
+  query: z
+    .string()
+    .trim()
+    .min(1)
+    .max(MAX_QUERY_CHARS)
+    .describe('What to look for, in natural language, e.g. "favourite food" or "where does the user live".'),
   limit: z.number().int().min(1).max(MAX_LIMIT).optional().describe('Most memories to return, best match first (default 10).'),
   user_id: userId,
 };
@@ -84,7 +99,12 @@ const addShape = {
   user_id: userId,
 };
 const deleteShape = {
-  memory_id: z.string().trim().min(1).max(MAX_ID_CHARS).describe('The `id` of the memory to delete, as returned by search_memories or list_memories.'),
+  memory_id: z
+    .string()
+    .trim()
+    .min(1)
+    .max(MAX_ID_CHARS)
+    .describe('The `id` of the memory to delete, as returned by search_memories or list_memories.'),
   user_id: userId,
 };
 
@@ -147,7 +167,8 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
     'list_memories',
     {
       title: 'List memories',
-      description: "List the user's memories, oldest first, a page at a time (limit, offset). Returns {memories:[{id,memory,created_at,...}],count}.",
+      description:
+        "List the user's memories, oldest first, a page at a time (limit, offset). Returns {memories:[{id,memory,created_at,...}],count}.",
       inputSchema: listShape,
       annotations: { readOnlyHint: true, openWorldHint: false },
     },
@@ -183,7 +204,8 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
     'delete_memory',
     {
       title: 'Delete memory',
-      description: 'Delete one memory by its id, e.g. when the user asks you to forget something or a memory is wrong. Find the id with search_memories or list_memories first.',
+      description:
+        'Delete one memory by its id, e.g. when the user asks you to forget something or a memory is wrong. Find the id with search_memories or list_memories first.',
       inputSchema: deleteShape,
       annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
     },
@@ -205,7 +227,8 @@ export function createMemoryMcpServer(options: MemoryMcpOptions): McpServer {
     }),
     {
       title: "A user's memories",
-      description: "Every memory of one user (oldest first) as plain text, one per line with its id. A key bound to a user may read only that user's.",
+      description:
+        "Every memory of one user (oldest first) as plain text, one per line with its id. A key bound to a user may read only that user's.",
       mimeType: 'text/plain',
     },
     async (uri, variables): Promise<ReadResourceResult> => {

@@ -128,7 +128,10 @@ export class ChatMemory {
       return { memories: result, ms: took };
     } catch (err) {
       metrics.memorySearchDuration.observe({ outcome: 'error' }, ms() / 1000);
-      logger.warn('memory search failed; answering without memories', { request_id: requestId, error: err instanceof Error ? err.message : String(err) });
+      logger.warn('memory search failed; answering without memories', {
+        request_id: requestId,
+        error: err instanceof Error ? err.message : String(err),
+      });
       return { memories: [], ms: ms() };
     }
   }
@@ -155,7 +158,16 @@ export class ChatMemory {
    * to forward (undefined: the caller's, unchanged) and the memories that went in.
    */
   async injectInto(
-    request: { requestId: string; callerId: string; scope: MemoryScope; mode: MemoryMode; text: string; api: TraceApi; route: string; model: unknown },
+    request: {
+      requestId: string;
+      callerId: string;
+      scope: MemoryScope;
+      mode: MemoryMode;
+      text: string;
+      api: TraceApi;
+      route: string;
+      model: unknown;
+    },
     maxBlockChars: number,
     inject: (blockText: string) => Buffer | undefined,
   ): Promise<{ body: Buffer | undefined; injected: MemoryItem[] }> {
@@ -193,7 +205,10 @@ export class ChatMemory {
   }
 
   /** Search time percentiles over the last successful recalls, and memories injected per chat since start. */
-  recallStats(): { search: { count: number; p50_ms: number | null; p95_ms: number | null }; injected: { chats: number; mean: number | null } } {
+  recallStats(): {
+    search: { count: number; p50_ms: number | null; p95_ms: number | null };
+    injected: { chats: number; mean: number | null };
+  } {
     const sorted = [...this.searchWindow].sort((a, b) => a - b);
     const at = (q: number): number | null => {
       const v = sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
@@ -278,7 +293,10 @@ export function createChatMemory(options: {
     const common: Omit<SaveQueueOptions, 'path'> = {
       save: async (job) => {
         const created = await memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true });
-        traces?.saved(job.id, created.map((m) => m.id));
+        traces?.saved(
+          job.id,
+          created.map((m) => m.id),
+        );
         return created;
       },
       onDepth: (depth) => metrics.saveQueueDepth.set(depth),
@@ -302,7 +320,13 @@ export function createChatMemory(options: {
     const localQueueFile = path.join(options.dataDir, 'save-queue.db');
     queue =
       shared?.kind === 'postgres' && shared.url !== undefined
-        ? new PostgresSaveQueue({ ...common, leaseMs: shared.leaseMs, ...options.queueOptions, connectionString: shared.url, localPath: localQueueFile })
+        ? new PostgresSaveQueue({
+            ...common,
+            leaseMs: shared.leaseMs,
+            ...options.queueOptions,
+            connectionString: shared.url,
+            localPath: localQueueFile,
+          })
         : new SaveQueue({ ...common, path: localQueueFile });
   }
   chatMemory.attachQueue(queue);

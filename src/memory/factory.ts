@@ -32,10 +32,16 @@ export async function createMemoryService(config: Config, logger: Logger, option
   try {
     // The mem0 OSS engine runs in its worker thread (extraction, embeddings, search and SQLite
     // commits off the thread that serves HTTP); the Platform backend is HTTP calls only.
-    service = backend === 'platform' ? await createPlatformService(config, logger, common) : await WorkerMemoryService.start(config, logger, common);
+    service =
+      backend === 'platform'
+        ? await createPlatformService(config, logger, common)
+        : await WorkerMemoryService.start(config, logger, common);
   } catch (err) {
     // Anything unforeseen while building must not stop the process: /v1/* still works.
-    service = new UnavailableMemoryService(backend, `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}`);
+    service = new UnavailableMemoryService(
+      backend,
+      `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
 
   if (service instanceof UnavailableMemoryService) {

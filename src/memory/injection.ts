@@ -64,7 +64,12 @@ function contentText(content: unknown, partTypes: readonly string[]): string | u
  * Index of the message the user's text is taken from, per `LastUserOptions`; -1 when there is none.
  * `isUser` says whether an item is a user message; `isInstruction` whether it may follow one.
  */
-function lastUserIndex(items: readonly unknown[], isUser: (item: Json) => boolean, isInstruction: (item: Json) => boolean, through: boolean): number {
+function lastUserIndex(
+  items: readonly unknown[],
+  isUser: (item: Json) => boolean,
+  isInstruction: (item: Json) => boolean,
+  through: boolean,
+): number {
   for (let i = items.length - 1; i >= 0; i--) {
     const item = items[i];
     if (!isObject(item)) {
@@ -83,7 +88,8 @@ const isChatInstruction = (m: Json): boolean => isInstructionRole(m['role']);
 
 /** A Responses API input item that is a user message (`{role:'user'}` or `{type:'message', role:'user'}`). */
 const isResponsesUser = (item: Json): boolean => item['role'] === 'user' && (item['type'] === undefined || item['type'] === 'message');
-const isResponsesInstruction = (item: Json): boolean => isInstructionRole(item['role']) && (item['type'] === undefined || item['type'] === 'message');
+const isResponsesInstruction = (item: Json): boolean =>
+  isInstructionRole(item['role']) && (item['type'] === undefined || item['type'] === 'message');
 
 /**
  * Chat Completions: the text of the last user message (a string, or its `text` parts joined with
@@ -118,14 +124,88 @@ export function lastUserInputText(body: Record<string, unknown>, options: LastUs
  * look like. One UTF-16 unit to one, so a "skeleton" built with it keeps every index.
  */
 const LOOK_ALIKES: Readonly<Record<string, string>> = {
-  а: 'a', е: 'e', о: 'o', р: 'p', с: 'c', х: 'x', у: 'y', і: 'i', ј: 'j', ѕ: 's', ԁ: 'd', һ: 'h', м: 'm', т: 't', к: 'k', н: 'h', г: 'r', п: 'n',
-  А: 'a', В: 'b', Е: 'e', К: 'k', М: 'm', Н: 'h', О: 'o', Р: 'p', С: 'c', Т: 't', Х: 'x', У: 'y', І: 'i', Ј: 'j', Ѕ: 's',
-  ο: 'o', ε: 'e', ι: 'i', κ: 'k', ν: 'v', ρ: 'p', τ: 't', υ: 'u', χ: 'x', μ: 'm',
-  Ο: 'o', Ε: 'e', Ι: 'i', Κ: 'k', Μ: 'm', Ν: 'n', Ρ: 'p', Τ: 't', Χ: 'x', Υ: 'y', Α: 'a', Β: 'b', Ζ: 'z', Η: 'h',
-  '‹': '<', '\u2329': '<', '\u3008': '<', '⟨': '<', '❮': '<', '˂': '<', '«': '<',
-  '›': '>', '\u232a': '>', '\u3009': '>', '⟩': '>', '❯': '>', '˃': '>', '»': '>',
-  '❲': '[', '⟦': '[', '〔': '[', '❳': ']', '⟧': ']', '〕': ']',
-  ǀ: '|', '∣': '|', '│': '|', '❘': '|', '¦': '|',
+  а: 'a',
+  е: 'e',
+  о: 'o',
+  р: 'p',
+  с: 'c',
+  х: 'x',
+  у: 'y',
+  і: 'i',
+  ј: 'j',
+  ѕ: 's',
+  ԁ: 'd',
+  һ: 'h',
+  м: 'm',
+  т: 't',
+  к: 'k',
+  н: 'h',
+  г: 'r',
+  п: 'n',
+  А: 'a',
+  В: 'b',
+  Е: 'e',
+  К: 'k',
+  М: 'm',
+  Н: 'h',
+  О: 'o',
+  Р: 'p',
+  С: 'c',
+  Т: 't',
+  Х: 'x',
+  У: 'y',
+  І: 'i',
+  Ј: 'j',
+  Ѕ: 's',
+  ο: 'o',
+  ε: 'e',
+  ι: 'i',
+  κ: 'k',
+  ν: 'v',
+  ρ: 'p',
+  τ: 't',
+  υ: 'u',
+  χ: 'x',
+  μ: 'm',
+  Ο: 'o',
+  Ε: 'e',
+  Ι: 'i',
+  Κ: 'k',
+  Μ: 'm',
+  Ν: 'n',
+  Ρ: 'p',
+  Τ: 't',
+  Χ: 'x',
+  Υ: 'y',
+  Α: 'a',
+  Β: 'b',
+  Ζ: 'z',
+  Η: 'h',
+  '‹': '<',
+  '\u2329': '<',
+  '\u3008': '<',
+  '⟨': '<',
+  '❮': '<',
+  '˂': '<',
+  '«': '<',
+  '›': '>',
+  '\u232a': '>',
+  '\u3009': '>',
+  '⟩': '>',
+  '❯': '>',
+  '˃': '>',
+  '»': '>',
+  '❲': '[',
+  '⟦': '[',
+  '〔': '[',
+  '❳': ']',
+  '⟧': ']',
+  '〕': ']',
+  ǀ: '|',
+  '∣': '|',
+  '│': '|',
+  '❘': '|',
+  '¦': '|',
 };
 
 /**
@@ -133,7 +213,8 @@ const LOOK_ALIKES: Readonly<Record<string, string>> = {
  * case): our own `<memories>` / `</memories>`, and the chat-template tokens of common models
  * (`<|im_start|>`, `<|eot_id|>`, `[INST]`, `[/INST]`, `<<SYS>>`, `<</SYS>>`, `<start_of_turn>`).
  */
-const DELIMITERS = /<\s*\/?\s*memories\s*>?|<\s*\|[^|<>\s]{1,40}\|\s*>|\[\s*\/?\s*inst\s*\]|<<\s*\/?\s*sys\s*>>|<\s*\/?\s*(?:start|end)_of_turn\s*>/g;
+const DELIMITERS =
+  /<\s*\/?\s*memories\s*>?|<\s*\|[^|<>\s]{1,40}\|\s*>|\[\s*\/?\s*inst\s*\]|<<\s*\/?\s*sys\s*>>|<\s*\/?\s*(?:start|end)_of_turn\s*>/g;
 
 /** `text` with each look-alike replaced by the character it imitates, in lower case, same length. */
 function skeleton(text: string): string {
@@ -195,7 +276,10 @@ export function formatMemoryBlock(memories: MemoryItem[], maxChars: number): str
 }
 
 /** `formatMemoryBlock`, also saying how many memories made it into the block (for `X-Mem0-Memories`). */
-export function buildMemoryBlock(memories: MemoryItem[], maxChars: number): { text: string; count: number; included: MemoryItem[] } | undefined {
+export function buildMemoryBlock(
+  memories: MemoryItem[],
+  maxChars: number,
+): { text: string; count: number; included: MemoryItem[] } | undefined {
   const head = `${MEMORY_BLOCK_PREAMBLE}\n${MEMORY_OPEN_TAG}\n`;
   const tail = MEMORY_CLOSE_TAG;
   let budget = maxChars - head.length - tail.length;

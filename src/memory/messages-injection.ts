@@ -109,7 +109,10 @@ export function appendMemoryBlock(raw: Buffer, body: Json, block: string): Buffe
  */
 export function isStructuredOutputRequest(body: Json): boolean {
   const config = body['output_config'];
-  return (isObject(config) && config['format'] !== undefined && config['format'] !== null) || (body['output_format'] !== undefined && body['output_format'] !== null);
+  return (
+    (isObject(config) && config['format'] !== undefined && config['format'] !== null) ||
+    (body['output_format'] !== undefined && body['output_format'] !== null)
+  );
 }
 
 const MAX_SESSION_ID = 256;

@@ -28,7 +28,18 @@ import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
 import { jitteredBackoff } from '../util/backoff';
 import { waitAtMost, withDeadline } from '../util/deadline';
-import { SaveQueue, SaveTimeoutError, errorText, queueTuning, type ExchangeQueue, type QueueTuning, type SaveAttempt, type SaveJob, type SaveJobStatus, type SaveQueueOptions } from './save-queue';
+import {
+  SaveQueue,
+  SaveTimeoutError,
+  errorText,
+  queueTuning,
+  type ExchangeQueue,
+  type QueueTuning,
+  type SaveAttempt,
+  type SaveJob,
+  type SaveJobStatus,
+  type SaveQueueOptions,
+} from './save-queue';
 import type { ChatMessage, MemoryScope } from './types';
 
 export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' | 'synchronous' | 'maxBytes'> {
@@ -143,7 +154,11 @@ export class PostgresSaveQueue implements ExchangeQueue {
     };
     let queued: boolean;
     try {
-      queued = await withDeadline(insert(), this.enqueueTimeoutMs, () => new Error(`the save queue's database did not commit within ${this.enqueueTimeoutMs} ms`));
+      queued = await withDeadline(
+        insert(),
+        this.enqueueTimeoutMs,
+        () => new Error(`the save queue's database did not commit within ${this.enqueueTimeoutMs} ms`),
+      );
     } catch (err) {
       if (this.options.localPath === undefined || this.closed) throw err;
       return this.keepLocally(this.options.localPath, job, err);
@@ -178,8 +193,14 @@ export class PostgresSaveQueue implements ExchangeQueue {
     this.closed = true;
     if (this.schemaReady) {
       await this.pool
-        .query(`UPDATE ${this.table} SET lease_until = NULL, leased_by = NULL WHERE leased_by = $1 AND state = 'pending'`, [this.instanceId])
-        .catch((err: unknown) => this.options.logger?.warn('save queue could not hand back its claims (they return when their lease passes)', { error: errorText(err) }));
+        .query(`UPDATE ${this.table} SET lease_until = NULL, leased_by = NULL WHERE leased_by = $1 AND state = 'pending'`, [
+          this.instanceId,
+        ])
+        .catch((err: unknown) =>
+          this.options.logger?.warn('save queue could not hand back its claims (they return when their lease passes)', {
+            error: errorText(err),
+          }),
+        );
     }
     await this.pool.end().catch(() => undefined);
     await this.spool?.stop();
@@ -203,14 +224,30 @@ export class PostgresSaveQueue implements ExchangeQueue {
   /** One job's bookkeeping, or undefined when the id is unknown (or was pruned). */
   async status(id: string): Promise<SaveJobStatus | undefined> {
     await this.ready;
-    const { rows } = await this.pool.query<{ id: string; state: SaveJobStatus['state']; attempts: number; hard_failures: number; last_error: string | null; next: string; created: string }>(
+    const { rows } = await this.pool.query<{
+      id: string;
+      state: SaveJobStatus['state'];
+      attempts: number;
+      hard_failures: number;
+      last_error: string | null;
+      next: string;
+      created: string;
+    }>(
       `SELECT id, state, attempts, hard_failures, last_error, (extract(epoch FROM next_attempt_at) * 1000)::bigint AS next, (extract(epoch FROM created_at) * 1000)::bigint AS created
        FROM ${this.table} WHERE id = $1`,
       [id],
     );
     const row = rows[0];
     if (!row) return undefined;
-    return { id: row.id, state: row.state, attempts: row.attempts, hardFailures: row.hard_failures, lastError: row.last_error, nextAttemptAt: Number(row.next), createdAt: Number(row.created) };
+    return {
+      id: row.id,
+      state: row.state,
+      attempts: row.attempts,
+      hardFailures: row.hard_failures,
+      lastError: row.last_error,
+      nextAttemptAt: Number(row.next),
+      createdAt: Number(row.created),
+    };
   }
 
   /** Resolves once no job is pending anywhere and none runs here; rejects after `timeoutMs`. */
@@ -290,7 +327,9 @@ export class PostgresSaveQueue implements ExchangeQueue {
       const now = Date.now();
       if (now - this.lastSpoolWarn >= 60_000) {
         this.lastSpoolWarn = now;
-        this.options.logger?.warn('save queue database unavailable; exchanges are kept in DATA_DIR until it is back', { error: errorText(cause) });
+        this.options.logger?.warn('save queue database unavailable; exchanges are kept in DATA_DIR until it is back', {
+          error: errorText(cause),
+        });
       }
     }
     return kept;
@@ -313,7 +352,9 @@ export class PostgresSaveQueue implements ExchangeQueue {
       const rows = local
         .prepare(`SELECT id, user_id, agent_id, run_id, messages, metadata FROM save_jobs WHERE state = 'pending'`)
         .all() as { id: string; user_id: string; agent_id: string | null; run_id: string | null; messages: string; metadata: string }[];
-      const markDone = local.prepare(`UPDATE save_jobs SET state = 'done', messages = '[]', metadata = '{}', updated_at = ? WHERE id = ? AND state = 'pending'`);
+      const markDone = local.prepare(
+        `UPDATE save_jobs SET state = 'done', messages = '[]', metadata = '{}', updated_at = ? WHERE id = ? AND state = 'pending'`,
+      );
       for (const row of rows) {
         await this.pool.query(
           `INSERT INTO ${this.table} (id, user_id, agent_id, run_id, messages, metadata) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb) ON CONFLICT (id) DO NOTHING`,
@@ -322,7 +363,8 @@ export class PostgresSaveQueue implements ExchangeQueue {
         markDone.run(Date.now(), row.id);
         moved++;
       }
-      if (rows.length > 0) this.options.logger?.warn('save queue: moved the exchanges of the local queue into the shared one', { jobs: rows.length });
+      if (rows.length > 0)
+        this.options.logger?.warn('save queue: moved the exchanges of the local queue into the shared one', { jobs: rows.length });
     } catch (err) {
       // Left where they are: the next poll (or start) tries again; said at most once a minute.
       const now = Date.now();
@@ -371,7 +413,9 @@ export class PostgresSaveQueue implements ExchangeQueue {
       }
       if (now - this.lastPrune >= PRUNE_EVERY_MS) {
         this.lastPrune = now;
-        await this.pool.query(`DELETE FROM ${this.table} WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond'`, [this.tuning.retentionMs]);
+        await this.pool.query(`DELETE FROM ${this.table} WHERE state = 'done' AND updated_at < now() - $1 * interval '1 millisecond'`, [
+          this.tuning.retentionMs,
+        ]);
       }
       if (this.spooled > 0 && this.options.localPath !== undefined) await this.moveLocal(this.options.localPath);
       const room = this.tuning.concurrency - this.inFlight.size;
@@ -409,7 +453,11 @@ export class PostgresSaveQueue implements ExchangeQueue {
     for (const row of rows) {
       const job = parseRow(row);
       if (job) claimed.push({ job: { ...job, attempt: row.attempts }, hardFailures: row.hard_failures });
-      else await this.finish(row.id, row.attempts, 'dead', { error: 'unreadable job row (messages or metadata is not JSON of the right shape)', hardFailures: row.hard_failures });
+      else
+        await this.finish(row.id, row.attempts, 'dead', {
+          error: 'unreadable job row (messages or metadata is not JSON of the right shape)',
+          hardFailures: row.hard_failures,
+        });
     }
     return claimed;
   }
@@ -426,16 +474,17 @@ export class PostgresSaveQueue implements ExchangeQueue {
   /** Runs one save with its lease renewed meanwhile, and records the outcome. Never rejects. */
   private async attempt(claimed: Claimed): Promise<void> {
     const { id, attempt } = claimed.job;
-    const renew = setInterval(() => {
-      this.pool
-        .query(`UPDATE ${this.table} SET lease_until = now() + $1 * interval '1 millisecond' WHERE id = $2 AND leased_by = $3 AND attempts = $4 AND state = 'pending'`, [
-          this.leaseMs,
-          id,
-          this.instanceId,
-          attempt,
-        ])
-        .catch((err: unknown) => this.options.logger?.warn('save queue could not renew a claim', { job_id: id, error: errorText(err) }));
-    }, Math.max(50, Math.floor(this.leaseMs / 3)));
+    const renew = setInterval(
+      () => {
+        this.pool
+          .query(
+            `UPDATE ${this.table} SET lease_until = now() + $1 * interval '1 millisecond' WHERE id = $2 AND leased_by = $3 AND attempts = $4 AND state = 'pending'`,
+            [this.leaseMs, id, this.instanceId, attempt],
+          )
+          .catch((err: unknown) => this.options.logger?.warn('save queue could not renew a claim', { job_id: id, error: errorText(err) }));
+      },
+      Math.max(50, Math.floor(this.leaseMs / 3)),
+    );
     renew.unref();
     let failure: unknown;
     let failed = false;
@@ -463,14 +512,19 @@ export class PostgresSaveQueue implements ExchangeQueue {
   private async recordSuccess(claimed: Claimed): Promise<void> {
     const { id, attempt } = claimed.job;
     if (await this.finish(id, attempt, 'done')) this.pending = Math.max(0, this.pending - 1);
-    else this.options.logger?.warn('save queue: a save finished after its claim had passed to another instance (it may be saved twice)', { job_id: id });
+    else
+      this.options.logger?.warn('save queue: a save finished after its claim had passed to another instance (it may be saved twice)', {
+        job_id: id,
+      });
     this.emitDepth();
     if (this.consecutiveTransient > 0) {
       // The service is back: whatever waits for its backoff is due now.
       this.consecutiveTransient = 0;
       this.transientJobs.clear();
       this.pausedUntil = 0;
-      await this.pool.query(`UPDATE ${this.table} SET next_attempt_at = now(), updated_at = now() WHERE state = 'pending' AND next_attempt_at > now() AND leased_by IS NULL`);
+      await this.pool.query(
+        `UPDATE ${this.table} SET next_attempt_at = now(), updated_at = now() WHERE state = 'pending' AND next_attempt_at > now() AND leased_by IS NULL`,
+      );
     }
   }
 
@@ -515,7 +569,12 @@ export class PostgresSaveQueue implements ExchangeQueue {
   }
 
   /** Ends a claim this instance still holds (done: the text is dropped, only the id stays). */
-  private async finish(id: string, attempt: number, state: 'done' | 'dead', failure?: { error: string; hardFailures: number }): Promise<boolean> {
+  private async finish(
+    id: string,
+    attempt: number,
+    state: 'done' | 'dead',
+    failure?: { error: string; hardFailures: number },
+  ): Promise<boolean> {
     const result =
       state === 'done'
         ? await this.pool.query(

@@ -29,7 +29,17 @@ import { MemoryUnavailableError } from '../errors';
 import type { Logger } from '../logger';
 import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './mem0/results';
 import { EngineGuard, isTransientError, isTransientStatus, withTimeout, type FailureKind, type GuardTuning } from './resilience';
-import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UserSummary, UsersOptions, UsersPage } from './types';
+import type {
+  AddInput,
+  ListOptions,
+  MemoryItem,
+  MemoryScope,
+  MemoryService,
+  SearchOptions,
+  UserSummary,
+  UsersOptions,
+  UsersPage,
+} from './types';
 import { loadMem0Client } from './mem0/load';
 import { UnavailableMemoryService } from './unavailable';
 
@@ -73,7 +83,9 @@ export function isAuthRejection(err: unknown): boolean {
   const status = platformStatus(err);
   if (status === 401 || status === 403) return true;
   // ping() throws its own APIError when the answer is not {status:"ok"}.
-  return isRecord(err) && err['name'] === 'APIError' && typeof err['message'] === 'string' && !err['message'].startsWith('Failed to ping server');
+  return (
+    isRecord(err) && err['name'] === 'APIError' && typeof err['message'] === 'string' && !err['message'].startsWith('Failed to ping server')
+  );
 }
 
 /** Platform filters: one entity as is, several combined with AND. */
@@ -239,7 +251,11 @@ export class PlatformMemoryService implements MemoryService {
       if (query !== '' && !raw['name'].toLowerCase().includes(query)) continue;
       const count = raw['total_memories'] ?? raw['totalMemories'];
       const at = raw['updated_at'] ?? raw['updatedAt'];
-      users.push({ user_id: raw['name'], memories: typeof count === 'number' ? count : 0, last_activity: typeof at === 'string' ? at : null });
+      users.push({
+        user_id: raw['name'],
+        memories: typeof count === 'number' ? count : 0,
+        last_activity: typeof at === 'string' ? at : null,
+      });
     }
     users.sort((a, b) => (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
     return { users: users.slice(options.offset, options.offset + options.limit), total: users.length };

@@ -84,7 +84,11 @@ function isExpired(payload: Record<string, unknown>, today: string): boolean {
   const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
   if (!match) return false;
   const date = new Date(`${text}T00:00:00Z`);
-  const valid = !Number.isNaN(date.getTime()) && date.getUTCFullYear() === Number(match[1]) && date.getUTCMonth() === Number(match[2]) - 1 && date.getUTCDate() === Number(match[3]);
+  const valid =
+    !Number.isNaN(date.getTime()) &&
+    date.getUTCFullYear() === Number(match[1]) &&
+    date.getUTCMonth() === Number(match[2]) - 1 &&
+    date.getUTCDate() === Number(match[3]);
   return valid && text < today;
 }
 
@@ -164,7 +168,13 @@ export class Recall {
     return { results };
   }
 
-  private async keywordScores(store: VectorStore, query: string, lemmatized: string, limit: number, filters: RecallFilters): Promise<Map<string, number>> {
+  private async keywordScores(
+    store: VectorStore,
+    query: string,
+    lemmatized: string,
+    limit: number,
+    filters: RecallFilters,
+  ): Promise<Map<string, number>> {
     const scores = new Map<string, number>();
     let hits: VectorStoreResult[] | null = null;
     try {

@@ -102,7 +102,14 @@ const NETWORK_CODES = new Set([
   '57P03',
 ]);
 
-const NETWORK_ERROR_NAMES = new Set(['APIConnectionError', 'APIConnectionTimeoutError', 'FetchError', 'EngineTimeoutError', 'NetworkError', 'RateLimitError']);
+const NETWORK_ERROR_NAMES = new Set([
+  'APIConnectionError',
+  'APIConnectionTimeoutError',
+  'FetchError',
+  'EngineTimeoutError',
+  'NetworkError',
+  'RateLimitError',
+]);
 
 function field(err: object, name: string): unknown {
   return (err as Record<string, unknown>)[name];

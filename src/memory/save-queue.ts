@@ -302,16 +302,28 @@ export class SaveQueue implements ExchangeQueue {
            WHERE state = 'pending' AND next_attempt_at <= ? AND ${notInFlight}
            ORDER BY next_attempt_at, created_at LIMIT 1`,
         ),
-        claim: this.db.prepare(`UPDATE save_jobs SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'pending'`),
+        claim: this.db.prepare(
+          `UPDATE save_jobs SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'pending'`,
+        ),
         nextDue: this.db.prepare(`SELECT MIN(next_attempt_at) AS at FROM save_jobs WHERE state = 'pending' AND ${notInFlight}`),
         // A completed job keeps only its id (to ignore replays): no message text lingers on disk.
-        done: this.db.prepare(`UPDATE save_jobs SET state = 'done', messages = '[]', metadata = '{}', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'pending'`),
-        retry: this.db.prepare(`UPDATE save_jobs SET next_attempt_at = ?, last_error = ?, hard_failures = ?, updated_at = ? WHERE id = ? AND state = 'pending'`),
-        dead: this.db.prepare(`UPDATE save_jobs SET state = 'dead', last_error = ?, hard_failures = ?, updated_at = ? WHERE id = ? AND state = 'pending'`),
-        pullForward: this.db.prepare(`UPDATE save_jobs SET next_attempt_at = ?, updated_at = ? WHERE state = 'pending' AND next_attempt_at > ? AND ${notInFlight}`),
+        done: this.db.prepare(
+          `UPDATE save_jobs SET state = 'done', messages = '[]', metadata = '{}', last_error = NULL, updated_at = ? WHERE id = ? AND state = 'pending'`,
+        ),
+        retry: this.db.prepare(
+          `UPDATE save_jobs SET next_attempt_at = ?, last_error = ?, hard_failures = ?, updated_at = ? WHERE id = ? AND state = 'pending'`,
+        ),
+        dead: this.db.prepare(
+          `UPDATE save_jobs SET state = 'dead', last_error = ?, hard_failures = ?, updated_at = ? WHERE id = ? AND state = 'pending'`,
+        ),
+        pullForward: this.db.prepare(
+          `UPDATE save_jobs SET next_attempt_at = ?, updated_at = ? WHERE state = 'pending' AND next_attempt_at > ? AND ${notInFlight}`,
+        ),
         count: this.db.prepare(`SELECT COUNT(*) AS n FROM save_jobs WHERE state = ?`),
         prune: this.db.prepare(`DELETE FROM save_jobs WHERE state = 'done' AND updated_at < ?`),
-        status: this.db.prepare(`SELECT id, state, attempts, hard_failures, last_error, next_attempt_at, created_at FROM save_jobs WHERE id = ?`),
+        status: this.db.prepare(
+          `SELECT id, state, attempts, hard_failures, last_error, next_attempt_at, created_at FROM save_jobs WHERE id = ?`,
+        ),
       };
       this.pending = this.stmt.count.get('pending')?.n ?? 0;
     } catch (err) {

@@ -44,7 +44,10 @@ function bound(caller: Caller, requested: string | undefined): string | undefine
 }
 
 /** The admin API's user: the bound one, else the body's `user_id` (required). */
-export function adminScope(caller: Caller, body: { user_id?: string | undefined; agent_id?: string | undefined; run_id?: string | undefined }): MemoryScope {
+export function adminScope(
+  caller: Caller,
+  body: { user_id?: string | undefined; agent_id?: string | undefined; run_id?: string | undefined },
+): MemoryScope {
   const userId = bound(caller, checkId('user_id', body.user_id)) ?? caller.userId;
   if (userId === undefined) throw new BadRequestError('user_id is required', { user_id: 'Required' });
   return { userId, agentId: checkId('agent_id', body.agent_id), runId: checkId('run_id', body.run_id) };

@@ -201,7 +201,9 @@ export class TraceStore {
       const now = Date.now();
       if (now - this.lastWarn >= WARN_EVERY_MS) {
         this.lastWarn = now;
-        this.logger.warn('injection trace write failed; the trace misses requests', { error: err instanceof Error ? err.message : String(err) });
+        this.logger.warn('injection trace write failed; the trace misses requests', {
+          error: err instanceof Error ? err.message : String(err),
+        });
       }
     }
   }

@@ -17,7 +17,6 @@ export class UnavailableMemoryService implements MemoryService {
     this.backend = backend;
   }
 
-
   search(): Promise<never> {
     return Promise.reject(new MemoryUnavailableError(false));
   }

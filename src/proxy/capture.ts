@@ -24,7 +24,16 @@
  */
 import type { IncomingMessage } from 'node:http';
 import zlib from 'node:zlib';
-import { chatEvent, messagesEvent, parseJsonBody, responsesEvent, TextSink, type MessagesStream, type ParseState, type ReplyKind } from './reply-extract';
+import {
+  chatEvent,
+  messagesEvent,
+  parseJsonBody,
+  responsesEvent,
+  TextSink,
+  type MessagesStream,
+  type ParseState,
+  type ReplyKind,
+} from './reply-extract';
 import { SseParser } from './sse';
 import type { ForwardOptions } from './upstream';
 
@@ -201,7 +210,10 @@ export function createReplyCapture(kind: ReplyKind, upstreamRes: IncomingMessage
  * complete 2xx response whose reply could be captured whole (aborted, failed or truncated ones
  * never are; a client that goes away stops the upstream response, so it never ends).
  */
-export function tapReply(kind: ReplyKind, onReply: (reply: CapturedReply) => void | Promise<void>): Required<Pick<ForwardOptions, 'onResponse' | 'beforeEnd'>> {
+export function tapReply(
+  kind: ReplyKind,
+  onReply: (reply: CapturedReply) => void | Promise<void>,
+): Required<Pick<ForwardOptions, 'onResponse' | 'beforeEnd'>> {
   let capture: ReplyCapture | undefined;
   let status = 0;
   return {

@@ -53,7 +53,8 @@ function partsText(content: unknown, types: readonly string[]): string {
   if (!Array.isArray(content)) return '';
   let out = '';
   for (const part of content) {
-    if (isObject(part) && typeof part['type'] === 'string' && types.includes(part['type']) && typeof part['text'] === 'string') out += part['text'];
+    if (isObject(part) && typeof part['type'] === 'string' && types.includes(part['type']) && typeof part['text'] === 'string')
+      out += part['text'];
   }
   return out;
 }

@@ -25,7 +25,18 @@ import type { Api } from '../http/api';
 import { resolveUpstreamPath } from './target';
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which only makes sense on one connection. */
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'];
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'expect',
+];
 /** Headers describing the client's connection to us; the upstream learns nothing about callers. */
 const CLIENT_ONLY = ['host', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded'];
 /** Where callers put credentials (OpenAI, Anthropic, Azure OpenAI): never forwarded as they came. */
@@ -121,7 +132,9 @@ export class Upstream {
   /** Why no request can be forwarded here (no key to send, see `missingKeyMessage`), or undefined. */
   unusable(): ServiceUnavailableError | undefined {
     const { apiKey, forwardCallerCredential, missingKeyMessage } = this.options;
-    return apiKey === undefined && !forwardCallerCredential() && missingKeyMessage !== undefined ? new ServiceUnavailableError(missingKeyMessage) : undefined;
+    return apiKey === undefined && !forwardCallerCredential() && missingKeyMessage !== undefined
+      ? new ServiceUnavailableError(missingKeyMessage)
+      : undefined;
   }
 
   /** The upstream path for this request (its target starts with `/v1`), validated (see `target.ts`). */
@@ -322,7 +335,12 @@ export class Upstream {
  * `X-Mem0-Overhead-Ms`: what the proxy spent on this request before `now` (forwarding, or the
  * error that ended it), so callers can see the cost per request; observed once in /metrics.
  */
-export function setOverheadHeader(req: http.IncomingMessage, res: http.ServerResponse, metrics: Metrics, now = process.hrtime.bigint()): void {
+export function setOverheadHeader(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  metrics: Metrics,
+  now = process.hrtime.bigint(),
+): void {
   if (res.headersSent || res.hasHeader('x-mem0-overhead-ms')) return;
   const seconds = Number(now - req.receivedAt) / 1e9;
   res.setHeader('X-Mem0-Overhead-Ms', (seconds * 1000).toFixed(2));

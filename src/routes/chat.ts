@@ -35,7 +35,8 @@ export function parseChatBody(raw: Buffer): Record<string, unknown> {
   } catch {
     throw new BadRequestError('Request body is not valid JSON');
   }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new BadRequestError('Request body must be a JSON object');
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new BadRequestError('Request body must be a JSON object');
   return parsed as Record<string, unknown>;
 }
 
@@ -49,7 +50,10 @@ export interface MemoryRouteOptions {
 }
 
 /** What every memory route reads first: the body as sent and parsed, the memory mode, the caller. */
-export async function readMemoryRequest(req: IncomingMessage, maxBodyBytes: number): Promise<{ raw: Buffer; body: Record<string, unknown>; mode: MemoryMode; caller: Caller }> {
+export async function readMemoryRequest(
+  req: IncomingMessage,
+  maxBodyBytes: number,
+): Promise<{ raw: Buffer; body: Record<string, unknown>; mode: MemoryMode; caller: Caller }> {
   requireJson(req);
   const raw = await readBody(req, maxBodyBytes);
   const body = parseChatBody(raw);
@@ -69,13 +73,27 @@ export function memoryChatRoute(options: MemoryRouteOptions): Handler {
     const scope = chatScope(caller, req.headers, bodyUser);
     // Through tool results: every request of a tool-using turn recalls for the user's words.
     const through = { throughToolResults: true };
-    const userText = chatMemory.enabled && scope !== undefined ? (kind === 'chat' ? lastUserText(body, through) : lastUserInputText(body, through)) : undefined;
+    const userText =
+      chatMemory.enabled && scope !== undefined
+        ? kind === 'chat'
+          ? lastUserText(body, through)
+          : lastUserInputText(body, through)
+        : undefined;
 
     let forwardBody = raw;
     let injected = 0;
     if (scope !== undefined && userText !== undefined && mode !== 'off') {
       const route = kind === 'chat' ? '/v1/chat/completions' : '/v1/responses';
-      const request = { requestId: req.id, callerId: caller.id, scope, mode, text: userText, api: 'openai' as const, route, model: body['model'] };
+      const request = {
+        requestId: req.id,
+        callerId: caller.id,
+        scope,
+        mode,
+        text: userText,
+        api: 'openai' as const,
+        route,
+        model: body['model'],
+      };
       const memory = await chatMemory.injectInto(request, options.maxBlockChars, (block) => {
         // Re-serialising would round an integer beyond 2^53 the caller sent: forward such a body
         // as sent, without memories, rather than change one of its values.

@@ -30,7 +30,11 @@ const updateBody = z.object({ ...scopeFields, memory_id: id, memory: z.string().
 const previewBody = z.object({ ...scopeFields, prompt: z.string().trim().min(1).max(MAX_QUERY_CHARS) }).strict();
 const MAX_TRACES = 500;
 const tracesBody = z
-  .object({ user_id: id.optional(), request_id: z.string().trim().min(1).max(256).optional(), limit: z.number().int().min(1).max(MAX_TRACES).optional() })
+  .object({
+    user_id: id.optional(),
+    request_id: z.string().trim().min(1).max(256).optional(),
+    limit: z.number().int().min(1).max(MAX_TRACES).optional(),
+  })
   .strict();
 const exportBody = z.object(scopeFields).strict();
 
@@ -120,7 +124,8 @@ export function consoleRoutes(deps: ConsoleRouteDeps): ConsoleRoutes {
       const caller = callerOf(req);
       let userId = body.user_id;
       if (!actsForAnyone(caller)) {
-        if (userId !== undefined && userId !== caller.userId) throw new ForbiddenError('This caller may only access its own memories', 'user_id does not match the caller');
+        if (userId !== undefined && userId !== caller.userId)
+          throw new ForbiddenError('This caller may only access its own memories', 'user_id does not match the caller');
         userId = caller.userId;
       }
       const traces = deps.traces?.query({ userId, requestId: body.request_id, limit: body.limit ?? 100 }) ?? [];
@@ -136,7 +141,12 @@ export function consoleRoutes(deps: ConsoleRouteDeps): ConsoleRoutes {
       res.setHeader('Content-Type', 'application/json; charset=utf-8');
       res.setHeader('Content-Disposition', `attachment; filename="${file}"`);
       res.setHeader('Cache-Control', 'no-store');
-      const head = { user_id: scope.userId, ...(scope.agentId ? { agent_id: scope.agentId } : {}), ...(scope.runId ? { run_id: scope.runId } : {}), exported_at: new Date().toISOString() };
+      const head = {
+        user_id: scope.userId,
+        ...(scope.agentId ? { agent_id: scope.agentId } : {}),
+        ...(scope.runId ? { run_id: scope.runId } : {}),
+        exported_at: new Date().toISOString(),
+      };
       res.write(`${JSON.stringify(head).slice(0, -1)},"memories":[`);
       let count = 0;
       let offset = 0;
@@ -149,7 +159,10 @@ export function consoleRoutes(deps: ConsoleRouteDeps): ConsoleRoutes {
         }
       } catch (err) {
         // Headers are out: end the document unfinished, so the download is visibly not valid JSON.
-        deps.logger.warn('memory export failed part way; the download is cut short', { request_id: req.id, error: err instanceof Error ? err.message : String(err) });
+        deps.logger.warn('memory export failed part way; the download is cut short', {
+          request_id: req.id,
+          error: err instanceof Error ? err.message : String(err),
+        });
         res.destroy(err instanceof Error ? err : new Error(String(err)));
         return;
       }
@@ -158,7 +171,8 @@ export function consoleRoutes(deps: ConsoleRouteDeps): ConsoleRoutes {
 
     stats: async (req, res) => {
       const caller = callerOf(req);
-      if (!actsForAnyone(caller)) throw new ForbiddenError('The instance figures are for admin callers', 'This caller is bound to one user');
+      if (!actsForAnyone(caller))
+        throw new ForbiddenError('The instance figures are for admin callers', 'This caller is bound to one user');
       const available = await memory.available().catch(() => false);
       const queue = deps.saveQueue?.();
       const recall = chatMemory.recallStats();

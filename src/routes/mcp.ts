@@ -46,7 +46,10 @@ const METHOD_NOT_ALLOWED = JSON.stringify({ jsonrpc: '2.0', error: { code: -3200
 
 /** A JSON-RPC error answered before the transport sees the request. */
 function rpcError(res: Parameters<RequestHandler>[1], status: number, code: number, message: string): void {
-  res.status(status).type('application/json').send(JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null }));
+  res
+    .status(status)
+    .type('application/json')
+    .send(JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null }));
 }
 
 /** The request's JSON, or undefined after answering why there is none. */
@@ -82,7 +85,14 @@ export function mcpRoutes(options: McpRouteOptions): McpRoutes {
       if (!caller) throw new Error('authenticate must run before the MCP route');
       const body = await readRpcBody(req, res);
       if (body === undefined) return;
-      const server = createMemoryMcpServer({ memory, caller, logger, version: options.version, defaults: options.defaults, requestId: req.id });
+      const server = createMemoryMcpServer({
+        memory,
+        caller,
+        logger,
+        version: options.version,
+        defaults: options.defaults,
+        requestId: req.id,
+      });
       // No `sessionIdGenerator`: stateless mode.
       const transport = new StreamableHTTPServerTransport({ enableJsonResponse: true, maxRequestBodySize: MCP_BODY_LIMIT_BYTES });
       transport.onerror = (err) => logger.debug('mcp request refused', { request_id: req.id, caller: caller.id, reason: err.message });

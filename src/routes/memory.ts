@@ -6,7 +6,17 @@ import type { Request, RequestHandler } from 'express';
 import { z } from 'zod';
 import { BadRequestError, NotFoundError } from '../errors';
 import { adminScope } from '../memory/scope';
-import { MAX_CONTENT_CHARS, MAX_ID_CHARS, MAX_LIMIT, MAX_MEMORY_CHARS, MAX_MESSAGES, MAX_METADATA_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, resultBody } from '../memory/limits';
+import {
+  MAX_CONTENT_CHARS,
+  MAX_ID_CHARS,
+  MAX_LIMIT,
+  MAX_MEMORY_CHARS,
+  MAX_MESSAGES,
+  MAX_METADATA_CHARS,
+  MAX_OFFSET,
+  MAX_QUERY_CHARS,
+  resultBody,
+} from '../memory/limits';
 import type { MemoryService } from '../memory/types';
 
 export { MAX_LIMIT };
@@ -16,7 +26,13 @@ export const id = z.string().trim().min(1).max(MAX_ID_CHARS);
 export const scopeFields = { user_id: id.optional(), agent_id: id.optional(), run_id: id.optional() };
 const metadata = z.record(z.string(), z.unknown()).refine((m) => JSON.stringify(m).length <= MAX_METADATA_CHARS, 'metadata is too large');
 
-const searchBody = z.object({ ...scopeFields, query: z.string().trim().min(1).max(MAX_QUERY_CHARS), limit: z.number().int().min(1).max(MAX_LIMIT).optional() }).strict();
+const searchBody = z
+  .object({
+    ...scopeFields,
+    query: z.string().trim().min(1).max(MAX_QUERY_CHARS),
+    limit: z.number().int().min(1).max(MAX_LIMIT).optional(),
+  })
+  .strict();
 const instant = z
   .string()
   .max(64)
@@ -41,7 +57,10 @@ const rememberBody = z
     infer: z.boolean().optional(),
   })
   .strict()
-  .refine((b) => (b.messages === undefined) !== (b.content === undefined), { message: 'Give exactly one of messages or content', path: ['messages'] })
+  .refine((b) => (b.messages === undefined) !== (b.content === undefined), {
+    message: 'Give exactly one of messages or content',
+    path: ['messages'],
+  })
   .refine((b) => b.infer !== false || (b.messages ?? [{ content: b.content ?? '' }]).every((m) => m.content.length <= MAX_MEMORY_CHARS), {
     message: `A memory stored as it is (infer: false) is at most ${MAX_MEMORY_CHARS} characters; longer text needs infer: true (facts are extracted)`,
     path: ['content'],
@@ -51,7 +70,10 @@ export const MAX_FORGET_IDS = 1000;
 const forgetBody = z
   .object({ ...scopeFields, memory_id: id.optional(), memory_ids: z.array(id).min(1).max(MAX_FORGET_IDS).optional() })
   .strict()
-  .refine((b) => b.memory_id === undefined || b.memory_ids === undefined, { message: 'Give memory_id or memory_ids, not both', path: ['memory_ids'] });
+  .refine((b) => b.memory_id === undefined || b.memory_ids === undefined, {
+    message: 'Give memory_id or memory_ids, not both',
+    path: ['memory_ids'],
+  });
 
 /** Parses the body with `schema`, or throws the contract's 400 with field-level details. */
 export function parse<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, req: Request): T {
@@ -89,7 +111,10 @@ export function memoryRoutes(memory: MemoryService, defaults: { searchLimit: num
     list: async (req, res) => {
       const body = parse(listBody, req);
       const scope = adminScope(caller(req), body);
-      const filter = body.text !== undefined || body.since !== undefined || body.until !== undefined ? { text: body.text, since: body.since, until: body.until } : undefined;
+      const filter =
+        body.text !== undefined || body.since !== undefined || body.until !== undefined
+          ? { text: body.text, since: body.since, until: body.until }
+          : undefined;
       const memories = await memory.list(scope, { limit: body.limit ?? defaults.listLimit, offset: body.offset ?? 0, filter });
       res.json(resultBody(memories));
     },

@@ -37,7 +37,16 @@ export function messagesRoute(options: MessagesRouteOptions): Handler {
     let forwardBody = raw;
     let injected = 0;
     if (scope !== undefined && prompt !== undefined && mode !== 'off') {
-      const request = { requestId: req.id, callerId: caller.id, scope, mode, text: prompt, api: 'anthropic' as const, route: '/v1/messages', model: body['model'] };
+      const request = {
+        requestId: req.id,
+        callerId: caller.id,
+        scope,
+        mode,
+        text: prompt,
+        api: 'anthropic' as const,
+        route: '/v1/messages',
+        model: body['model'],
+      };
       const memory = await chatMemory.injectInto(request, options.maxBlockChars, (block) => appendMemoryBlock(raw, body, block));
       forwardBody = memory.body ?? raw;
       injected = memory.injected.length;

@@ -11,8 +11,23 @@ export function passthroughRoute(upstream: Upstream): Handler {
 }
 
 const KNOWN_V1 = new Set([
-  'chat', 'responses', 'embeddings', 'models', 'completions', 'moderations', 'images', 'audio', 'files', 'uploads',
-  'batches', 'fine_tuning', 'assistants', 'threads', 'vector_stores', 'realtime', 'conversations',
+  'chat',
+  'responses',
+  'embeddings',
+  'models',
+  'completions',
+  'moderations',
+  'images',
+  'audio',
+  'files',
+  'uploads',
+  'batches',
+  'fine_tuning',
+  'assistants',
+  'threads',
+  'vector_stores',
+  'realtime',
+  'conversations',
 ]);
 
 /** Anthropic's top-level resources (`/v1/<first segment>`) that get a label of their own. */
@@ -20,7 +35,24 @@ const KNOWN_ANTHROPIC = new Set(['messages', 'models', 'files', 'complete', 'ski
 /** Anthropic paths under `/v1/messages/` that get a label of their own. */
 const KNOWN_ANTHROPIC_MESSAGES = new Set(['count_tokens', 'batches']);
 
-const ADMIN_ROUTES = new Set(['/health', '/livez', '/readyz', '/metrics', '/search', '/list', '/remember', '/forget', '/mcp', '/whoami', '/stats', '/users', '/update', '/preview', '/traces', '/export']);
+const ADMIN_ROUTES = new Set([
+  '/health',
+  '/livez',
+  '/readyz',
+  '/metrics',
+  '/search',
+  '/list',
+  '/remember',
+  '/forget',
+  '/mcp',
+  '/whoami',
+  '/stats',
+  '/users',
+  '/update',
+  '/preview',
+  '/traces',
+  '/export',
+]);
 
 /**
  * Route label for logs and metrics, from the path alone, so it is known before authentication

@@ -51,7 +51,12 @@ export function uiRoute(dir: string): RequestHandler {
     const data = read(name);
     if (!data) {
       if (name === 'index.html') {
-        next(new ServiceUnavailableError('The console is not built: run `npm run build`', 'The memory console is not built (run npm run build)'));
+        next(
+          new ServiceUnavailableError(
+            'The console is not built: run `npm run build`',
+            'The memory console is not built (run npm run build)',
+          ),
+        );
       } else next(new NotFoundError(`No console file ${req.path}`, 'No such endpoint'));
       return;
     }

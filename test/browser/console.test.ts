@@ -22,7 +22,8 @@ jest.setTimeout(60_000);
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const SCREENSHOTS = process.env.CONSOLE_SCREENSHOTS === '1' ? path.join(ROOT, 'docs') : fs.mkdtempSync(path.join(os.tmpdir(), 'console-shots-'));
+const SCREENSHOTS =
+  process.env.CONSOLE_SCREENSHOTS === '1' ? path.join(ROOT, 'docs') : fs.mkdtempSync(path.join(os.tmpdir(), 'console-shots-'));
 const XSS_IMG = '<img src=x onerror="document.title=\'pwned-img\'">';
 const XSS_SCRIPT = '<script>document.title="pwned-script"</script>';
 
@@ -40,7 +41,15 @@ beforeAll(async () => {
   served = await serve(proxy.app.app);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
 }, 60_000);
@@ -53,7 +62,11 @@ afterAll(async () => {
 });
 
 /** Calls the proxy from the test (not the browser) with the admin token. */
-async function api<T>(route: string, body?: object, extraHeaders: Record<string, string> = {}): Promise<{ status: number; body: T; headers: http.IncomingHttpHeaders }> {
+async function api<T>(
+  route: string,
+  body?: object,
+  extraHeaders: Record<string, string> = {},
+): Promise<{ status: number; body: T; headers: http.IncomingHttpHeaders }> {
   const url = new URL(route, served.url);
   const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
@@ -61,7 +74,11 @@ async function api<T>(route: string, body?: object, extraHeaders: Record<string,
       url,
       {
         method: body === undefined ? 'GET' : 'POST',
-        headers: { Authorization: `Bearer ${TEST_AUTH_TOKEN}`, ...(data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {}), ...extraHeaders },
+        headers: {
+          Authorization: `Bearer ${TEST_AUTH_TOKEN}`,
+          ...(data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {}),
+          ...extraHeaders,
+        },
       },
       (res) => {
         const chunks: Buffer[] = [];
@@ -84,7 +101,8 @@ async function remember(userId: string, content: string, metadata: Record<string
   return item;
 }
 
-const memoriesOf = async (userId: string): Promise<MemoryItem[]> => (await api<{ memories: MemoryItem[] }>('/list', { user_id: userId, limit: 1000 })).body.memories;
+const memoriesOf = async (userId: string): Promise<MemoryItem[]> =>
+  (await api<{ memories: MemoryItem[] }>('/list', { user_id: userId, limit: 1000 })).body.memories;
 
 interface Watched {
   page: Page;
@@ -112,7 +130,8 @@ async function openConsole(): Promise<Watched> {
   page.on('request', (r) => requests.push(r.url()));
   // Reported by the browser as the CSP refuses something (the init script itself is not subject to the page's CSP).
   await page.addInitScript({
-    content: "document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));",
+    content:
+      "document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));",
   });
   current = { page, context, problems, requests };
   return current;
@@ -165,7 +184,11 @@ describe('a user’s memories', () => {
     await signIn(page);
     await page.getByTestId('user-row').first().waitFor();
     await page.getByTestId('users-search').fill('ui-a');
-    await waitFor(async () => ((await page.getByTestId('user-link').allTextContents()).join(',') === 'ui-ann' ? true : undefined), 5000, 'users filtered to ui-ann');
+    await waitFor(
+      async () => ((await page.getByTestId('user-link').allTextContents()).join(',') === 'ui-ann' ? true : undefined),
+      5000,
+      'users filtered to ui-ann',
+    );
     expect(await page.getByTestId('user-count').first().textContent()).toContain('3');
     await shot(page, 'users');
 
@@ -197,7 +220,11 @@ describe('a user’s memories', () => {
     await row.getByTestId('memory-edit').click();
     await row.getByTestId('memory-edit-input').fill('Ann lives in Porto');
     await row.getByTestId('memory-edit-save').click();
-    await waitFor(async () => ((await row.getByTestId('memory-text').textContent()) === 'Ann lives in Porto' ? true : undefined), 5000, 'edited text shown');
+    await waitFor(
+      async () => ((await row.getByTestId('memory-text').textContent()) === 'Ann lives in Porto' ? true : undefined),
+      5000,
+      'edited text shown',
+    );
     expect((await memoriesOf('ui-ann')).find((m) => m.id === edited.id)?.memory).toBe('Ann lives in Porto');
 
     // Delete one, after the in-page confirmation.
@@ -217,7 +244,8 @@ describe('a user’s memories', () => {
     await signIn(page);
     await page.goto(`${served.url}/ui/#/users/ui-cy`);
     await page.getByTestId('memory-row').nth(3).waitFor();
-    for (const item of items.slice(0, 2)) await page.locator(`[data-testid="memory-row"][data-memory-id="${item.id}"]`).getByTestId('memory-select').check();
+    for (const item of items.slice(0, 2))
+      await page.locator(`[data-testid="memory-row"][data-memory-id="${item.id}"]`).getByTestId('memory-select').check();
     await page.getByTestId('delete-selected').click();
     await page.getByTestId('confirm-dialog').waitFor();
     expect(await page.getByTestId('confirm-text').textContent()).toContain('2');
@@ -271,13 +299,19 @@ describe('what would be injected, and the trace', () => {
     await page.getByTestId('preview-block').waitFor();
     const block = (await page.getByTestId('preview-block').textContent()) ?? '';
     expect(block).toContain('Eve is allergic to peanuts');
-    const injectedIds = await page.locator('[data-testid="preview-memory"][data-injected="true"]').evaluateAll((els) => els.map((e) => e.getAttribute('data-memory-id')));
+    const injectedIds = await page
+      .locator('[data-testid="preview-memory"][data-injected="true"]')
+      .evaluateAll((els) => els.map((e) => e.getAttribute('data-memory-id')));
     expect(injectedIds.length).toBeGreaterThan(0);
     await shot(page, 'preview');
 
     fake.reset();
     const requestId = `ui-trace-${crypto.randomUUID()}`;
-    const chat = await api<unknown>('/v1/chat/completions', { model: 'gpt-test', messages: [{ role: 'user', content: prompt }] }, { 'X-Mem0-User-Id': 'ui-eve', 'X-Request-ID': requestId });
+    const chat = await api<unknown>(
+      '/v1/chat/completions',
+      { model: 'gpt-test', messages: [{ role: 'user', content: prompt }] },
+      { 'X-Mem0-User-Id': 'ui-eve', 'X-Request-ID': requestId },
+    );
     expect(chat.status).toBe(200);
     const forwarded = fake.requestsTo('/v1/chat/completions').find((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
     if (!forwarded) throw new Error('the chat was not forwarded upstream');

@@ -64,7 +64,16 @@
  */
 import * as crypto from 'node:crypto';
 import type * as http from 'node:http';
-import { Exchange as BaseExchange, RequestLog, ScriptQueue, readBody, recordOf, startFakeHttpServer, type QueuedItem, type RecordedExchange } from './exchange';
+import {
+  Exchange as BaseExchange,
+  RequestLog,
+  ScriptQueue,
+  readBody,
+  recordOf,
+  startFakeHttpServer,
+  type QueuedItem,
+  type RecordedExchange,
+} from './exchange';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -170,7 +179,9 @@ function approxTokens(chars: number): number {
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
   if (isObject(value)) {
-    const keys = Object.keys(value).filter((k) => value[k] !== undefined).sort();
+    const keys = Object.keys(value)
+      .filter((k) => value[k] !== undefined)
+      .sort();
     return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k])}`).join(',')}}`;
   }
   return JSON.stringify(value) ?? 'null';
@@ -392,7 +403,8 @@ function fakeSignature(text: string): string {
 function planReply(body: Json, script: ScriptedReply | undefined, nextId: (prefix: string) => string): ReplyPlan {
   if (script?.kind === 'text') {
     const blocks: PlannedBlock[] = [];
-    if (script.thinking !== undefined) blocks.push({ type: 'thinking', thinking: script.thinking, signature: fakeSignature(script.thinking) });
+    if (script.thinking !== undefined)
+      blocks.push({ type: 'thinking', thinking: script.thinking, signature: fakeSignature(script.thinking) });
     blocks.push({ type: 'text', text: script.text });
     return { blocks, stopReason: script.stopReason ?? 'end_turn' };
   }
@@ -467,17 +479,25 @@ function blockDeltas(block: PlannedBlock): Json[] {
 function streamEvents(id: string, model: string, plan: ReplyPlan, usage: AnthropicUsage): SseEvent[] {
   const startUsage = { ...usage, output_tokens: 1 };
   const events: SseEvent[] = [
-    { event: 'message_start', data: { type: 'message_start', message: { ...messageObject(id, model, plan, startUsage), content: [], stop_reason: null } } },
+    {
+      event: 'message_start',
+      data: { type: 'message_start', message: { ...messageObject(id, model, plan, startUsage), content: [], stop_reason: null } },
+    },
     { event: 'ping', data: { type: 'ping' } },
   ];
   plan.blocks.forEach((block, index) => {
     events.push({ event: 'content_block_start', data: { type: 'content_block_start', index, content_block: blockStartOf(block) } });
-    for (const delta of blockDeltas(block)) events.push({ event: 'content_block_delta', data: { type: 'content_block_delta', index, delta } });
+    for (const delta of blockDeltas(block))
+      events.push({ event: 'content_block_delta', data: { type: 'content_block_delta', index, delta } });
     events.push({ event: 'content_block_stop', data: { type: 'content_block_stop', index } });
   });
   events.push({
     event: 'message_delta',
-    data: { type: 'message_delta', delta: { stop_reason: plan.stopReason, stop_sequence: null }, usage: { output_tokens: usage.output_tokens } },
+    data: {
+      type: 'message_delta',
+      delta: { stop_reason: plan.stopReason, stop_sequence: null },
+      usage: { output_tokens: usage.output_tokens },
+    },
   });
   events.push({ event: 'message_stop', data: { type: 'message_stop' } });
   return events;

@@ -71,7 +71,27 @@ export interface FakePlatform {
 type Json = Record<string, unknown>;
 
 const ENTITY_FIELDS = ['user_id', 'agent_id', 'run_id', 'app_id'] as const;
-const STOP_WORDS = new Set(['a', 'an', 'the', 'is', 'are', 'was', 'to', 'of', 'in', 'on', 'at', 'and', 'or', 'my', 'i', 'what', 'which', 'do', 'does']);
+const STOP_WORDS = new Set([
+  'a',
+  'an',
+  'the',
+  'is',
+  'are',
+  'was',
+  'to',
+  'of',
+  'in',
+  'on',
+  'at',
+  'and',
+  'or',
+  'my',
+  'i',
+  'what',
+  'which',
+  'do',
+  'does',
+]);
 
 function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -106,14 +126,21 @@ function matches(memory: PlatformMemory, filter: unknown): boolean {
 function hasEntity(filter: unknown): boolean {
   if (!isObject(filter)) return false;
   return Object.entries(filter).some(([key, condition]) =>
-    key === 'AND' || key === 'OR' ? Array.isArray(condition) && condition.some(hasEntity) : (ENTITY_FIELDS as readonly string[]).includes(key),
+    key === 'AND' || key === 'OR'
+      ? Array.isArray(condition) && condition.some(hasEntity)
+      : (ENTITY_FIELDS as readonly string[]).includes(key),
   );
 }
 
 function sentences(text: string): string[] {
   return text
     .split(/(?<=[.!?])\s+|\n+/)
-    .map((s) => s.trim().replace(/[.!?]+$/, '').trim())
+    .map((s) =>
+      s
+        .trim()
+        .replace(/[.!?]+$/, '')
+        .trim(),
+    )
     .filter((s) => s.length > 0);
 }
 
@@ -238,9 +265,22 @@ export async function startFakePlatform(options: FakePlatformOptions): Promise<F
       for (const m of memories.values()) {
         if (typeof m.user_id !== 'string') continue;
         const seen = byUser.get(m.user_id);
-        byUser.set(m.user_id, { count: (seen?.count ?? 0) + 1, updated: seen && seen.updated > m.updated_at ? seen.updated : m.updated_at });
+        byUser.set(m.user_id, {
+          count: (seen?.count ?? 0) + 1,
+          updated: seen && seen.updated > m.updated_at ? seen.updated : m.updated_at,
+        });
       }
-      const results = [...byUser].map(([name, u]) => ({ id: randomUUID(), name, type: 'user', total_memories: u.count, owner: 'fake', organization: 'org_fake', metadata: null, created_at: u.updated, updated_at: u.updated }));
+      const results = [...byUser].map(([name, u]) => ({
+        id: randomUUID(),
+        name,
+        type: 'user',
+        total_memories: u.count,
+        owner: 'fake',
+        organization: 'org_fake',
+        metadata: null,
+        created_at: u.updated,
+        updated_at: u.updated,
+      }));
       send(res, 200, { count: results.length, results });
       return;
     }

@@ -99,12 +99,14 @@ export class FakeMemoryService implements MemoryService {
     await this.enter('search', scope);
     const wanted = new Set(wordStems(query));
     const scored = this.inScope(scope).map((item) => ({ item, score: overlap(wanted, new Set(wordStems(item.memory))) }));
-    return scored
-      .filter((s) => options.threshold === undefined || s.score >= options.threshold)
-      // Array.prototype.sort is stable: equal scores stay oldest first.
-      .sort((a, b) => b.score - a.score)
-      .slice(0, options.limit)
-      .map((s) => ({ ...copy(s.item), score: s.score }));
+    return (
+      scored
+        .filter((s) => options.threshold === undefined || s.score >= options.threshold)
+        // Array.prototype.sort is stable: equal scores stay oldest first.
+        .sort((a, b) => b.score - a.score)
+        .slice(0, options.limit)
+        .map((s) => ({ ...copy(s.item), score: s.score }))
+    );
   }
 
   async list(scope: MemoryScope, options: ListOptions): Promise<MemoryItem[]> {
@@ -213,7 +215,14 @@ export class FakeMemoryService implements MemoryService {
     const at = this.now().toISOString();
     // mem0 writes the scope over owner keys a caller put in metadata, and never returns them as metadata.
     const { user_id: _user, agent_id: _agent, run_id: _run, ...rest } = metadata;
-    const item: MemoryItem = { id: crypto.randomUUID(), memory: text, user_id: scope.userId, metadata: rest, created_at: at, updated_at: at };
+    const item: MemoryItem = {
+      id: crypto.randomUUID(),
+      memory: text,
+      user_id: scope.userId,
+      metadata: rest,
+      created_at: at,
+      updated_at: at,
+    };
     if (scope.agentId !== undefined) item.agent_id = scope.agentId;
     if (scope.runId !== undefined) item.run_id = scope.runId;
     this.memories.set(item.id, { item, seq: this.seq++ });
@@ -225,7 +234,12 @@ export class FakeMemoryService implements MemoryService {
     return [...this.memories.values()]
       .sort((a, b) => a.seq - b.seq)
       .map((s) => s.item)
-      .filter((m) => m.user_id === scope.userId && (scope.agentId === undefined || m.agent_id === scope.agentId) && (scope.runId === undefined || m.run_id === scope.runId));
+      .filter(
+        (m) =>
+          m.user_id === scope.userId &&
+          (scope.agentId === undefined || m.agent_id === scope.agentId) &&
+          (scope.runId === undefined || m.run_id === scope.runId),
+      );
   }
 
   /** The memory with this id if it is the scope's user's (agent and run do not narrow a lookup by id). */
@@ -252,7 +266,11 @@ function notFound(): NotFoundError {
 }
 
 function checkScope(scope: MemoryScope): void {
-  for (const [name, value] of [['user_id', scope.userId], ['agent_id', scope.agentId], ['run_id', scope.runId]] as const) {
+  for (const [name, value] of [
+    ['user_id', scope.userId],
+    ['agent_id', scope.agentId],
+    ['run_id', scope.runId],
+  ] as const) {
     if (value !== undefined && /\s/.test(value)) {
       throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
     }

@@ -68,7 +68,15 @@
  * JSON on `GET /__stats` (not counted itself; off by default, so that path is a 404 otherwise).
  */
 import type * as http from 'node:http';
-import { Exchange as BaseExchange, RequestLog, ScriptQueue, readBody, recordOf, startFakeHttpServer, type RecordedExchange } from './exchange';
+import {
+  Exchange as BaseExchange,
+  RequestLog,
+  ScriptQueue,
+  readBody,
+  recordOf,
+  startFakeHttpServer,
+  type RecordedExchange,
+} from './exchange';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -180,7 +188,10 @@ export interface FakeUpstream {
   /** Queue a fault for the next matching request(s). */
   setNext(fault: Fault, opts?: FaultOptions): void;
   /** Shorthand for setNext({kind:'error', status, ...}). */
-  failNext(status: number, opts?: FaultOptions & { message?: string; type?: string; code?: string | null; headers?: Record<string, string> }): void;
+  failNext(
+    status: number,
+    opts?: FaultOptions & { message?: string; type?: string; code?: string | null; headers?: Record<string, string> },
+  ): void;
   clearFaults(): void;
   /** Recorded requests whose path equals `path`. */
   requestsTo(path: string): RecordedRequest[];
@@ -201,9 +212,44 @@ export interface FakeUpstream {
 // ---------------------------------------------------------------------------------------------
 
 const STOP_WORDS = new Set([
-  'a', 'an', 'the', 'is', 'am', 'are', 'was', 'were', 'be', 'been', 'to', 'of', 'in', 'on', 'at',
-  'for', 'and', 'or', 'but', 'it', 'its', 'this', 'that', 'with', 'as', 'by', 'do', 'does', 'did',
-  'so', 'if', 'then', 'than', 'there', 'here', 'from', 'into', 'about',
+  'a',
+  'an',
+  'the',
+  'is',
+  'am',
+  'are',
+  'was',
+  'were',
+  'be',
+  'been',
+  'to',
+  'of',
+  'in',
+  'on',
+  'at',
+  'for',
+  'and',
+  'or',
+  'but',
+  'it',
+  'its',
+  'this',
+  'that',
+  'with',
+  'as',
+  'by',
+  'do',
+  'does',
+  'did',
+  'so',
+  'if',
+  'then',
+  'than',
+  'there',
+  'here',
+  'from',
+  'into',
+  'about',
 ]);
 
 /** Crude stemmer: lowercase, strip common English suffixes. */
@@ -289,12 +335,19 @@ export function parseTranscript(text: string): ChatMessageLite[] {
 /** Default mem0 extractor: each sentence of the user's lines that contains "my" or "I" is a fact. */
 export function defaultExtract(messagesText: string): string[] {
   const parsed = parseTranscript(messagesText);
-  const userText = parsed.length > 0
-    ? parsed.filter((m) => m.role === 'user').map((m) => m.content).join('\n')
-    : messagesText;
+  const userText =
+    parsed.length > 0
+      ? parsed
+          .filter((m) => m.role === 'user')
+          .map((m) => m.content)
+          .join('\n')
+      : messagesText;
   const facts: string[] = [];
   for (const raw of userText.split(/(?<=[.!?])\s+|\n+/)) {
-    const s = raw.trim().replace(/[.!?]+$/, '').trim();
+    const s = raw
+      .trim()
+      .replace(/[.!?]+$/, '')
+      .trim();
     if (!s) continue;
     if ((/\bmy\b/i.test(s) || /\bI\b/.test(s)) && !facts.includes(s)) facts.push(s);
   }
@@ -385,7 +438,14 @@ class Exchange extends BaseExchange<RecordedRequest> {
     });
   }
 
-  sendError(status: number, message: string, type?: string, code?: string | null, param: string | null = null, headers: Record<string, string> = {}): void {
+  sendError(
+    status: number,
+    message: string,
+    type?: string,
+    code?: string | null,
+    param: string | null = null,
+    headers: Record<string, string> = {},
+  ): void {
     const d = errorTypeFor(status);
     this.sendJson(status, openAIErrorBody(message, type ?? d.type, code === undefined ? d.code : code, param), headers);
   }
@@ -492,7 +552,10 @@ function replyContext(endpoint: 'chat' | 'responses', body: Json, messages: Chat
     model: str(body['model'], 'gpt-fake'),
     messages,
     lastUserText: users[users.length - 1]?.content ?? '',
-    systemText: messages.filter((m) => m.role === 'system' || m.role === 'developer').map((m) => m.content).join('\n'),
+    systemText: messages
+      .filter((m) => m.role === 'system' || m.role === 'developer')
+      .map((m) => m.content)
+      .join('\n'),
     choiceIndex,
     body,
   };
@@ -625,27 +688,31 @@ async function handleChat(ex: Exchange, body: Json, fault: Fault | undefined): P
   };
 
   if (body['stream'] !== true) {
-    await sendJsonReply(ex, {
-      id,
-      object: 'chat.completion',
-      created,
-      model,
-      system_fingerprint: 'fp_fake',
-      choices: choices.map((c, index) => ({
-        index,
-        message: c.tool
-          ? {
-              role: 'assistant',
-              content: null,
-              refusal: null,
-              tool_calls: [{ id: c.toolId, type: 'function', function: { name: c.tool.name, arguments: c.tool.arguments } }],
-            }
-          : { role: 'assistant', content: c.text, refusal: null },
-        logprobs: null,
-        finish_reason: c.finish,
-      })),
-      usage,
-    }, fault);
+    await sendJsonReply(
+      ex,
+      {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        system_fingerprint: 'fp_fake',
+        choices: choices.map((c, index) => ({
+          index,
+          message: c.tool
+            ? {
+                role: 'assistant',
+                content: null,
+                refusal: null,
+                tool_calls: [{ id: c.toolId, type: 'function', function: { name: c.tool.name, arguments: c.tool.arguments } }],
+              }
+            : { role: 'assistant', content: c.text, refusal: null },
+          logprobs: null,
+          finish_reason: c.finish,
+        })),
+        usage,
+      },
+      fault,
+    );
     return;
   }
 
@@ -664,7 +731,12 @@ async function handleChat(ex: Exchange, body: Json, fault: Fault | undefined): P
       ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
-  const choiceDelta = (index: number, delta: Json, finish: string | null = null): Json => ({ index, delta, logprobs: null, finish_reason: finish });
+  const choiceDelta = (index: number, delta: Json, finish: string | null = null): Json => ({
+    index,
+    delta,
+    logprobs: null,
+    finish_reason: finish,
+  });
 
   // Role first, then content pieces (or tool call pieces), interleaved across choices, then finish.
   for (let i = 0; i < choices.length; i++) {
@@ -716,7 +788,13 @@ async function handleEmbeddings(ex: Exchange, body: Json, fault: Fault | undefin
     return;
   }
   if (texts.some((t) => t.length === 0)) {
-    ex.sendError(400, "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.", 'invalid_request_error', null, null);
+    ex.sendError(
+      400,
+      "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+      'invalid_request_error',
+      null,
+      null,
+    );
     return;
   }
   const requestedDims = num(body['dimensions']);
@@ -743,7 +821,11 @@ async function handleEmbeddings(ex: Exchange, body: Json, fault: Fault | undefin
     return { object: 'embedding', index, embedding };
   });
   const tokens = texts.reduce((acc, t) => acc + approxTokens(t), 0);
-  await sendJsonReply(ex, { object: 'list', data, model: str(body['model']), usage: { prompt_tokens: tokens, total_tokens: tokens } }, fault);
+  await sendJsonReply(
+    ex,
+    { object: 'list', data, model: str(body['model']), usage: { prompt_tokens: tokens, total_tokens: tokens } },
+    fault,
+  );
 }
 
 async function handleResponses(ex: Exchange, body: Json, fault: Fault | undefined): Promise<void> {
@@ -812,7 +894,8 @@ async function handleResponses(ex: Exchange, body: Json, fault: Fault | undefine
   const sse = new SseWriter(ex, fault);
   sse.start();
   let seq = 0;
-  const emit = (type: string, payload: Json): Promise<boolean> => sse.send(JSON.stringify({ type, sequence_number: seq++, ...payload }), type);
+  const emit = (type: string, payload: Json): Promise<boolean> =>
+    sse.send(JSON.stringify({ type, sequence_number: seq++, ...payload }), type);
   if (!(await emit('response.created', { response: responseObject('in_progress', false) }))) return;
   if (!(await emit('response.in_progress', { response: responseObject('in_progress', false) }))) return;
   if (tool) {
@@ -828,7 +911,8 @@ async function handleResponses(ex: Exchange, body: Json, fault: Fault | undefine
     const emptyPart = { type: 'output_text', text: '', annotations: [], logprobs: [] };
     if (!(await emit('response.content_part.added', { item_id: msgId, output_index: 0, content_index: 0, part: emptyPart }))) return;
     for (const piece of splitPieces(text, b.wordsPerChunk)) {
-      if (!(await emit('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: piece, logprobs: [] }))) return;
+      if (!(await emit('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: piece, logprobs: [] })))
+        return;
     }
     if (!(await emit('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text, logprobs: [] }))) return;
     const part = { type: 'output_text', text, annotations: [], logprobs: [] };
@@ -927,7 +1011,12 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (!(await ex.wait(behaviour.responseDelayMs))) return;
     if (path === '/v1/embeddings' && !(await ex.wait(behaviour.embeddingDelayMs ?? 0))) return;
     if (opts.requireApiKey !== undefined && req.headers.authorization !== `Bearer ${opts.requireApiKey}`) {
-      ex.sendError(401, 'Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.', 'invalid_request_error', 'invalid_api_key');
+      ex.sendError(
+        401,
+        'Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.',
+        'invalid_request_error',
+        'invalid_api_key',
+      );
       return;
     }
     if (fault?.kind === 'delay') {
@@ -940,7 +1029,12 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       } else {
         ex.sendJson(
           fault.status,
-          openAIErrorBody(fault.message ?? `Fake upstream error (${fault.status})`, fault.type ?? d.type, fault.code === undefined ? d.code : fault.code, fault.param ?? null),
+          openAIErrorBody(
+            fault.message ?? `Fake upstream error (${fault.status})`,
+            fault.type ?? d.type,
+            fault.code === undefined ? d.code : fault.code,
+            fault.param ?? null,
+          ),
           fault.headers ?? {},
         );
       }
@@ -954,7 +1048,11 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     const streamFault = fault?.kind === 'delay' ? undefined : fault;
     if (method === 'POST' && ['/v1/chat/completions', '/v1/embeddings', '/v1/responses'].includes(path)) {
       if (!isObject(json)) {
-        ex.sendError(400, 'We could not parse the JSON body of your request. (HINT: This likely means you aren\'t using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)', 'invalid_request_error');
+        ex.sendError(
+          400,
+          "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+          'invalid_request_error',
+        );
         return;
       }
       if (path === '/v1/chat/completions') await handleChat(ex, json, streamFault);

@@ -27,7 +27,11 @@ export function xApiKeyClient(baseURL: string, key: string, { timeout = 10_000 }
  * Sends `key` as `Authorization: Bearer`: passed as the SDK's `authToken` (ANTHROPIC_AUTH_TOKEN), or
  * with `as: 'apiKey'` as its `apiKey`, which SDK 1.16 sends as a bearer token too.
  */
-export function bearerClient(baseURL: string, key: string, { timeout = 10_000, as = 'authToken' }: TestClientOptions & { as?: 'authToken' | 'apiKey' } = {}): Anthropic {
+export function bearerClient(
+  baseURL: string,
+  key: string,
+  { timeout = 10_000, as = 'authToken' }: TestClientOptions & { as?: 'authToken' | 'apiKey' } = {},
+): Anthropic {
   const credential = as === 'apiKey' ? { apiKey: key, authToken: null } : { authToken: key, apiKey: null };
   return new HermeticAnthropic({ ...credential, baseURL, maxRetries: 0, timeout });
 }

@@ -7,6 +7,8 @@ import { ALL_TEST_SECRETS, runtimeSecrets } from './secrets';
 
 afterAll(() => {
   const secrets = [...ALL_TEST_SECRETS, ...runtimeSecrets];
-  const hits = capturedLogLines.flatMap((line) => secrets.filter((s) => line.includes(s)).map((s) => `${s.slice(0, 6)}… in ${line.slice(0, 200)}`));
+  const hits = capturedLogLines.flatMap((line) =>
+    secrets.filter((s) => line.includes(s)).map((s) => `${s.slice(0, 6)}… in ${line.slice(0, 200)}`),
+  );
   expect(hits).toEqual([]);
 });

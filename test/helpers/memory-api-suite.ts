@@ -101,7 +101,10 @@ export type MemoryApiBackend =
 export type Target = Pick<MemoryApiInstance, 'app'>;
 
 export function post(app: Target, route: string, body: unknown): request.Test {
-  return request(app.app).post(route).set(ADMIN_AUTH).send(body as object);
+  return request(app.app)
+    .post(route)
+    .set(ADMIN_AUTH)
+    .send(body as object);
 }
 
 async function answer(app: Target, route: string, body: Record<string, unknown>): Promise<ListBody> {
@@ -194,12 +197,27 @@ export function describeMemoryApi(fixture: MemoryApiFixture, backend: MemoryApiB
     });
 
     it('keeps metadata and run_id, narrows list and search by run_id, and ignores owner keys in metadata', async () => {
-      const chess = await remember(app, { user_id: 'dave', content: 'I play chess on Sundays', metadata: { source: 'test', n: 1 }, run_id: 'run-1' });
+      const chess = await remember(app, {
+        user_id: 'dave',
+        content: 'I play chess on Sundays',
+        metadata: { source: 'test', n: 1 },
+        run_id: 'run-1',
+      });
       expect(chess.memories).toHaveLength(1);
-      expect(chess.memories[0]).toMatchObject({ memory: 'I play chess on Sundays', user_id: 'dave', run_id: 'run-1', metadata: { source: 'test', n: 1 } });
+      expect(chess.memories[0]).toMatchObject({
+        memory: 'I play chess on Sundays',
+        user_id: 'dave',
+        run_id: 'run-1',
+        metadata: { source: 'test', n: 1 },
+      });
 
       await remember(app, { user_id: 'dave', content: 'I play tennis on Mondays', infer: false });
-      const spoof = await remember(app, { user_id: 'dave', content: 'I like spoofing', infer: false, metadata: { user_id: 'eve', note: 'x' } });
+      const spoof = await remember(app, {
+        user_id: 'dave',
+        content: 'I like spoofing',
+        infer: false,
+        metadata: { user_id: 'eve', note: 'x' },
+      });
       expect(spoof.memories[0]).toMatchObject({ user_id: 'dave', metadata: { note: 'x' } });
       expect(spoof.memories[0]?.metadata).not.toHaveProperty('user_id');
       expect((await list(app, { user_id: 'eve' })).count).toBe(0);
@@ -237,10 +255,24 @@ export function describeMemoryApi(fixture: MemoryApiFixture, backend: MemoryApiB
     });
 
     it('lists users with their memory counts, and edits a memory (re-embedded in the store)', async () => {
-      await remember(app, { user_id: 'pg-ann', infer: false, messages: [{ role: 'user', content: 'Ann sails' }, { role: 'user', content: 'Ann rows' }] });
+      await remember(app, {
+        user_id: 'pg-ann',
+        infer: false,
+        messages: [
+          { role: 'user', content: 'Ann sails' },
+          { role: 'user', content: 'Ann rows' },
+        ],
+      });
       const [one] = (await remember(app, { user_id: 'pg-bo', infer: false, content: 'Bo climbs' })).memories;
       const res = await post(app, '/users', { query: 'pg-' }).expect(200);
-      expect(res.body).toMatchObject({ total: 2, count: 2, users: [{ user_id: 'pg-ann', memories: 2 }, { user_id: 'pg-bo', memories: 1 }] });
+      expect(res.body).toMatchObject({
+        total: 2,
+        count: 2,
+        users: [
+          { user_id: 'pg-ann', memories: 2 },
+          { user_id: 'pg-bo', memories: 1 },
+        ],
+      });
       const updated = await post(app, '/update', { user_id: 'pg-bo', memory_id: one?.id, memory: 'Bo skis' }).expect(200);
       expect(updated.body).toMatchObject({ memories: [{ id: one?.id, memory: 'Bo skis' }] });
       const found = await search(app, { user_id: 'pg-bo', query: 'Does Bo ski? skis' });
@@ -326,7 +358,9 @@ export function describeMemoryApi(fixture: MemoryApiFixture, backend: MemoryApiB
         expect(tables.map((r) => r['table_name'])).toEqual(expect.arrayContaining(['memories', 'memories_entities']));
         const index = await sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'memories' AND indexname = 'memories_hnsw_idx'");
         expect(index[0]?.['indexdef']).toEqual(expect.stringContaining('USING hnsw'));
-        const column = await sql("SELECT format_type(atttypid, atttypmod) AS type FROM pg_attribute WHERE attrelid = 'memories'::regclass AND attname = 'vector'");
+        const column = await sql(
+          "SELECT format_type(atttypid, atttypmod) AS type FROM pg_attribute WHERE attrelid = 'memories'::regclass AND attname = 'vector'",
+        );
         expect(column[0]?.['type']).toBe('vector(64)');
         // Every memory row belongs to a user we stored for: no probe or stray rows.
         const owners = await sql("SELECT DISTINCT payload->>'user_id' AS owner FROM memories");
@@ -342,23 +376,28 @@ export function describeMemoryApi(fixture: MemoryApiFixture, backend: MemoryApiB
   describe('persistence', () => {
     // The embedded store is the DATA_DIR: a restart reuses it. With pgvector the memories are in
     // the database: a new instance with a DATA_DIR of its own must find them.
-    const restart = backend.kind === 'embedded' ? 'after a restart on the same DATA_DIR' : 'from a new instance (new DATA_DIR) on the same database';
-    it(`finds the same memories ${restart}`, async () => {
-      const dataDir = fixture.freshDataDir();
-      const first = await backend.start(dataDir);
-      const added = await remember(first, { user_id: 'erin', content: 'My bike is green. I commute by train.' });
-      expect(added.count).toBe(2);
-      await stop(first);
+    const restart =
+      backend.kind === 'embedded' ? 'after a restart on the same DATA_DIR' : 'from a new instance (new DATA_DIR) on the same database';
+    it(
+      `finds the same memories ${restart}`,
+      async () => {
+        const dataDir = fixture.freshDataDir();
+        const first = await backend.start(dataDir);
+        const added = await remember(first, { user_id: 'erin', content: 'My bike is green. I commute by train.' });
+        expect(added.count).toBe(2);
+        await stop(first);
 
-      const second = await backend.start(backend.kind === 'embedded' ? dataDir : fixture.freshDataDir());
-      try {
-        const after = await list(second, { user_id: 'erin' });
-        expect(ids(after.memories)).toEqual(ids(added.memories));
-        const found = await search(second, { user_id: 'erin', query: 'what colour is my bike?' });
-        expect(found.memories[0]?.memory).toBe('My bike is green');
-      } finally {
-        await second.close();
-      }
-    }, 3 * startTimeoutMs);
+        const second = await backend.start(backend.kind === 'embedded' ? dataDir : fixture.freshDataDir());
+        try {
+          const after = await list(second, { user_id: 'erin' });
+          expect(ids(after.memories)).toEqual(ids(added.memories));
+          const found = await search(second, { user_id: 'erin', query: 'what colour is my bike?' });
+          expect(found.memories[0]?.memory).toBe('My bike is green');
+        } finally {
+          await second.close();
+        }
+      },
+      3 * startTimeoutMs,
+    );
   });
 }

@@ -60,7 +60,9 @@ export async function startMemoryProxy(options: MemoryProxyOptions): Promise<Mem
     {
       memory: async (config, logger) => {
         if (options.memory) return options.memory(config, logger);
-        const real = await createMemoryService(config, logger, { tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 } });
+        const real = await createMemoryService(config, logger, {
+          tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 },
+        });
         return options.wrap ? options.wrap(real) : real;
       },
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000, ...options.queueOptions },

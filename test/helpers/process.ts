@@ -34,7 +34,10 @@ export function startProxyProcess(env: Record<string, string>, cwd: string): Pro
 export async function listeningPort(proc: ProxyProcess, timeoutMs = 20_000): Promise<number> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
-    const line = proc.out.join('').split('\n').find((l) => l.includes('listening'));
+    const line = proc.out
+      .join('')
+      .split('\n')
+      .find((l) => l.includes('listening'));
     const port = line ? /"port":(\d+)/.exec(line)?.[1] : undefined;
     if (port) return Number(port);
     if (proc.child.exitCode !== null) throw new Error(`exited early: ${proc.err.join('')}`);

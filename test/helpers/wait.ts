@@ -20,7 +20,11 @@ export async function waitFor<T>(probe: () => Promise<T | undefined> | T | undef
 }
 
 /** The memories `/list` returns for `userId` (as the admin token by default). */
-export async function memoriesOf(p: Pick<MemoryProxy, 'app'>, userId: string, headers: Record<string, string> = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` }): Promise<MemoryItem[]> {
+export async function memoriesOf(
+  p: Pick<MemoryProxy, 'app'>,
+  userId: string,
+  headers: Record<string, string> = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` },
+): Promise<MemoryItem[]> {
   const res = await request(p.app.app).post('/list').set(headers).send({ user_id: userId }).expect(200);
   return (res.body as { memories: MemoryItem[] }).memories;
 }

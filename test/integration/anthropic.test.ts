@@ -20,7 +20,14 @@ import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
 import { FakeMemoryService, fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
-import { cacheBreakpointOffsets, claudeCodeHeaders, firstRequest, nextTurnRequest, toolLoopRequest, type ClaudeCodeRequest } from '../fixtures/claude-code';
+import {
+  cacheBreakpointOffsets,
+  claudeCodeHeaders,
+  firstRequest,
+  nextTurnRequest,
+  toolLoopRequest,
+  type ClaudeCodeRequest,
+} from '../fixtures/claude-code';
 import { bearerClient as sdkBearerClient, xApiKeyClient } from '../helpers/anthropic-client';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
 import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
@@ -77,7 +84,11 @@ function startProxyOnFake(memory?: FakeMemoryService): Promise<MemoryProxy> {
 const send = (baseUrl: string, method: string, target: string, headers: Record<string, string>, body?: Buffer): Promise<RawResponse> =>
   rawRequest(`${baseUrl}${target}`, method, headers, body);
 
-const claudeCode = (sessionId: string, user: string): Record<string, string> => ({ ...claudeCodeHeaders(sessionId), 'x-api-key': TEST_AUTH_TOKEN, 'x-mem0-user-id': user });
+const claudeCode = (sessionId: string, user: string): Record<string, string> => ({
+  ...claudeCodeHeaders(sessionId),
+  'x-api-key': TEST_AUTH_TOKEN,
+  'x-mem0-user-id': user,
+});
 const bytesOf = (body: ClaudeCodeRequest): Buffer => Buffer.from(JSON.stringify(body));
 /**
  * The same JSON with every `<` written as `\u003c` (valid, same value): bytes a re-serialising proxy
@@ -128,7 +139,8 @@ function messagesFirst(body: ClaudeCodeRequest): ClaudeCodeRequest {
 }
 
 /** The memory-extraction calls mem0 made to the OpenAI fake (one per saved exchange). */
-const extractions = (): number => openai.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
+const extractions = (): number =>
+  openai.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
 
 /** Waits until the save queue is empty and nothing is being saved. */
 const drained = (p: MemoryProxy): Promise<true> => waitFor(async () => (p.app.queue?.depth() === 0 ? true : undefined));
@@ -144,9 +156,13 @@ describe('the Anthropic API through the proxy', () => {
     openai.reset();
   });
 
-  it('creates a message with the proxy key as x-api-key; the upstream gets the proxy\'s Anthropic key, never the caller\'s', async () => {
+  it("creates a message with the proxy key as x-api-key; the upstream gets the proxy's Anthropic key, never the caller's", async () => {
     const client = apiKeyClient(p.served.url);
-    const message = await client.messages.create({ model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'Say hello' }] });
+    const message = await client.messages.create({
+      model: 'claude-test',
+      max_tokens: 100,
+      messages: [{ role: 'user', content: 'Say hello' }],
+    });
     expect(message.content).toEqual([{ type: 'text', text: 'Answer: Say hello' }]);
     const [seen] = forwardedMessages();
     expect(seen?.headers['x-api-key']).toBe(TEST_ANTHROPIC_KEY);
@@ -159,7 +175,11 @@ describe('the Anthropic API through the proxy', () => {
   it('accepts the proxy key as a bearer token, and streams the reply event by event', async () => {
     const client = bearerClient(p.served.url);
     const events: string[] = [];
-    const stream = client.messages.stream({ model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'Tell me a long story about rivers' }] });
+    const stream = client.messages.stream({
+      model: 'claude-test',
+      max_tokens: 100,
+      messages: [{ role: 'user', content: 'Tell me a long story about rivers' }],
+    });
     stream.on('streamEvent', (event) => events.push(event.type));
     expect(await stream.finalText()).toBe('Answer: Tell me a long story about rivers');
     expect(events[0]).toBe('message_start');
@@ -172,13 +192,22 @@ describe('the Anthropic API through the proxy', () => {
 
   it('passes count_tokens and the Anthropic model list through, and keeps anthropic-* headers and the query', async () => {
     const client = apiKeyClient(p.served.url);
-    const counted = await client.messages.countTokens({ model: 'claude-test', messages: [{ role: 'user', content: 'How many tokens is this?' }] });
+    const counted = await client.messages.countTokens({
+      model: 'claude-test',
+      messages: [{ role: 'user', content: 'How many tokens is this?' }],
+    });
     expect(counted.input_tokens).toBeGreaterThan(0);
     const models = await client.models.list();
     expect(models.data[0]?.type).toBe('model');
     expect(openai.requestsTo('/v1/models')).toHaveLength(0);
 
-    const raw = await send(p.served.url, 'POST', '/v1/messages/count_tokens?beta=true', { ...claudeCode('s-count', 'nobody') }, Buffer.from('{"model":"m","messages":[{"role":"user","content":"x"}]}'));
+    const raw = await send(
+      p.served.url,
+      'POST',
+      '/v1/messages/count_tokens?beta=true',
+      { ...claudeCode('s-count', 'nobody') },
+      Buffer.from('{"model":"m","messages":[{"role":"user","content":"x"}]}'),
+    );
     expect(raw.status).toBe(200);
     const seen = anthropic.requestsTo('/v1/messages/count_tokens').pop();
     expect(seen?.url).toBe('/v1/messages/count_tokens?beta=true');
@@ -187,37 +216,75 @@ describe('the Anthropic API through the proxy', () => {
     expect(seen?.headers['x-mem0-user-id']).toBeUndefined();
   });
 
-  it('refuses in Anthropic\'s error shape, so the SDK raises its own classes', async () => {
+  it("refuses in Anthropic's error shape, so the SDK raises its own classes", async () => {
     const wrong = apiKeyClient(p.served.url, 'not-the-proxy-key');
-    const refused = await wrong.messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    const refused = await wrong.messages
+      .create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(Anthropic.AuthenticationError);
-    expect((refused as InstanceType<typeof Anthropic.AuthenticationError>).error).toEqual({ type: 'error', error: { type: 'authentication_error', message: 'Invalid authorization token provided' } });
+    expect((refused as InstanceType<typeof Anthropic.AuthenticationError>).error).toEqual({
+      type: 'error',
+      error: { type: 'authentication_error', message: 'Invalid authorization token provided' },
+    });
 
-    const missing = await send(p.served.url, 'POST', '/v1/messages', { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }, Buffer.from('{}'));
+    const missing = await send(
+      p.served.url,
+      'POST',
+      '/v1/messages',
+      { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+      Buffer.from('{}'),
+    );
     expect(missing.status).toBe(401);
-    expect(JSON.parse(missing.text)).toEqual({ type: 'error', error: { type: 'authentication_error', message: 'No authorization header provided' } });
+    expect(JSON.parse(missing.text)).toEqual({
+      type: 'error',
+      error: { type: 'authentication_error', message: 'No authorization header provided' },
+    });
 
-    const notJson = await send(p.served.url, 'POST', '/v1/messages', { ...claudeCode('s', 'u'), 'content-type': 'application/json' }, Buffer.from('{"model":'));
+    const notJson = await send(
+      p.served.url,
+      'POST',
+      '/v1/messages',
+      { ...claudeCode('s', 'u'), 'content-type': 'application/json' },
+      Buffer.from('{"model":'),
+    );
     expect(notJson.status).toBe(400);
-    expect(JSON.parse(notJson.text)).toEqual({ type: 'error', error: { type: 'invalid_request_error', message: 'Request body is not valid JSON' } });
+    expect(JSON.parse(notJson.text)).toEqual({
+      type: 'error',
+      error: { type: 'invalid_request_error', message: 'Request body is not valid JSON' },
+    });
 
     const badMode = await apiKeyClient(p.served.url)
-      .messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }, { headers: { 'x-mem0-memory': 'sometimes' } })
+      .messages.create(
+        { model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] },
+        { headers: { 'x-mem0-memory': 'sometimes' } },
+      )
       .catch((e: unknown) => e);
     expect(badMode).toBeInstanceOf(Anthropic.BadRequestError);
     expect(anthropic.requests).toHaveLength(0);
   });
 
   it('passes upstream errors through unchanged (status, body, retry-after)', async () => {
-    anthropic.setNext({ kind: 'error', status: 429, type: 'rate_limit_error', message: 'Number of request tokens has exceeded your per-minute rate limit', headers: { 'retry-after': '7' } });
-    const limited = await apiKeyClient(p.served.url).messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    anthropic.setNext({
+      kind: 'error',
+      status: 429,
+      type: 'rate_limit_error',
+      message: 'Number of request tokens has exceeded your per-minute rate limit',
+      headers: { 'retry-after': '7' },
+    });
+    const limited = await apiKeyClient(p.served.url)
+      .messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
     expect(limited).toBeInstanceOf(Anthropic.RateLimitError);
     const err = limited as InstanceType<typeof Anthropic.RateLimitError>;
     expect(err.headers?.get('retry-after')).toBe('7');
-    expect((err.error as { error: { message: string } }).error.message).toBe('Number of request tokens has exceeded your per-minute rate limit');
+    expect((err.error as { error: { message: string } }).error.message).toBe(
+      'Number of request tokens has exceeded your per-minute rate limit',
+    );
 
     anthropic.setNext({ kind: 'error', status: 529, type: 'overloaded_error', message: 'Overloaded' });
-    const overloaded = await apiKeyClient(p.served.url).messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    const overloaded = await apiKeyClient(p.served.url)
+      .messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
     expect(overloaded).toBeInstanceOf(Anthropic.OverloadedError);
   });
 
@@ -232,7 +299,10 @@ describe('the Anthropic API through the proxy', () => {
   });
 
   it('counts requests by API in /metrics and logs the API', async () => {
-    await apiKeyClient(p.served.url).messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }, { headers: { 'x-mem0-memory': 'off' } });
+    await apiKeyClient(p.served.url).messages.create(
+      { model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] },
+      { headers: { 'x-mem0-memory': 'off' } },
+    );
     const metrics = await request(p.app.app).get('/metrics').set(admin).expect(200);
     expect(metrics.text).toMatch(/proxy_http_requests_total\{api="anthropic",route="\/v1\/messages",method="POST",status="200"\} [1-9]/);
     expect(metrics.text).toMatch(/proxy_overhead_seconds_count\{api="anthropic",route="\/v1\/messages"\} [1-9]/);
@@ -244,7 +314,11 @@ describe('Claude Code with memory', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
     p = await startProxy();
-    await request(p.app.app).post('/remember').set(admin).send({ user_id: 'dana', content: 'Dana deploys the service with Kubernetes on Fridays', infer: false }).expect(200);
+    await request(p.app.app)
+      .post('/remember')
+      .set(admin)
+      .send({ user_id: 'dana', content: 'Dana deploys the service with Kubernetes on Fridays', infer: false })
+      .expect(200);
   });
   afterAll(() => p.close());
   beforeEach(async () => {
@@ -268,16 +342,29 @@ describe('Claude Code with memory', () => {
     expect(step1.text).toContain('"stop_reason":"tool_use"');
 
     // Step 2: the tool result goes back; the model ends the turn.
-    const second = toolLoopRequest(first, { assistantText: 'Let me check the manifests.', toolUseId: 'toolu_01', toolName: 'Bash', toolInput: { command: 'ls deploy/' }, toolResult: 'deployment.yaml\nservice.yaml' });
+    const second = toolLoopRequest(first, {
+      assistantText: 'Let me check the manifests.',
+      toolUseId: 'toolu_01',
+      toolName: 'Bash',
+      toolInput: { command: 'ls deploy/' },
+      toolResult: 'deployment.yaml\nservice.yaml',
+    });
     const sentSecond = escapedBytesOf(second);
-    anthropic.setNext({ kind: 'text', text: 'Apply deploy/deployment.yaml with kubectl apply.', thinking: 'The user deploys with Kubernetes.' });
+    anthropic.setNext({
+      kind: 'text',
+      text: 'Apply deploy/deployment.yaml with kubectl apply.',
+      thinking: 'The user deploys with Kubernetes.',
+    });
     const step2 = await send(p.served.url, 'POST', '/v1/messages?beta=true', claudeCode('sess-dana-1', 'dana'), sentSecond);
     expect(step2.status).toBe(200);
     expect(step2.headers['x-mem0-memories']).toBe('1');
 
     const [got1, got2] = forwardedMessages();
     expect(got1?.url).toBe('/v1/messages?beta=true');
-    for (const [sent, got] of [[sentFirst, got1], [sentSecond, got2]] as const) {
+    for (const [sent, got] of [
+      [sentFirst, got1],
+      [sentSecond, got2],
+    ] as const) {
       if (!got) throw new Error('request not forwarded');
       expectOnlyAnAddition(sent, got.body);
       const forwarded = got.json as ClaudeCodeRequest;
@@ -289,9 +376,14 @@ describe('Claude Code with memory', () => {
       const lastSent = original.messages[original.messages.length - 1];
       const lastGot = forwarded.messages[forwarded.messages.length - 1];
       const added = Array.isArray(lastGot?.content) ? lastGot.content[lastGot.content.length - 1] : undefined;
-      expect(added).toEqual({ type: 'text', text: expect.stringContaining('Dana deploys the service with Kubernetes on Fridays') as string });
+      expect(added).toEqual({
+        type: 'text',
+        text: expect.stringContaining('Dana deploys the service with Kubernetes on Fridays') as string,
+      });
       expect(JSON.stringify(added)).not.toContain('cache_control');
-      expect(Array.isArray(lastGot?.content) ? lastGot.content.length : 0).toBe(Array.isArray(lastSent?.content) ? lastSent.content.length + 1 : 2);
+      expect(Array.isArray(lastGot?.content) ? lastGot.content.length : 0).toBe(
+        Array.isArray(lastSent?.content) ? lastSent.content.length + 1 : 2,
+      );
     }
     // The same memories on both requests of the turn: the prompt was found through the tool result.
     const blockOf = (r: RecordedRequest | undefined): unknown => {
@@ -312,7 +404,13 @@ describe('Claude Code with memory', () => {
     const extraction = JSON.stringify(openai.requestsTo('/v1/chat/completions')[0]?.json);
     expect(extraction).toContain(prompt);
     expect(extraction).toContain('Apply deploy/deployment.yaml with kubectl apply.');
-    for (const absent of ['The user deploys with Kubernetes.', 'system-reminder', 'deployment.yaml\\nservice.yaml', 'Let me check the manifests.', 'You are Claude Code']) {
+    for (const absent of [
+      'The user deploys with Kubernetes.',
+      'system-reminder',
+      'deployment.yaml\\nservice.yaml',
+      'Let me check the manifests.',
+      'You are Claude Code',
+    ]) {
       expect(extraction).not.toContain(absent);
     }
     const created = saved.filter((m) => m.metadata?.['source'] === 'messages');
@@ -322,7 +420,15 @@ describe('Claude Code with memory', () => {
 
   it('changes nothing but the addition when the client writes messages before system and tools', async () => {
     const first = messagesFirst(firstRequest({ prompt: 'Which Kubernetes namespace do we deploy to?', sessionId: 'sess-order' }));
-    const second = messagesFirst(toolLoopRequest(first, { assistantText: 'Checking.', toolUseId: 'toolu_09', toolName: 'Read', toolInput: { file_path: 'k8s.yaml' }, toolResult: 'namespace: prod' }));
+    const second = messagesFirst(
+      toolLoopRequest(first, {
+        assistantText: 'Checking.',
+        toolUseId: 'toolu_09',
+        toolName: 'Read',
+        toolInput: { file_path: 'k8s.yaml' },
+        toolResult: 'namespace: prod',
+      }),
+    );
     for (const body of [first, second]) {
       const sent = escapedBytesOf(body);
       expect(sent.indexOf('"messages"')).toBeLessThan(sent.indexOf('"system"'));
@@ -337,8 +443,17 @@ describe('Claude Code with memory', () => {
 
   it("keeps Anthropic's prompt cache hitting exactly as it does without the proxy", async () => {
     const first = firstRequest({ prompt: 'Where are the Kubernetes manifests kept?', sessionId: 'sess-cache' });
-    const second = toolLoopRequest(first, { assistantText: 'Looking.', toolUseId: 'toolu_02', toolName: 'Glob', toolInput: { pattern: '**/*.yaml' }, toolResult: 'deploy/app.yaml' });
-    const third = nextTurnRequest(second, { assistantFinalText: 'They are in deploy/.', prompt: 'And how do I roll back a Kubernetes deploy?' });
+    const second = toolLoopRequest(first, {
+      assistantText: 'Looking.',
+      toolUseId: 'toolu_02',
+      toolName: 'Glob',
+      toolInput: { pattern: '**/*.yaml' },
+      toolResult: 'deploy/app.yaml',
+    });
+    const third = nextTurnRequest(second, {
+      assistantFinalText: 'They are in deploy/.',
+      prompt: 'And how do I roll back a Kubernetes deploy?',
+    });
     const run = async (baseUrl: string, headers: Record<string, string>): Promise<Array<[number, number]>> => {
       anthropic.reset();
       const usage: Array<[number, number]> = [];
@@ -380,11 +495,17 @@ describe('Claude Code with memory', () => {
     await waitFor(async () => (anthropic.requests[0]?.aborted ? true : undefined));
 
     anthropic.setNext({ kind: 'stream-error', afterEvents: 4 });
-    const failing = client.messages.stream({ model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'I prefer tabs over spaces' }] }, { headers: { 'x-mem0-user-id': 'erin' } });
+    const failing = client.messages.stream(
+      { model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'I prefer tabs over spaces' }] },
+      { headers: { 'x-mem0-user-id': 'erin' } },
+    );
     await expect(failing.finalMessage()).rejects.toMatchObject({ type: 'overloaded_error' });
 
     // A completed exchange afterwards is saved: it is the only extraction.
-    await client.messages.create({ model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'I deploy on Mondays' }] }, { headers: { 'x-mem0-user-id': 'erin' } });
+    await client.messages.create(
+      { model: 'claude-test', max_tokens: 100, messages: [{ role: 'user', content: 'I deploy on Mondays' }] },
+      { headers: { 'x-mem0-user-id': 'erin' } },
+    );
     const items = await waitFor(async () => {
       const found = await memoriesOf(p, 'erin');
       return found.length > 0 ? found : undefined;
@@ -417,12 +538,22 @@ describe('keys for the Anthropic upstream', () => {
   });
 
   it('refuses Anthropic requests with 503 when the proxy has no Anthropic key of its own', async () => {
-    app = await buildTestApp({ UPSTREAM_BASE_URL: openai.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url });
+    app = await buildTestApp({
+      UPSTREAM_BASE_URL: openai.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url,
+    });
     served = await serve(app.app);
     anthropic.reset();
-    const refused = await apiKeyClient(served.url).messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    const refused = await apiKeyClient(served.url)
+      .messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(Anthropic.ServiceUnavailableError);
-    expect((refused as InstanceType<typeof Anthropic.ServiceUnavailableError>).error).toEqual({ type: 'error', error: { type: 'api_error', message: expect.stringContaining('ANTHROPIC_API_KEY') as string } });
+    expect((refused as InstanceType<typeof Anthropic.ServiceUnavailableError>).error).toEqual({
+      type: 'error',
+      error: { type: 'api_error', message: expect.stringContaining('ANTHROPIC_API_KEY') as string },
+    });
     expect(anthropic.requests).toHaveLength(0);
   });
 
@@ -431,7 +562,13 @@ describe('keys for the Anthropic upstream', () => {
     try {
       openai.reset();
       anthropic.reset();
-      const res = await send(p.served.url, 'POST', '/v1/messages', claudeCode('sess-nokey', 'dana'), bytesOf(firstRequest({ prompt: 'Deploy with Kubernetes', sessionId: 'sess-nokey' })));
+      const res = await send(
+        p.served.url,
+        'POST',
+        '/v1/messages',
+        claudeCode('sess-nokey', 'dana'),
+        bytesOf(firstRequest({ prompt: 'Deploy with Kubernetes', sessionId: 'sess-nokey' })),
+      );
       expect(res.status).toBe(503);
       expect(openai.requestsTo('/v1/embeddings')).toHaveLength(0);
       expect(anthropic.requests).toHaveLength(0);
@@ -444,12 +581,16 @@ describe('keys for the Anthropic upstream', () => {
     app = await buildTestApp({ UPSTREAM_BASE_URL: openai.url, ANTHROPIC_UPSTREAM_BASE_URL: anthropic.url });
     served = await serve(app.app);
     anthropic.reset();
-    const message = await apiKeyClient(served.url, TEST_ANTHROPIC_KEY).messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] });
+    const message = await apiKeyClient(served.url, TEST_ANTHROPIC_KEY).messages.create({
+      model: 'm',
+      max_tokens: 10,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
     expect(message.type).toBe('message');
     expect(anthropic.requests[0]?.headers['x-api-key']).toBe(TEST_ANTHROPIC_KEY);
   });
 
-  it('answers 429 with retry-after past the /v1 limit, and 413 for a body over the limit, in Anthropic\'s shape', async () => {
+  it("answers 429 with retry-after past the /v1 limit, and 413 for a body over the limit, in Anthropic's shape", async () => {
     app = await buildTestApp({
       UPSTREAM_BASE_URL: openai.url,
       OPENAI_API_KEY: TEST_OPENAI_KEY,
@@ -462,11 +603,18 @@ describe('keys for the Anthropic upstream', () => {
     served = await serve(app.app);
     anthropic.reset();
     const client = apiKeyClient(served.url);
-    const tooLarge = await client.messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'x'.repeat(3000) }] }).catch((e: unknown) => e);
+    const tooLarge = await client.messages
+      .create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'x'.repeat(3000) }] })
+      .catch((e: unknown) => e);
     expect(tooLarge).toBeInstanceOf(Anthropic.ContentTooLargeError);
-    expect((tooLarge as InstanceType<typeof Anthropic.APIError>).error).toMatchObject({ type: 'error', error: { type: 'request_too_large' } });
+    expect((tooLarge as InstanceType<typeof Anthropic.APIError>).error).toMatchObject({
+      type: 'error',
+      error: { type: 'request_too_large' },
+    });
     await client.messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] });
-    const limited = await client.messages.create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
+    const limited = await client.messages
+      .create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e: unknown) => e);
     expect(limited).toBeInstanceOf(Anthropic.RateLimitError);
     const err = limited as InstanceType<typeof Anthropic.RateLimitError>;
     expect(err.error).toEqual({ type: 'error', error: { type: 'rate_limit_error', message: 'Rate limit exceeded: 2 per minute' } });
@@ -474,10 +622,22 @@ describe('keys for the Anthropic upstream', () => {
     expect(anthropic.requestsTo('/v1/messages')).toHaveLength(1);
   });
 
-  it('answers 502 in Anthropic\'s shape when the Anthropic upstream is down', async () => {
-    app = await buildTestApp({ UPSTREAM_BASE_URL: openai.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY, ANTHROPIC_UPSTREAM_BASE_URL: 'http://127.0.0.1:9' });
+  it("answers 502 in Anthropic's shape when the Anthropic upstream is down", async () => {
+    app = await buildTestApp({
+      UPSTREAM_BASE_URL: openai.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
+      ANTHROPIC_UPSTREAM_BASE_URL: 'http://127.0.0.1:9',
+    });
     served = await serve(app.app);
-    const res = await send(served.url, 'POST', '/v1/messages', { 'x-api-key': TEST_AUTH_TOKEN, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, Buffer.from('{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'));
+    const res = await send(
+      served.url,
+      'POST',
+      '/v1/messages',
+      { 'x-api-key': TEST_AUTH_TOKEN, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      Buffer.from('{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'),
+    );
     expect(res.status).toBe(502);
     expect(JSON.parse(res.text)).toEqual({ type: 'error', error: { type: 'api_error', message: 'The upstream could not be reached' } });
   });
@@ -531,12 +691,17 @@ describe('a key bound to one user', () => {
     await app.close();
   });
 
-  it("acts for its own user whatever metadata.user_id says, and may not name another user (403 permission_error)", async () => {
+  it('acts for its own user whatever metadata.user_id says, and may not name another user (403 permission_error)', async () => {
     anthropic.reset();
     openai.reset();
     const client = apiKeyClient(served.url, key);
     const other = JSON.stringify({ device_id: 'd', account_uuid: '', session_id: 'sess-frank' });
-    await client.messages.create({ model: 'm', max_tokens: 100, metadata: { user_id: other }, messages: [{ role: 'user', content: 'My name is Frank and I use Vim' }] });
+    await client.messages.create({
+      model: 'm',
+      max_tokens: 100,
+      metadata: { user_id: other },
+      messages: [{ role: 'user', content: 'My name is Frank and I use Vim' }],
+    });
     await waitFor(async () => (app.queue?.depth() === 0 && extractions() === 1 ? true : undefined));
     const res = await request(app.app).post('/list').set('x-api-key', key).send({}).expect(200);
     const mine = (res.body as { memories: MemoryItem[] }).memories;
@@ -547,7 +712,10 @@ describe('a key bound to one user', () => {
       .create({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: 'hi' }] }, { headers: { 'x-mem0-user-id': 'grace' } })
       .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(Anthropic.PermissionDeniedError);
-    expect((refused as InstanceType<typeof Anthropic.APIError>).error).toMatchObject({ type: 'error', error: { type: 'permission_error' } });
+    expect((refused as InstanceType<typeof Anthropic.APIError>).error).toMatchObject({
+      type: 'error',
+      error: { type: 'permission_error' },
+    });
     expect(anthropic.requestsTo('/v1/messages')).toHaveLength(1);
   });
 });
@@ -556,22 +724,45 @@ describe("Claude Code's side requests", () => {
   it('leaves a structured-output request (the session title) alone: no memories, nothing saved', async () => {
     const p = await startProxy();
     try {
-      await request(p.app.app).post('/remember').set(admin).send({ user_id: 'default', content: 'The favourite deploy tool is Helm', infer: false }).expect(200);
+      await request(p.app.app)
+        .post('/remember')
+        .set(admin)
+        .send({ user_id: 'default', content: 'The favourite deploy tool is Helm', infer: false })
+        .expect(200);
       anthropic.reset();
       openai.reset();
       // Shaped as Claude Code 2.1.197 sends it (captured through the proxy on this machine).
       const title = {
         model: 'claude-opus-4-8',
-        messages: [{ role: 'user', content: [{ type: 'text', text: '<session>\nHow should I deploy this service with Helm?\n</session>\n\nWrite the title in the language the user wrote in.' }] }],
+        messages: [
+          {
+            role: 'user',
+            content: [
+              {
+                type: 'text',
+                text: '<session>\nHow should I deploy this service with Helm?\n</session>\n\nWrite the title in the language the user wrote in.',
+              },
+            ],
+          },
+        ],
         system: [{ type: 'text', text: 'Generate a concise, sentence-case title (3-7 words).' }],
         tools: [],
         max_tokens: 64000,
         thinking: { type: 'disabled' },
-        output_config: { effort: 'high', format: { type: 'json_schema', schema: { type: 'object', properties: { title: { type: 'string' } }, required: ['title'] } } },
+        output_config: {
+          effort: 'high',
+          format: { type: 'json_schema', schema: { type: 'object', properties: { title: { type: 'string' } }, required: ['title'] } },
+        },
         stream: true,
       };
       const sent = Buffer.from(JSON.stringify(title));
-      const res = await send(p.served.url, 'POST', '/v1/messages?beta=true', { ...claudeCodeHeaders('sess-title'), 'x-api-key': TEST_AUTH_TOKEN }, sent);
+      const res = await send(
+        p.served.url,
+        'POST',
+        '/v1/messages?beta=true',
+        { ...claudeCodeHeaders('sess-title'), 'x-api-key': TEST_AUTH_TOKEN },
+        sent,
+      );
       expect(res.status).toBe(200);
       expect(res.headers['x-mem0-memories']).toBe('0');
       expect(forwardedMessages()[0]?.body.equals(sent)).toBe(true);

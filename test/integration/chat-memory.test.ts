@@ -69,7 +69,15 @@ describe('recall and injection', () => {
 
   it("puts the user's memory in one block just before the last user message, every other message unchanged", async () => {
     const { data, response } = await p.client.chat.completions
-      .create({ model: 'gpt-4o-mini', messages: history, temperature: 0.3, metadata: { tag: 'x' } } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { headers: { 'X-Mem0-User-Id': 'alice' } })
+      .create(
+        {
+          model: 'gpt-4o-mini',
+          messages: history,
+          temperature: 0.3,
+          metadata: { tag: 'x' },
+        } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming,
+        { headers: { 'X-Mem0-User-Id': 'alice' } },
+      )
       .withResponse();
     expect(data.choices[0]?.message.content).toBeTruthy();
     expect(response.headers.get('x-mem0-memories')).toBe('1');
@@ -92,7 +100,11 @@ describe('recall and injection', () => {
 
   it('keeps the prompt prefix byte-identical across turns', async () => {
     await p.client.chat.completions.create({ model: 'm', messages: history, user: 'alice' });
-    const next = [...history, { role: 'assistant' as const, content: 'Better not.' }, { role: 'user' as const, content: 'What about peanut butter?' }];
+    const next = [
+      ...history,
+      { role: 'assistant' as const, content: 'Better not.' },
+      { role: 'user' as const, content: 'What about peanut butter?' },
+    ];
     await p.client.chat.completions.create({ model: 'm', messages: next, user: 'alice' });
     const [first, second] = forwardedChats().map((r) => (r.json as { messages: unknown[] }).messages);
     // Everything before the first turn's block is the same in the second request.
@@ -101,14 +113,24 @@ describe('recall and injection', () => {
 
   it('injects nothing for another user and forwards the body as sent', async () => {
     const raw = JSON.stringify({ model: 'm', messages: history, user: 'bob', unknown_field: [1, { a: null }] });
-    const res = await request(p.served.server).post('/v1/chat/completions').set(auth).set('Content-Type', 'application/json').send(raw).expect(200);
+    const res = await request(p.served.server)
+      .post('/v1/chat/completions')
+      .set(auth)
+      .set('Content-Type', 'application/json')
+      .send(raw)
+      .expect(200);
     expect(res.headers['x-mem0-memories']).toBe('0');
     expect(forwardedChats()[0]?.body.toString()).toBe(raw);
   });
 
   it('forwards a body holding an integer beyond 2^53 byte for byte, without memories', async () => {
     const raw = `{"model":"m","seed":9007199254740993,"user":"alice","messages":${JSON.stringify(history)}}`;
-    const res = await request(p.served.server).post('/v1/chat/completions').set(auth).set('Content-Type', 'application/json').send(raw).expect(200);
+    const res = await request(p.served.server)
+      .post('/v1/chat/completions')
+      .set(auth)
+      .set('Content-Type', 'application/json')
+      .send(raw)
+      .expect(200);
     expect(res.headers['x-mem0-memories']).toBe('0');
     expect(forwardedChats()[0]?.body.toString()).toBe(raw);
   });
@@ -131,7 +153,9 @@ describe('recall and injection', () => {
 
   it('X-Mem0-Memory: off injects nothing and saves nothing; write saves without injecting; read injects without saving', async () => {
     const ask = (mode: string, content: string) =>
-      p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content }] }, { headers: { 'X-Mem0-User-Id': 'alice', 'X-Mem0-Memory': mode } }).withResponse();
+      p.client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content }] }, { headers: { 'X-Mem0-User-Id': 'alice', 'X-Mem0-Memory': mode } })
+        .withResponse();
     const off = await ask('off', 'Is Alice allergic to peanuts? My cat is called Tom.');
     expect(off.response.headers.get('x-mem0-memories')).toBe('0');
     const read = await ask('read', 'Is Alice allergic to peanuts? My dog is called Rex.');
@@ -152,7 +176,9 @@ describe('recall and injection', () => {
   });
 
   it('rejects an unknown X-Mem0-Memory value with 400 in OpenAI shape', async () => {
-    const err = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'X-Mem0-Memory': 'maybe' } }).catch((e: unknown) => e);
+    const err = await p.client.chat.completions
+      .create({ model: 'm', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'X-Mem0-Memory': 'maybe' } })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
   });
 
@@ -178,8 +204,17 @@ describe('saving exchanges', () => {
   it('saves a non-streamed and a streamed reply as memories, with scope and metadata', async () => {
     const p = await startProxy();
     try {
-      await p.client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'My favourite colour is green.' }], user: 'dave' });
-      const stream = await p.client.chat.completions.create({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'My car is a red bicycle.' }], user: 'dave' });
+      await p.client.chat.completions.create({
+        model: 'gpt-4o-mini',
+        messages: [{ role: 'user', content: 'My favourite colour is green.' }],
+        user: 'dave',
+      });
+      const stream = await p.client.chat.completions.create({
+        model: 'gpt-4o-mini',
+        stream: true,
+        messages: [{ role: 'user', content: 'My car is a red bicycle.' }],
+        user: 'dave',
+      });
       let text = '';
       for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
       expect(text).toContain('Fake reply');
@@ -190,7 +225,9 @@ describe('saving exchanges', () => {
       expect(items[0]?.metadata).toMatchObject({ source: 'chat.completions', model: 'gpt-4o-mini' });
       expect(typeof items[0]?.metadata['request_id']).toBe('string');
       // The engine saw the whole exchange: the user turn and the assistant's reply.
-      const extraction = fake.requestsTo('/v1/chat/completions').find((r) => JSON.stringify(r.json).includes('red bicycle') && JSON.stringify(r.json).includes('Memory Extractor'));
+      const extraction = fake
+        .requestsTo('/v1/chat/completions')
+        .find((r) => JSON.stringify(r.json).includes('red bicycle') && JSON.stringify(r.json).includes('Memory Extractor'));
       expect(JSON.stringify(extraction?.json)).toContain('assistant: Fake reply to: My car is a red bicycle.');
       // Nobody else got them.
       expect(await memoriesOf(p, 'erin')).toEqual([]);
@@ -284,9 +321,16 @@ describe('saving exchanges', () => {
     const p = await startProxy();
     try {
       fake.failNext(500, { path: '/v1/chat/completions' });
-      await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'My shoe is brown.' }], user: 'jo' }).catch(() => undefined);
+      await p.client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content: 'My shoe is brown.' }], user: 'jo' })
+        .catch(() => undefined);
       fake.setNext({ kind: 'reset', afterChunks: 2 }, { path: '/v1/chat/completions' });
-      const stream = await p.client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'My sock is brown.' }], user: 'jo' });
+      const stream = await p.client.chat.completions.create({
+        model: 'm',
+        stream: true,
+        messages: [{ role: 'user', content: 'My sock is brown.' }],
+        user: 'jo',
+      });
       await (async () => {
         for await (const _chunk of stream) {
           // drain until the cut
@@ -308,7 +352,9 @@ describe('identity on the chat path', () => {
   it('answers a chat whose body user cannot name a memory scope, without memory, and saves nothing', async () => {
     const p = await startProxy();
     try {
-      const { response } = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'My kite is red.' }], user: 'John Smith' }).withResponse();
+      const { response } = await p.client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content: 'My kite is red.' }], user: 'John Smith' })
+        .withResponse();
       expect(response.status).toBe(200);
       expect(response.headers.get('x-mem0-memories')).toBe('0');
       expect(p.app.queue?.depth()).toBe(0);
@@ -322,7 +368,9 @@ describe('identity on the chat path', () => {
     const p = await startProxy();
     try {
       for (const bad of ['*', 'a b']) {
-        const err = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'X-Mem0-User-Id': bad } }).catch((e: unknown) => e);
+        const err = await p.client.chat.completions
+          .create({ model: 'm', messages: [{ role: 'user', content: 'x' }] }, { headers: { 'X-Mem0-User-Id': bad } })
+          .catch((e: unknown) => e);
         expect(err).toBeInstanceOf(OpenAI.BadRequestError);
       }
       expect(forwardedChats()).toHaveLength(0);
@@ -342,7 +390,10 @@ describe('identity on the chat path', () => {
         }),
     });
     try {
-      const req = http.request(`${p.served.url}/v1/chat/completions`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' } });
+      const req = http.request(`${p.served.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+      });
       req.on('error', () => undefined);
       req.end(JSON.stringify({ model: 'm', user: 'zoe', messages: [{ role: 'user', content: 'My drum is loud.' }] }));
       await new Promise((r) => setTimeout(r, 100));
@@ -373,7 +424,9 @@ describe('search budget', () => {
     try {
       await rememberFor(p, 'lee', 'Lee likes jazz');
       const started = Date.now();
-      const { response } = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Does Lee like jazz?' }], user: 'lee' }).withResponse();
+      const { response } = await p.client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content: 'Does Lee like jazz?' }], user: 'lee' })
+        .withResponse();
       expect(Date.now() - started).toBeLessThan(1200);
       expect(response.headers.get('x-mem0-memories')).toBe('0');
       // The budget is what the proxy spent before forwarding: at least 150 ms, far less than the search.
@@ -399,7 +452,14 @@ describe('the Responses API', () => {
 
   it('injects an input item before the last user input, keeps instructions, and saves the reply', async () => {
     const res = await p.client.responses
-      .create({ model: 'gpt-4o-mini', instructions: 'Be terse.', input: [{ role: 'user', content: 'Which language does Max speak? My name is Max.' }] }, { headers: { 'X-Mem0-User-Id': 'max' } })
+      .create(
+        {
+          model: 'gpt-4o-mini',
+          instructions: 'Be terse.',
+          input: [{ role: 'user', content: 'Which language does Max speak? My name is Max.' }],
+        },
+        { headers: { 'X-Mem0-User-Id': 'max' } },
+      )
       .withResponse();
     expect(res.response.headers.get('x-mem0-memories')).toBe('1');
     const sent = fake.requestsTo('/v1/responses')[0]?.json as { instructions: string; input: Array<{ role: string; content: unknown }> };
@@ -413,7 +473,10 @@ describe('the Responses API', () => {
   });
 
   it('captures a streamed response (output_text deltas) and saves it', async () => {
-    const stream = await p.client.responses.create({ model: 'gpt-4o-mini', stream: true, input: 'My piano is black.' }, { headers: { 'X-Mem0-User-Id': 'nia' } });
+    const stream = await p.client.responses.create(
+      { model: 'gpt-4o-mini', stream: true, input: 'My piano is black.' },
+      { headers: { 'X-Mem0-User-Id': 'nia' } },
+    );
     let text = '';
     for await (const event of stream) if (event.type === 'response.output_text.delta') text += event.delta;
     expect(text).toContain('Fake reply');

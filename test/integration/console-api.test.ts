@@ -36,7 +36,8 @@ afterAll(async () => {
   await anthropic.close();
 });
 
-const post = (route: string, body: object, headers: Record<string, string> = token): request.Test => request(app.app).post(route).set(headers).send(body);
+const post = (route: string, body: object, headers: Record<string, string> = token): request.Test =>
+  request(app.app).post(route).set(headers).send(body);
 
 async function remember(userId: string, content: string): Promise<MemoryItem> {
   const res = await post('/remember', { user_id: userId, content, infer: false }).expect(200);
@@ -53,20 +54,32 @@ async function listOf(userId: string, extra: object = {}): Promise<MemoryItem[]>
 describe('who the caller is', () => {
   it('says the token acts for anyone and a bound key for its user only', async () => {
     expect((await request(app.app).get('/whoami').set(token).expect(200)).body).toEqual({ caller: 'token', admin: true, user_id: null });
-    expect((await request(app.app).get('/whoami').set(aliceKey).expect(200)).body).toEqual({ caller: 'app-alice', admin: false, user_id: 'alice' });
+    expect((await request(app.app).get('/whoami').set(aliceKey).expect(200)).body).toEqual({
+      caller: 'app-alice',
+      admin: false,
+      user_id: 'alice',
+    });
     await request(app.app).get('/whoami').set({ Authorization: 'Bearer wrong' }).expect(401);
   });
 });
 
 describe('users, edits, filters, bulk delete, export', () => {
   beforeAll(async () => {
-    for (const [user, n] of [['u-amy', 3], ['u-ben', 1], ['u-cid', 2]] as const) {
+    for (const [user, n] of [
+      ['u-amy', 3],
+      ['u-ben', 1],
+      ['u-cid', 2],
+    ] as const) {
       for (let i = 0; i < n; i++) await remember(user, `${user} fact number ${i}`);
     }
   });
 
   it('lists every user with a memory count and last activity, by id, searchable and paged', async () => {
-    const all = (await post('/users', { query: 'u-' }).expect(200)).body as { users: { user_id: string; memories: number; last_activity: string | null }[]; count: number; total: number };
+    const all = (await post('/users', { query: 'u-' }).expect(200)).body as {
+      users: { user_id: string; memories: number; last_activity: string | null }[];
+      count: number;
+      total: number;
+    };
     expect(all.users.map((u) => [u.user_id, u.memories])).toEqual([
       ['u-amy', 3],
       ['u-ben', 1],
@@ -87,7 +100,9 @@ describe('users, edits, filters, bulk delete, export', () => {
     const res = await post('/update', { user_id: 'u-dee', memory_id: item.id, memory: 'Dee lives in Porto' }).expect(200);
     expect(res.body).toMatchObject({ count: 1, memories: [{ id: item.id, memory: 'Dee lives in Porto', user_id: 'u-dee' }] });
     expect((await listOf('u-dee')).map((m) => m.memory)).toEqual(['Dee lives in Porto']);
-    const found = (await post('/search', { user_id: 'u-dee', query: 'Where does Dee live? Porto' }).expect(200)).body as { memories: MemoryItem[] };
+    const found = (await post('/search', { user_id: 'u-dee', query: 'Where does Dee live? Porto' }).expect(200)).body as {
+      memories: MemoryItem[];
+    };
     expect(found.memories[0]?.memory).toBe('Dee lives in Porto');
     await post('/update', { user_id: 'u-amy', memory_id: item.id, memory: 'hijacked' }).expect(404);
     await post('/update', { user_id: 'u-dee', memory_id: item.id, memory: 'x', extra: 1 }).expect(400);
@@ -118,11 +133,16 @@ describe('users, edits, filters, bulk delete, export', () => {
 
   it('exports all of a user’s memories as one JSON download', async () => {
     for (let i = 0; i < 520; i++) await remember('u-exp', `export item ${i}`);
-    const res = await request(app.app).post('/export').set(token).send({ user_id: 'u-exp' }).buffer(true).parse((r, cb) => {
-      let text = '';
-      r.on('data', (c: Buffer) => (text += c.toString('utf8')));
-      r.on('end', () => cb(null, text));
-    });
+    const res = await request(app.app)
+      .post('/export')
+      .set(token)
+      .send({ user_id: 'u-exp' })
+      .buffer(true)
+      .parse((r, cb) => {
+        let text = '';
+        r.on('data', (c: Buffer) => (text += c.toString('utf8')));
+        r.on('end', () => cb(null, text));
+      });
     expect(res.status).toBe(200);
     expect(res.headers['content-disposition']).toBe('attachment; filename="memories-u-exp.json"');
     const doc = JSON.parse(res.body as string) as { user_id: string; count: number; memories: MemoryItem[]; exported_at: string };
@@ -183,7 +203,14 @@ describe('injection preview and trace', () => {
       const traces = ((await post('/traces', { request_id: requestId }).expect(200)).body as { traces: TraceRecord[] }).traces;
       return traces[0]?.save.status === 'saved' ? traces[0] : undefined;
     });
-    expect(saved).toMatchObject({ request_id: requestId, caller: 'token', user_id: 'u-eve', api: 'openai', route: '/v1/chat/completions', model: 'gpt-test' });
+    expect(saved).toMatchObject({
+      request_id: requestId,
+      caller: 'token',
+      user_id: 'u-eve',
+      api: 'openai',
+      route: '/v1/chat/completions',
+      model: 'gpt-test',
+    });
     expect(saved.injected).toEqual(preview.memories.filter((m) => m.injected).map((m) => m.id));
     expect(saved.recalled.map((r) => r.id)).toEqual(preview.memories.map((m) => m.id));
     expect(saved.search_ms).toBeGreaterThanOrEqual(0);

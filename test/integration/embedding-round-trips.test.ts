@@ -30,7 +30,10 @@ function inputsOf(body: Buffer): string[] {
 async function embeddingRequestsDuring(fn: () => Promise<unknown>): Promise<string[][]> {
   const before = fake.requestsTo(EMBEDDINGS).length;
   await fn();
-  return fake.requestsTo(EMBEDDINGS).slice(before).map((r) => inputsOf(r.body));
+  return fake
+    .requestsTo(EMBEDDINGS)
+    .slice(before)
+    .map((r) => inputsOf(r.body));
 }
 
 beforeAll(async () => {
@@ -66,7 +69,9 @@ describe('embedding round trips', () => {
     // 1: the exchange, to find existing memories; 2: memory texts + entities together.
     expect(requests).toHaveLength(2);
     const batch = requests[1] ?? [];
-    expect(batch).toEqual(expect.arrayContaining(['My sister Maria Lopez lives in Buenos Aires', 'Maria Lopez', 'Buenos Aires', 'Acme Robotics']));
+    expect(batch).toEqual(
+      expect.arrayContaining(['My sister Maria Lopez lives in Buenos Aires', 'Maria Lopez', 'Buenos Aires', 'Acme Robotics']),
+    );
 
     const controlRequests = await embeddingRequestsDuring(() =>
       control.add({ userId: 'bob' }, { messages: [{ role: 'user', content: 'My brother Tom Baker lives in Cape Town.' }], infer: true }),
@@ -112,7 +117,11 @@ describe('embedding round trips', () => {
       'My daughter Ana studies physics at Porto University. I visit Porto every spring.',
     ];
     for (const fact of facts) await batched.add(user, { messages: [{ role: 'user', content: fact }], infer: true });
-    await batched.add(user, { messages: [{ role: 'user', content: 'My old phone is a Nokia.' }], infer: false, metadata: { expiration_date: '2020-01-01' } });
+    await batched.add(user, {
+      messages: [{ role: 'user', content: 'My old phone is a Nokia.' }],
+      infer: false,
+      metadata: { expiration_date: '2020-01-01' },
+    });
     const queries: Array<[string, { limit: number; threshold?: number }]> = [
       ['Who runs the Lisbon office?', { limit: 5 }],
       ['What does Priya Natarajan do on Mondays?', { limit: 3 }],

@@ -46,18 +46,30 @@ afterAll(async () => {
 describe('memory engine thread', () => {
   it('runs the engine off the serving thread, and a recall sees the exchange the worker saved', async () => {
     expect(engine().threadId).not.toBe(threadId);
-    await proxy.client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'My dog Rex loves the beach.' }], user: 'fran' });
+    await proxy.client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'My dog Rex loves the beach.' }],
+      user: 'fran',
+    });
     await proxy.app.queue?.drained(10_000);
     expect((await search('fran', 'Rex the dog')).map((m) => m.memory)).toEqual(['My dog Rex loves the beach']);
     // The next chat gets it injected.
-    await proxy.client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'What does Rex love?' }], user: 'fran' });
+    await proxy.client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'What does Rex love?' }],
+      user: 'fran',
+    });
     const forwarded = fake.requestsTo('/v1/chat/completions').filter((r) => !JSON.stringify(r.json).includes('Memory Extractor'));
     expect(JSON.stringify(forwarded.at(-1)?.json)).toContain('My dog Rex loves the beach');
   });
 
   it('brings typed errors across the thread boundary', async () => {
     await expect(engine().delete({ userId: 'fran' }, '00000000-0000-4000-8000-000000000000')).rejects.toBeInstanceOf(NotFoundError);
-    await request(proxy.app.app).post('/forget').set(auth).send({ user_id: 'fran', memory_id: '00000000-0000-4000-8000-000000000000' }).expect(404);
+    await request(proxy.app.app)
+      .post('/forget')
+      .set(auth)
+      .send({ user_id: 'fran', memory_id: '00000000-0000-4000-8000-000000000000' })
+      .expect(404);
     await request(proxy.app.app).post('/search').set(auth).send({ user_id: 'a b', query: 'x' }).expect(400);
   });
 
@@ -68,7 +80,11 @@ describe('memory engine thread', () => {
     expect(during.status).toBe(503);
     expect(during.body).toMatchObject({ details: 'Memory service is temporarily unavailable' });
     // A chat meanwhile is answered (fail open) and its exchange waits in the durable queue.
-    const chat = await proxy.client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'My cat Tom sleeps all day.' }], user: 'fran' });
+    const chat = await proxy.client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'My cat Tom sleeps all day.' }],
+      user: 'fran',
+    });
     expect(chat.choices[0]?.message.content).toContain('Fake reply');
 
     const deadline = Date.now() + 15_000;

@@ -61,7 +61,11 @@ async function health(p: MemoryProxy): Promise<{ status: string; save_queue?: { 
  * finished, an exchange of the faulty request, had it been queued earlier, would have been seen.
  */
 async function controlExchangeSaved(p: MemoryProxy, userId: string): Promise<void> {
-  await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: `My control word is ${userId}.` }], user: userId });
+  await p.client.chat.completions.create({
+    model: 'm',
+    messages: [{ role: 'user', content: `My control word is ${userId}.` }],
+    user: userId,
+  });
   await waitFor(async () => ((await memoriesOf(p, userId)).length > 0 ? true : undefined), 8000, `memory of ${userId}`);
   await p.app.queue?.drained(5000);
   expect(p.app.queue?.depth()).toBe(0);
@@ -84,32 +88,47 @@ describe('upstream faults mid-stream, memory on', () => {
     fake.setBehaviour({ reply: Array.from({ length: 12 }, (_, i) => `word${i}`).join(' '), chunkIntervalMs: 5 });
   });
 
-  it.each(['rst', 'close'] as const)('upstream resets mid-stream (%s): the client stream errors without hanging, the proxy stays healthy, nothing is saved', async (mode) => {
-    const user = `reset-${mode}`;
-    fake.setNext({ kind: 'reset', afterChunks: 3, mode }, { path: CHAT });
-    const started = Date.now();
-    const stream = await p.client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'My lamp is yellow.' }], user });
-    const outcome = await within(
-      drainStream(stream).then(
-        (text) => ({ ok: true as const, text }),
-        (err: unknown) => ({ ok: false as const, err }),
-      ),
-      5000,
-      'client stream after an upstream reset',
-    );
-    expect(outcome.ok).toBe(false);
-    expect(Date.now() - started).toBeLessThan(5000);
-    // The fake cut the socket; the upstream request is finished from its side.
-    expect(fake.requestsTo(CHAT)[0]?.completed).toBe(false);
+  it.each(['rst', 'close'] as const)(
+    'upstream resets mid-stream (%s): the client stream errors without hanging, the proxy stays healthy, nothing is saved',
+    async (mode) => {
+      const user = `reset-${mode}`;
+      fake.setNext({ kind: 'reset', afterChunks: 3, mode }, { path: CHAT });
+      const started = Date.now();
+      const stream = await p.client.chat.completions.create({
+        model: 'm',
+        stream: true,
+        messages: [{ role: 'user', content: 'My lamp is yellow.' }],
+        user,
+      });
+      const outcome = await within(
+        drainStream(stream).then(
+          (text) => ({ ok: true as const, text }),
+          (err: unknown) => ({ ok: false as const, err }),
+        ),
+        5000,
+        'client stream after an upstream reset',
+      );
+      expect(outcome.ok).toBe(false);
+      expect(Date.now() - started).toBeLessThan(5000);
+      // The fake cut the socket; the upstream request is finished from its side.
+      expect(fake.requestsTo(CHAT)[0]?.completed).toBe(false);
 
-    // Healthy afterwards: /health answers, and the next chat completes normally.
-    expect((await health(p)).status).toBe('healthy');
-    fake.setBehaviour({ reply: 'fine', chunkIntervalMs: 0 });
-    expect(await drainStream(await p.client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hello?' }], user: 'nobody' }, { headers: { 'X-Mem0-Memory': 'off' } }))).toBe('fine');
+      // Healthy afterwards: /health answers, and the next chat completes normally.
+      expect((await health(p)).status).toBe('healthy');
+      fake.setBehaviour({ reply: 'fine', chunkIntervalMs: 0 });
+      expect(
+        await drainStream(
+          await p.client.chat.completions.create(
+            { model: 'm', stream: true, messages: [{ role: 'user', content: 'hello?' }], user: 'nobody' },
+            { headers: { 'X-Mem0-Memory': 'off' } },
+          ),
+        ),
+      ).toBe('fine');
 
-    await controlExchangeSaved(p, `control-${mode}`);
-    expect(await memoriesOf(p, user)).toEqual([]);
-  });
+      await controlExchangeSaved(p, `control-${mode}`);
+      expect(await memoriesOf(p, user)).toEqual([]);
+    },
+  );
 
   it('malformed SSE mid-stream: the client gets the bytes as sent and the stream ends; nothing is saved', async () => {
     const garbage = '{"id":"broken","choices":[{"delta":{"content":"oo';
@@ -118,13 +137,21 @@ describe('upstream faults mid-stream, memory on', () => {
     const raw = await within(
       new Promise<{ status: number; body: string }>((resolve, reject) => {
         const url = new URL(p.served.url);
-        const body = JSON.stringify({ model: 'm', stream: true, messages: [{ role: 'user', content: 'My kettle is silver.' }], user: 'malformed-raw' });
-        const req = http.request({ host: url.hostname, port: url.port, method: 'POST', path: CHAT, headers: { ...auth, 'content-type': 'application/json' } }, (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
-          res.on('error', reject);
+        const body = JSON.stringify({
+          model: 'm',
+          stream: true,
+          messages: [{ role: 'user', content: 'My kettle is silver.' }],
+          user: 'malformed-raw',
         });
+        const req = http.request(
+          { host: url.hostname, port: url.port, method: 'POST', path: CHAT, headers: { ...auth, 'content-type': 'application/json' } },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+            res.on('error', reject);
+          },
+        );
         req.on('error', reject);
         req.end(body);
       }),
@@ -141,7 +168,12 @@ describe('upstream faults mid-stream, memory on', () => {
     // The SDK: the stream ends (with the SDK's parse error, which it also logs), it does not hang.
     const quiet = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `${p.served.url}/v1`, maxRetries: 0, timeout: 10_000, logLevel: 'off' });
     fake.setNext({ kind: 'malformed-sse', afterChunks: 2, garbage }, { path: CHAT });
-    const stream = await quiet.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'My kettle is golden.' }], user: 'malformed-sdk' });
+    const stream = await quiet.chat.completions.create({
+      model: 'm',
+      stream: true,
+      messages: [{ role: 'user', content: 'My kettle is golden.' }],
+      user: 'malformed-sdk',
+    });
     const outcome = await within(
       drainStream(stream).then(
         () => 'ended',
@@ -160,11 +192,19 @@ describe('upstream faults mid-stream, memory on', () => {
   it('upstream 429 and 500 on a chat with memory on are passed through (streamed and not); nothing is saved', async () => {
     const ask = (stream: boolean, user: string): Promise<unknown> =>
       (stream
-        ? p.client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: `My bike is green, says ${user}.` }], user }).then(drainStream)
+        ? p.client.chat.completions
+            .create({ model: 'm', stream: true, messages: [{ role: 'user', content: `My bike is green, says ${user}.` }], user })
+            .then(drainStream)
         : p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: `My bike is green, says ${user}.` }], user })
       ).catch((e: unknown) => e);
     for (const stream of [false, true]) {
-      fake.failNext(429, { path: CHAT, message: 'slow down', type: 'requests', code: 'rate_limit_exceeded', headers: { 'retry-after': '7' } });
+      fake.failNext(429, {
+        path: CHAT,
+        message: 'slow down',
+        type: 'requests',
+        code: 'rate_limit_exceeded',
+        headers: { 'retry-after': '7' },
+      });
       const limited = await ask(stream, `limited-${stream}`);
       expect(limited).toBeInstanceOf(OpenAI.RateLimitError);
       const le = limited as InstanceType<typeof OpenAI.RateLimitError>;
@@ -196,7 +236,12 @@ describe('memory engine faults', () => {
     try {
       await request(p.app.app).post('/remember').set(auth).send({ user_id: 'slow', content: 'Slow likes tea', infer: false }).expect(200);
       // Sanity: without the fault the memory is found and injected.
-      const warm = await p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Does Slow like tea?' }], user: 'slow' }, { headers: { 'X-Mem0-Memory': 'read' } }).withResponse();
+      const warm = await p.client.chat.completions
+        .create(
+          { model: 'm', messages: [{ role: 'user', content: 'Does Slow like tea?' }], user: 'slow' },
+          { headers: { 'X-Mem0-Memory': 'read' } },
+        )
+        .withResponse();
       expect(warm.response.headers.get('x-mem0-memories')).toBe('1');
 
       fake.setNext({ kind: 'delay', ms: 3000 }, { path: EMBEDDINGS, times: Infinity });
@@ -204,7 +249,10 @@ describe('memory engine faults', () => {
       for (let i = 0; i < 5; i++) {
         const started = Date.now();
         const { data, response } = await p.client.chat.completions
-          .create({ model: 'm', messages: [{ role: 'user', content: `Does Slow like tea? (${i})` }], user: 'slow' }, { headers: { 'X-Mem0-Memory': 'read' } })
+          .create(
+            { model: 'm', messages: [{ role: 'user', content: `Does Slow like tea? (${i})` }], user: 'slow' },
+            { headers: { 'X-Mem0-Memory': 'read' } },
+          )
           .withResponse();
         elapsed.push(Date.now() - started);
         expect(data.choices[0]?.message.content).toContain('Fake reply');
@@ -287,9 +335,14 @@ describe('the process killed with SIGKILL while saves are queued', () => {
       EMBEDDING_DIMS: '64',
       ...GENEROUS_LIMITS,
     };
-    const get = async (port: number, p: string): Promise<unknown> => (await fetch(`http://127.0.0.1:${port}${p}`, { headers: auth })).json();
+    const get = async (port: number, p: string): Promise<unknown> =>
+      (await fetch(`http://127.0.0.1:${port}${p}`, { headers: auth })).json();
     const list = async (port: number, userId: string): Promise<MemoryItem[]> => {
-      const res = await fetch(`http://127.0.0.1:${port}/list`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ user_id: userId }) });
+      const res = await fetch(`http://127.0.0.1:${port}/list`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ user_id: userId }),
+      });
       expect(res.status).toBe(200);
       return ((await res.json()) as { memories: MemoryItem[] }).memories;
     };
@@ -300,7 +353,9 @@ describe('the process killed with SIGKILL while saves are queued', () => {
     const port1 = await listeningPort(first);
     const client = new OpenAI({ apiKey: TEST_AUTH_TOKEN, baseURL: `http://127.0.0.1:${port1}/v1`, maxRetries: 0, timeout: 10_000 });
     for (let i = 0; i < K; i++) {
-      const { response } = await client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: `My parcel code is P${500 + i}.` }], user: `killed-${i}` }).withResponse();
+      const { response } = await client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content: `My parcel code is P${500 + i}.` }], user: `killed-${i}` })
+        .withResponse();
       expect(response.status).toBe(200);
     }
     const before = (await get(port1, '/health')) as { save_queue: { depth: number } };
@@ -320,7 +375,11 @@ describe('the process killed with SIGKILL while saves are queued', () => {
       25_000,
       'all queued exchanges delivered after the restart',
     );
-    await waitFor(async () => (((await get(port2, '/health')) as { save_queue: { depth: number } }).save_queue.depth === 0 ? true : undefined), 10_000, 'queue drained');
+    await waitFor(
+      async () => (((await get(port2, '/health')) as { save_queue: { depth: number } }).save_queue.depth === 0 ? true : undefined),
+      10_000,
+      'queue drained',
+    );
     // Exactly once each, also after the queue is empty (no late duplicate).
     for (let i = 0; i < K; i++) {
       expect(delivered[i]?.map((m) => m.memory)).toEqual([expect.stringContaining(`P${500 + i}`)]);

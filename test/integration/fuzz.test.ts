@@ -48,7 +48,9 @@ beforeAll(async () => {
     DATA_DIR: path.join(tmp, 'data'),
     EMBEDDING_DIMS: '32',
     MAX_BODY_BYTES: '65536',
-    ...Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000'])),
+    ...Object.fromEntries(
+      ['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP', 'FAILED_AUTH'].map((n) => [`RATE_LIMIT_${n}`, '1000000']),
+    ),
   };
   ({ app } = await buildKeyedTestApp(env, {
     dir: tmp,
@@ -73,13 +75,51 @@ afterAll(async () => {
 
 // ------------------------------------------------------------------------------- arbitraries
 
-const ENDPOINTS = ['/search', '/list', '/remember', '/forget', '/health', '/metrics', '/v1/chat/completions', '/v1/responses', '/v1/models', '/v1/embeddings', '/v1', '/'];
+const ENDPOINTS = [
+  '/search',
+  '/list',
+  '/remember',
+  '/forget',
+  '/health',
+  '/metrics',
+  '/v1/chat/completions',
+  '/v1/responses',
+  '/v1/models',
+  '/v1/embeddings',
+  '/v1',
+  '/',
+];
 const printable = fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c));
-const headerValue = fc.oneof(fc.string({ unit: printable, maxLength: 40 }), fc.constantFrom('alice', 'bob', '', ' ', 'default', 'x'.repeat(300)));
-const pathPiece = fc.constantFrom('..', '%2e%2e', '%2F', '%00', 'a', '?x=1', '?user_id=bob', '#frag', '/', '//', '%zz', '~', ';', '%ff', 'v1', '..%2f', '\u00e9', '%0d%0aX:1');
+const headerValue = fc.oneof(
+  fc.string({ unit: printable, maxLength: 40 }),
+  fc.constantFrom('alice', 'bob', '', ' ', 'default', 'x'.repeat(300)),
+);
+const pathPiece = fc.constantFrom(
+  '..',
+  '%2e%2e',
+  '%2F',
+  '%00',
+  'a',
+  '?x=1',
+  '?user_id=bob',
+  '#frag',
+  '/',
+  '//',
+  '%zz',
+  '~',
+  ';',
+  '%ff',
+  'v1',
+  '..%2f',
+  '\u00e9',
+  '%0d%0aX:1',
+);
 const pathArb = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(...ENDPOINTS) },
-  { weight: 2, arbitrary: fc.tuple(fc.constantFrom(...ENDPOINTS), fc.array(pathPiece, { maxLength: 4 })).map(([p, rest]) => p + rest.join('')) },
+  {
+    weight: 2,
+    arbitrary: fc.tuple(fc.constantFrom(...ENDPOINTS), fc.array(pathPiece, { maxLength: 4 })).map(([p, rest]) => p + rest.join('')),
+  },
   { weight: 1, arbitrary: fc.array(pathPiece, { minLength: 1, maxLength: 6 }).map((parts) => `/${parts.join('')}`) },
 );
 const authArb = fc.constantFrom<string | undefined>(
@@ -94,18 +134,55 @@ const authArb = fc.constantFrom<string | undefined>(
   'Bearer',
   `bearer   ${KEY.alice}  `,
 );
-const id = fc.oneof(fc.constantFrom('alice', 'bob', 'default', '', '  ', 'x'.repeat(300)), fc.string({ maxLength: 20 }), fc.integer(), fc.constant(null), fc.array(fc.string(), { maxLength: 2 }));
-const anyValue = fc.oneof(fc.string({ maxLength: 30 }), fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.array(fc.string(), { maxLength: 3 }), fc.dictionary(fc.string({ maxLength: 5 }), fc.string({ maxLength: 5 }), { maxKeys: 3 }));
+const id = fc.oneof(
+  fc.constantFrom('alice', 'bob', 'default', '', '  ', 'x'.repeat(300)),
+  fc.string({ maxLength: 20 }),
+  fc.integer(),
+  fc.constant(null),
+  fc.array(fc.string(), { maxLength: 2 }),
+);
+const anyValue = fc.oneof(
+  fc.string({ maxLength: 30 }),
+  fc.integer(),
+  fc.double(),
+  fc.boolean(),
+  fc.constant(null),
+  fc.array(fc.string(), { maxLength: 3 }),
+  fc.dictionary(fc.string({ maxLength: 5 }), fc.string({ maxLength: 5 }), { maxKeys: 3 }),
+);
 const message = fc.record(
-  { role: fc.oneof(fc.constantFrom('user', 'assistant', 'system', 'tool', 'developer'), anyValue), content: fc.oneof(fc.constantFrom('I like tea', 'What do I like?', ''), fc.string({ maxLength: 60 }), anyValue) },
+  {
+    role: fc.oneof(fc.constantFrom('user', 'assistant', 'system', 'tool', 'developer'), anyValue),
+    content: fc.oneof(fc.constantFrom('I like tea', 'What do I like?', ''), fc.string({ maxLength: 60 }), anyValue),
+  },
   { requiredKeys: [] },
 );
 const chatBody = fc.record(
-  { model: fc.oneof(fc.constant('gpt-4o-mini'), anyValue), messages: fc.oneof(fc.array(message, { maxLength: 4 }), anyValue), input: fc.oneof(fc.string({ maxLength: 40 }), fc.array(message, { maxLength: 3 }), anyValue), user: id, stream: fc.oneof(fc.boolean(), anyValue), max_tokens: fc.oneof(fc.integer({ min: -5, max: 20 }), anyValue) },
+  {
+    model: fc.oneof(fc.constant('gpt-4o-mini'), anyValue),
+    messages: fc.oneof(fc.array(message, { maxLength: 4 }), anyValue),
+    input: fc.oneof(fc.string({ maxLength: 40 }), fc.array(message, { maxLength: 3 }), anyValue),
+    user: id,
+    stream: fc.oneof(fc.boolean(), anyValue),
+    max_tokens: fc.oneof(fc.integer({ min: -5, max: 20 }), anyValue),
+  },
   { requiredKeys: [] },
 );
 const adminBody = fc.record(
-  { user_id: id, agent_id: id, run_id: id, query: fc.oneof(fc.string({ maxLength: 40 }), anyValue), limit: fc.oneof(fc.integer({ min: -2, max: 2000 }), anyValue), offset: fc.oneof(fc.integer({ min: -2, max: 5 }), anyValue), content: fc.oneof(fc.string({ maxLength: 60 }), anyValue), messages: fc.oneof(fc.array(message, { maxLength: 3 }), anyValue), metadata: anyValue, infer: fc.oneof(fc.constant(false), anyValue), memory_id: id, extra: anyValue },
+  {
+    user_id: id,
+    agent_id: id,
+    run_id: id,
+    query: fc.oneof(fc.string({ maxLength: 40 }), anyValue),
+    limit: fc.oneof(fc.integer({ min: -2, max: 2000 }), anyValue),
+    offset: fc.oneof(fc.integer({ min: -2, max: 5 }), anyValue),
+    content: fc.oneof(fc.string({ maxLength: 60 }), anyValue),
+    messages: fc.oneof(fc.array(message, { maxLength: 3 }), anyValue),
+    metadata: anyValue,
+    infer: fc.oneof(fc.constant(false), anyValue),
+    memory_id: id,
+    extra: anyValue,
+  },
   { requiredKeys: [] },
 );
 const bodyArb = fc.oneof(
@@ -115,11 +192,28 @@ const bodyArb = fc.oneof(
   fc.jsonValue({ maxDepth: 3 }).map((v) => Buffer.from(JSON.stringify(v))),
   fc.string({ maxLength: 80 }).map((s) => Buffer.from(s)),
   fc.uint8Array({ maxLength: 200 }).map((a) => Buffer.from(a)),
-  fc.constantFrom('{', '{"messages":', '[]', 'null', '"x"', '{"__proto__":{"admin":true},"user_id":"bob"}', '{"constructor":{"prototype":{"x":1}}}').map((s) => Buffer.from(s)),
+  fc
+    .constantFrom(
+      '{',
+      '{"messages":',
+      '[]',
+      'null',
+      '"x"',
+      '{"__proto__":{"admin":true},"user_id":"bob"}',
+      '{"constructor":{"prototype":{"x":1}}}',
+    )
+    .map((s) => Buffer.from(s)),
 );
 const headersArb = fc.record(
   {
-    'content-type': fc.constantFrom('application/json', 'text/plain', 'application/json; charset=utf-16', 'application/x-www-form-urlencoded', 'garbage/', ''),
+    'content-type': fc.constantFrom(
+      'application/json',
+      'text/plain',
+      'application/json; charset=utf-16',
+      'application/x-www-form-urlencoded',
+      'garbage/',
+      '',
+    ),
     'x-mem0-user-id': headerValue,
     'x-mem0-agent-id': headerValue,
     'x-mem0-run-id': headerValue,
@@ -130,15 +224,14 @@ const headersArb = fc.record(
   },
   { requiredKeys: [] },
 );
-const requestArb = fc
-  .record({
-    method: fc.constantFrom('GET', 'POST', 'POST', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'HEAD'),
-    path: pathArb,
-    auth: authArb,
-    headers: headersArb,
-    body: bodyArb,
-    chunked: fc.boolean(),
-  });
+const requestArb = fc.record({
+  method: fc.constantFrom('GET', 'POST', 'POST', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'HEAD'),
+  path: pathArb,
+  auth: authArb,
+  headers: headersArb,
+  body: bodyArb,
+  chunked: fc.boolean(),
+});
 interface GeneratedRequest {
   method: string;
   path: string;
@@ -186,12 +279,13 @@ function checkReply(r: GeneratedRequest, reply: Reply, upstreamStatuses: Readonl
   if (reply.status >= 500) {
     const code = /"code":"([a-z_]+)"/.exec(reply.text)?.[1];
     const own = isV1(r.path)
-      ? (reply.status === 502 || reply.status === 504 || (reply.status === 503 && code === 'memory_unavailable'))
+      ? reply.status === 502 || reply.status === 504 || (reply.status === 503 && code === 'memory_unavailable')
       : reply.status === 503 && /"status_code":503/.test(reply.text);
     const relayed = isV1(r.path) && upstreamStatuses.has(reply.status);
     if (!own && !relayed) throw new Error(`unexpected 5xx: ${where}`);
   }
-  if (STACK_FRAME.test(reply.text) || reply.text.includes(ROOT) || reply.text.includes('node_modules')) throw new Error(`stack or path leaked: ${where}`);
+  if (STACK_FRAME.test(reply.text) || reply.text.includes(ROOT) || reply.text.includes('node_modules'))
+    throw new Error(`stack or path leaked: ${where}`);
   const all = reply.text + JSON.stringify(reply.headers);
   for (const s of SECRETS) if (all.includes(s)) throw new Error(`secret leaked: ${where}`);
 }
@@ -212,7 +306,14 @@ it('answers every generated request without a crash, a stray 5xx, a stack trace 
     { numRuns: 1500 },
   );
   // Still healthy afterwards.
-  const health = await send({ method: 'GET', path: '/health', auth: `Bearer ${TEST_AUTH_TOKEN}`, headers: {}, body: undefined, chunked: false });
+  const health = await send({
+    method: 'GET',
+    path: '/health',
+    auth: `Bearer ${TEST_AUTH_TOKEN}`,
+    headers: {},
+    body: undefined,
+    chunked: false,
+  });
   expect(health.status).toBe(200);
 });
 
@@ -221,7 +322,14 @@ it('focuses on the memory routes with well-formed JSON and every credential', as
     method: fc.constant('POST'),
     path: fc.constantFrom('/search', '/list', '/remember', '/forget', '/v1/chat/completions', '/v1/responses'),
     auth: authArb,
-    headers: fc.record({ 'content-type': fc.constant('application/json'), 'x-mem0-user-id': headerValue, 'x-mem0-memory': fc.constantFrom('off', 'read', 'write', 'on') }, { requiredKeys: ['content-type'] }),
+    headers: fc.record(
+      {
+        'content-type': fc.constant('application/json'),
+        'x-mem0-user-id': headerValue,
+        'x-mem0-memory': fc.constantFrom('off', 'read', 'write', 'on'),
+      },
+      { requiredKeys: ['content-type'] },
+    ),
     body: fc.oneof(chatBody, adminBody).map((b) => Buffer.from(JSON.stringify(b))),
     chunked: fc.boolean(),
   });
@@ -248,7 +356,13 @@ it('refuses every JSON-RPC batch on /mcp and every body nested past 400 levels o
     method: fc.constantFrom('initialize', 'ping', 'tools/list', 'tools/call', 'resources/list', 'resources/read', 'nope'),
     params: fc.oneof(
       fc.constant(undefined),
-      fc.record({ name: fc.constantFrom('search_memories', 'list_memories', 'add_memory', 'delete_memory', 'x'), arguments: fc.dictionary(fc.constantFrom('user_id', 'query', 'limit', 'content', 'memory_id', 'offset'), fc.oneof(fc.string({ maxLength: 20 }), fc.integer({ min: -5, max: 5000 }))) }),
+      fc.record({
+        name: fc.constantFrom('search_memories', 'list_memories', 'add_memory', 'delete_memory', 'x'),
+        arguments: fc.dictionary(
+          fc.constantFrom('user_id', 'query', 'limit', 'content', 'memory_id', 'offset'),
+          fc.oneof(fc.string({ maxLength: 20 }), fc.integer({ min: -5, max: 5000 })),
+        ),
+      }),
     ),
   });
   const nested = fc.tuple(fc.integer({ min: 401, max: 20_000 }), fc.constantFrom('[', '{"a":')).map(([depth, open]) => {
@@ -256,18 +370,39 @@ it('refuses every JSON-RPC batch on /mcp and every body nested past 400 levels o
     return `{"model":"m","messages":[{"role":"user","content":"hi"}],"x":${open.repeat(depth)}1${close.repeat(depth)}}`;
   });
   const attack = fc.oneof(
-    fc.record({ kind: fc.constant('batch' as const), body: fc.array(rpc, { minLength: 0, maxLength: 30 }).map((b) => JSON.stringify(b)), path: fc.constant('/mcp') }),
-    fc.record({ kind: fc.constant('deep' as const), body: nested, path: fc.constantFrom('/v1/chat/completions', '/v1/responses', '/v1/messages', '/mcp') }),
+    fc.record({
+      kind: fc.constant('batch' as const),
+      body: fc.array(rpc, { minLength: 0, maxLength: 30 }).map((b) => JSON.stringify(b)),
+      path: fc.constant('/mcp'),
+    }),
+    fc.record({
+      kind: fc.constant('deep' as const),
+      body: nested,
+      path: fc.constantFrom('/v1/chat/completions', '/v1/responses', '/v1/messages', '/mcp'),
+    }),
     fc.record({ kind: fc.constant('single' as const), body: rpc.map((m) => JSON.stringify(m)), path: fc.constant('/mcp') }),
   );
   await fc.assert(
     fc.asyncProperty(attack, fc.constantFrom(`Bearer ${TEST_AUTH_TOKEN}`, `Bearer ${KEY.alice}`), async (a, auth) => {
-      const r: GeneratedRequest = { method: 'POST', path: a.path, auth, headers: a.path === '/mcp' ? mcpHeaders : a.path === '/v1/messages' ? { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' } : { 'content-type': 'application/json' }, body: Buffer.from(a.body), chunked: false };
+      const r: GeneratedRequest = {
+        method: 'POST',
+        path: a.path,
+        auth,
+        headers:
+          a.path === '/mcp'
+            ? mcpHeaders
+            : a.path === '/v1/messages'
+              ? { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }
+              : { 'content-type': 'application/json' },
+        body: Buffer.from(a.body),
+        chunked: false,
+      };
       const before = fake.requests.length;
       const reply = await send(r);
       sent++;
       checkReply(r, reply, new Set(fake.requests.slice(before).map((q) => q.status ?? 0)));
-      if (a.kind === 'batch') expect({ status: reply.status, code: /"code":(-?\d+)/.exec(reply.text)?.[1] }).toEqual({ status: 400, code: '-32600' });
+      if (a.kind === 'batch')
+        expect({ status: reply.status, code: /"code":(-?\d+)/.exec(reply.text)?.[1] }).toEqual({ status: 400, code: '-32600' });
       // Too deep (400), or refused for its size first (413).
       if (a.kind === 'deep') expect([400, 413]).toContain(reply.status);
       if (a.kind !== 'single') expect(fake.requests.length).toBe(before);
@@ -279,7 +414,14 @@ it('refuses every JSON-RPC batch on /mcp and every body nested past 400 levels o
 // Found by this file: body-parser reports a corrupt compressed body as an http-errors 400 without a
 // `type`, which toAppError (src/errors.ts) used to turn into a 500.
 it('answers 400 to a corrupt gzip body on the admin API', async () => {
-  const reply = await send({ method: 'POST', path: '/search', auth: `Bearer ${KEY.admin}`, headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: Buffer.from('{'), chunked: false });
+  const reply = await send({
+    method: 'POST',
+    path: '/search',
+    auth: `Bearer ${KEY.admin}`,
+    headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
+    body: Buffer.from('{'),
+    chunked: false,
+  });
   expect(reply.status).toBe(400);
 });
 

@@ -35,7 +35,8 @@ const startProxy = (env: Record<string, string> = {}): Promise<MemoryProxy> =>
   startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), env });
 
 /** mem0's extraction calls to the fake (one per exchange saved). */
-const extractions = (): number => fake.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
+const extractions = (): number =>
+  fake.requestsTo('/v1/chat/completions').filter((r) => JSON.stringify(r.json).includes('Memory Extractor')).length;
 
 describe('idempotency of saves', () => {
   let p: MemoryProxy;
@@ -47,7 +48,10 @@ describe('idempotency of saves', () => {
 
   it("saves two users' exchanges that reuse one X-Request-ID under one key, and a replay of either once", async () => {
     const chat = (user: string, text: string) =>
-      p.client.chat.completions.create({ model: 'm', user, messages: [{ role: 'user', content: text }] }, { headers: { 'X-Request-ID': 'shared-request-1' } });
+      p.client.chat.completions.create(
+        { model: 'm', user, messages: [{ role: 'user', content: text }] },
+        { headers: { 'X-Request-ID': 'shared-request-1' } },
+      );
     await chat('ann', 'My cat is called Pixel.');
     await chat('ben', 'My dog is called Rex.');
     await chat('ann', 'My cat is called Pixel.');
@@ -64,12 +68,21 @@ describe('tool loops keep their memory', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
     p = await startProxy();
-    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'kim', content: 'Kim is allergic to shellfish', infer: false }).expect(200);
+    await request(p.app.app)
+      .post('/remember')
+      .set(auth)
+      .send({ user_id: 'kim', content: 'Kim is allergic to shellfish', infer: false })
+      .expect(200);
   });
   afterAll(() => p.close());
   beforeEach(() => fake.reset());
 
-  const tools = [{ type: 'function' as const, function: { name: 'get_menu', description: 'Tonight\'s menu', parameters: { type: 'object', properties: {} } } }];
+  const tools = [
+    {
+      type: 'function' as const,
+      function: { name: 'get_menu', description: "Tonight's menu", parameters: { type: 'object', properties: {} } },
+    },
+  ];
   const question = { role: 'user' as const, content: 'Which dish on the menu is safe for Kim with shellfish?' };
 
   it('recalls on the request after the tool results too, and saves the final answer once with the user text', async () => {
@@ -86,7 +99,11 @@ describe('tool loops keep their memory', () => {
         model: 'm',
         user: 'kim',
         tools,
-        messages: [question, { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: 'paella, risotto' }],
+        messages: [
+          question,
+          { role: 'assistant', content: null, tool_calls: [call] },
+          { role: 'tool', tool_call_id: call.id, content: 'paella, risotto' },
+        ],
       })
       .withResponse();
     expect(second.response.headers.get('x-mem0-memories')).toBe('1');
@@ -97,7 +114,9 @@ describe('tool loops keep their memory', () => {
     await waitFor(() => (p.app.queue?.depth() === 0 && extractions() >= 1 ? true : undefined));
     await new Promise((r) => setTimeout(r, 300));
     expect(extractions()).toBe(1);
-    const extraction = JSON.stringify(fake.requestsTo('/v1/chat/completions').find((r) => JSON.stringify(r.json).includes('Memory Extractor'))?.json);
+    const extraction = JSON.stringify(
+      fake.requestsTo('/v1/chat/completions').find((r) => JSON.stringify(r.json).includes('Memory Extractor'))?.json,
+    );
     expect(extraction).toContain('Which dish on the menu is safe for Kim with shellfish?');
     expect(extraction).toContain(`assistant: ${second.data.choices[0]?.message.content ?? 'missing'}`);
   });
@@ -117,7 +136,10 @@ describe('a save queue that cannot be written', () => {
       let answered = 0;
       for (let i = 0; i < 20; i++) {
         // write-only: no recall, so the test spends its time on the queue, not on searching.
-        const reply = await p.client.chat.completions.create({ model: 'm', user: 'lou', messages: [{ role: 'user', content: `${i} ${long}` }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+        const reply = await p.client.chat.completions.create(
+          { model: 'm', user: 'lou', messages: [{ role: 'user', content: `${i} ${long}` }] },
+          { headers: { 'X-Mem0-Memory': 'write' } },
+        );
         if (reply.choices[0]?.message.content) answered++;
       }
       expect(answered).toBe(20);
@@ -140,7 +162,11 @@ describe('browsers on other origins (development mode)', () => {
   let app: TestApp;
   let served: Served;
   beforeAll(async () => {
-    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, ALLOWED_ORIGINS: 'https://console.example.com' });
+    app = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      ALLOWED_ORIGINS: 'https://console.example.com',
+    });
     served = await serve(app.app);
   });
   afterAll(async () => {
@@ -170,8 +196,12 @@ describe('browsers on other origins (development mode)', () => {
   it('serves programs, same-origin pages and the allowed origins', async () => {
     const host = new URL(served.url).host;
     expect(await post({ 'content-type': 'application/json' })).toBe(200);
-    expect(await post({ 'content-type': 'application/json; charset=utf-8', origin: `http://${host}`, 'sec-fetch-site': 'same-origin' })).toBe(200);
-    expect(await post({ 'content-type': 'application/json', origin: 'https://console.example.com', 'sec-fetch-site': 'cross-site' })).toBe(200);
+    expect(
+      await post({ 'content-type': 'application/json; charset=utf-8', origin: `http://${host}`, 'sec-fetch-site': 'same-origin' }),
+    ).toBe(200);
+    expect(await post({ 'content-type': 'application/json', origin: 'https://console.example.com', 'sec-fetch-site': 'cross-site' })).toBe(
+      200,
+    );
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(3);
   });
 });
@@ -205,12 +235,24 @@ describe('a deeply nested chat body', () => {
     expect(health.status).toBe(200);
     const res = await chat;
     expect(res.status).toBe(400);
-    expect(JSON.parse(res.text)).toMatchObject({ error: { message: 'Request body nests deeper than 400 levels', type: 'invalid_request_error' } });
-    const messages = await rawRequest(`${served.url}/v1/messages`, 'POST', { ...auth, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }, body);
+    expect(JSON.parse(res.text)).toMatchObject({
+      error: { message: 'Request body nests deeper than 400 levels', type: 'invalid_request_error' },
+    });
+    const messages = await rawRequest(
+      `${served.url}/v1/messages`,
+      'POST',
+      { ...auth, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+      body,
+    );
     expect(messages.status).toBe(400);
     expect(Date.now() - started).toBeLessThan(3000);
     // 400 levels is fine.
-    const ok = await rawRequest(`${served.url}/v1/chat/completions`, 'POST', { ...auth, 'content-type': 'application/json' }, Buffer.from(`{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata_x":${'['.repeat(395)}${']'.repeat(395)}}`));
+    const ok = await rawRequest(
+      `${served.url}/v1/chat/completions`,
+      'POST',
+      { ...auth, 'content-type': 'application/json' },
+      Buffer.from(`{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata_x":${'['.repeat(395)}${']'.repeat(395)}}`),
+    );
     expect(ok.status).toBe(200);
   });
 });
@@ -220,12 +262,27 @@ describe("an exchange the memory engine's model refuses", () => {
     const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
     try {
       fake.reset();
-      await p.client.chat.completions.create({ model: 'm', user: 'moe', messages: [{ role: 'user', content: 'My essay is far too long for the model.' }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+      await p.client.chat.completions.create(
+        { model: 'm', user: 'moe', messages: [{ role: 'user', content: 'My essay is far too long for the model.' }] },
+        { headers: { 'X-Mem0-Memory': 'write' } },
+      );
       // The next call to the fake is the queue's extraction for moe's exchange: the model refuses it.
-      fake.setNext({ kind: 'error', status: 400, type: 'invalid_request_error', code: 'context_length_exceeded', message: "This model's maximum context length is 128000 tokens." }, { path: '/v1/chat/completions' });
+      fake.setNext(
+        {
+          kind: 'error',
+          status: 400,
+          type: 'invalid_request_error',
+          code: 'context_length_exceeded',
+          message: "This model's maximum context length is 128000 tokens.",
+        },
+        { path: '/v1/chat/completions' },
+      );
       p.app.queue?.start();
       await waitFor(() => (p.app.queue?.deadCount() === 1 ? true : undefined));
-      await p.client.chat.completions.create({ model: 'm', user: 'noa', messages: [{ role: 'user', content: 'My bike is blue.' }] }, { headers: { 'X-Mem0-Memory': 'write' } });
+      await p.client.chat.completions.create(
+        { model: 'm', user: 'noa', messages: [{ role: 'user', content: 'My bike is blue.' }] },
+        { headers: { 'X-Mem0-Memory': 'write' } },
+      );
       const started = Date.now();
       await waitFor(async () => ((await memoriesOf(p, 'noa')).length > 0 ? true : undefined));
       expect(Date.now() - started).toBeLessThan(3000);
@@ -275,7 +332,10 @@ describe('slow request bodies', () => {
   }
 
   it('answers a keyless POST announcing a huge body with 401 and closes the connection instead of reading on', async () => {
-    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000`, 500);
+    const result = await dribble(
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000`,
+      500,
+    );
     expect(result.response).toMatch(/^HTTP\/1.1 401/);
     expect(result.response.toLowerCase()).toContain('connection: close');
     expect(result.closedByServer).toBe(true);
@@ -283,7 +343,10 @@ describe('slow request bodies', () => {
 
   it('cuts off an authenticated request whose body does not arrive in time (408)', async () => {
     fake.reset();
-    const result = await dribble(`POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000`, 2500);
+    const result = await dribble(
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TEST_AUTH_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1000`,
+      2500,
+    );
     expect(result.response).toMatch(/^HTTP\/1.1 408/);
     expect(result.closedByServer).toBe(true);
     expect(fake.requests).toHaveLength(0);
@@ -293,7 +356,13 @@ describe('slow request bodies', () => {
 describe('failed logins', () => {
   let app: TestApp;
   beforeAll(async () => {
-    app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, RATE_LIMIT_FAILED_AUTH: '5', RATE_LIMIT_HEALTH: '1000' });
+    app = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      RATE_LIMIT_FAILED_AUTH: '5',
+      RATE_LIMIT_HEALTH: '1000',
+    });
   });
   afterAll(() => app.close());
 
@@ -316,14 +385,22 @@ describe('the memory user from safety_identifier', () => {
   beforeAll(async () => {
     // Which user the chat path resolves is the proxy's business: the fake memory service will do.
     p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), memory: fakeMemory() });
-    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'sid-olga', content: 'Olga plays the cello', infer: false }).expect(200);
+    await request(p.app.app)
+      .post('/remember')
+      .set(auth)
+      .send({ user_id: 'sid-olga', content: 'Olga plays the cello', infer: false })
+      .expect(200);
   });
   afterAll(() => p.close());
   beforeEach(() => fake.reset());
 
   it('takes safety_identifier when there is no user, and user when both are sent', async () => {
     const ask = (extra: Record<string, string>) =>
-      p.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Which instrument does Olga play, the cello?' }], ...extra } as never, { headers: { 'X-Mem0-Memory': 'read' } }).withResponse();
+      p.client.chat.completions
+        .create({ model: 'm', messages: [{ role: 'user', content: 'Which instrument does Olga play, the cello?' }], ...extra } as never, {
+          headers: { 'X-Mem0-Memory': 'read' },
+        })
+        .withResponse();
     expect((await ask({ safety_identifier: 'sid-olga' })).response.headers.get('x-mem0-memories')).toBe('1');
     expect((await ask({ user: 'someone-else', safety_identifier: 'sid-olga' })).response.headers.get('x-mem0-memories')).toBe('0');
   });
@@ -335,15 +412,25 @@ describe('MCP batches', () => {
     app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN });
   });
   afterAll(() => app.close());
-  const mcp = () => request(app.app).post('/mcp').set(auth).set('Accept', 'application/json, text/event-stream').set('Content-Type', 'application/json');
+  const mcp = () =>
+    request(app.app).post('/mcp').set(auth).set('Accept', 'application/json, text/event-stream').set('Content-Type', 'application/json');
 
   it('refuses a JSON-RPC batch (one rate-limited request may not carry a hundred tool calls), and deep bodies', async () => {
-    const calls = Array.from({ length: 100 }, (_, i) => ({ jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: 'add_memory', arguments: { user_id: 'u', content: `fact ${i}` } } }));
+    const calls = Array.from({ length: 100 }, (_, i) => ({
+      jsonrpc: '2.0',
+      id: i,
+      method: 'tools/call',
+      params: { name: 'add_memory', arguments: { user_id: 'u', content: `fact ${i}` } },
+    }));
     const batch = await mcp().send(JSON.stringify(calls)).expect(400);
     expect(batch.body).toMatchObject({ jsonrpc: '2.0', error: { code: -32600 }, id: null });
-    const deep = await mcp().send(`{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`).expect(400);
+    const deep = await mcp()
+      .send(`{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`)
+      .expect(400);
     expect(deep.body).toMatchObject({ error: { code: -32700 } });
-    const ping = await mcp().send(JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'ping' })).expect(200);
+    const ping = await mcp()
+      .send(JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'ping' }))
+      .expect(200);
     expect(ping.body).toMatchObject({ jsonrpc: '2.0', id: 7, result: {} });
   });
 });
@@ -381,10 +468,18 @@ describe('memory size', () => {
 
   it('refuses a memory stored as it is (infer: false) past 8000 characters, before the engine sees it', async () => {
     fake.reset();
-    const res = await request(p.app.app).post('/remember').set(auth).send({ user_id: 'pia', content: 'y'.repeat(95_000), infer: false }).expect(400);
+    const res = await request(p.app.app)
+      .post('/remember')
+      .set(auth)
+      .send({ user_id: 'pia', content: 'y'.repeat(95_000), infer: false })
+      .expect(400);
     expect(JSON.stringify(res.body)).toContain('at most 8000 characters');
     expect(fake.requestsTo('/v1/embeddings')).toHaveLength(0);
-    await request(p.app.app).post('/remember').set(auth).send({ user_id: 'pia', content: 'Pia keeps notes short', infer: false }).expect(200);
+    await request(p.app.app)
+      .post('/remember')
+      .set(auth)
+      .send({ user_id: 'pia', content: 'Pia keeps notes short', infer: false })
+      .expect(200);
   });
 });
 
@@ -393,7 +488,10 @@ describe('an oversized exchange', () => {
     const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
     try {
       const huge = `My document: ${'lorem ipsum '.repeat(100_000)}`;
-      await p.client.chat.completions.create({ model: 'm', user: 'ray', messages: [{ role: 'user', content: huge }] }, { headers: { 'X-Mem0-Memory': 'write', 'X-Request-ID': 'huge-1' } });
+      await p.client.chat.completions.create(
+        { model: 'm', user: 'ray', messages: [{ role: 'user', content: huge }] },
+        { headers: { 'X-Mem0-Memory': 'write', 'X-Request-ID': 'huge-1' } },
+      );
       const db = new Database(path.join(p.app.config.dataDir, 'save-queue.db'), { readonly: true });
       try {
         const row = db.prepare('SELECT messages FROM save_jobs').get() as { messages: string };
@@ -421,14 +519,25 @@ describe('memories per user (MEMORY_MAX_PER_USER)', () => {
     request(p.app.app)
       .post('/remember')
       .set(auth)
-      .send({ user_id: user, infer: false, ...(Array.isArray(content) ? { messages: content.map((c) => ({ role: 'user', content: c })) } : { content }) });
+      .send({
+        user_id: user,
+        infer: false,
+        ...(Array.isArray(content) ? { messages: content.map((c) => ({ role: 'user', content: c })) } : { content }),
+      });
   const mcpAdd = (user: string, content: string) =>
     request(p.app.app)
       .post('/mcp')
       .set(auth)
       .set('Accept', 'application/json, text/event-stream')
       .set('Content-Type', 'application/json')
-      .send(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'add_memory', arguments: { user_id: user, content, infer: false } } }));
+      .send(
+        JSON.stringify({
+          jsonrpc: '2.0',
+          id: 1,
+          method: 'tools/call',
+          params: { name: 'add_memory', arguments: { user_id: user, content, infer: false } },
+        }),
+      );
   const mcpResult = (res: request.Response): { isError?: boolean; content: Array<{ text: string }> } => {
     // Streamable HTTP may answer as one SSE event.
     const text = res.text.startsWith('{') ? res.text : (/^data: (.*)$/m.exec(res.text)?.[1] ?? '{}');
@@ -451,7 +560,11 @@ describe('memories per user (MEMORY_MAX_PER_USER)', () => {
     expect(tool.isError).toBe(true);
     expect(tool.content[0]?.text).toMatch(/^memory limit reached: .*limit of 3 memories/);
     // The chat is answered; its exchange is not saved (dead at once, no extraction call).
-    const chat = await p.client.chat.completions.create({ model: 'm', user: 'rue', messages: [{ role: 'user', content: 'I also play the piano.' }] });
+    const chat = await p.client.chat.completions.create({
+      model: 'm',
+      user: 'rue',
+      messages: [{ role: 'user', content: 'I also play the piano.' }],
+    });
     expect(chat.choices[0]?.message.content).toBeTruthy();
     await waitFor(() => (p.app.queue?.deadCount() === 1 ? true : undefined));
     expect(extractions()).toBe(0);

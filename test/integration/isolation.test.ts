@@ -45,7 +45,13 @@ beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'isolation-'));
   // No AUTH_TOKEN: the registry alone makes authentication required.
-  const env = { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'data'), EMBEDDING_DIMS: '64', ...generous };
+  const env = {
+    UPSTREAM_BASE_URL: fake.url,
+    OPENAI_API_KEY: TEST_OPENAI_KEY,
+    DATA_DIR: path.join(tmp, 'data'),
+    EMBEDDING_DIMS: '64',
+    ...generous,
+  };
   ({ app, keysFile, registry } = await buildKeyedTestApp(env, {
     dir: tmp,
     keys: ENTRIES,
@@ -74,8 +80,10 @@ describe('isolation between bound keys', () => {
   let bobMemoryId: string;
 
   beforeAll(async () => {
-    for (const content of ['Alice likes green tea', 'Alice lives in Lisbon']) await post('/remember', KEY.admin, { user_id: 'alice', content, infer: false }).expect(200);
-    for (const content of ['Bob likes black coffee', 'Bob lives in Oslo']) await post('/remember', KEY.admin, { user_id: 'bob', content, infer: false }).expect(200);
+    for (const content of ['Alice likes green tea', 'Alice lives in Lisbon'])
+      await post('/remember', KEY.admin, { user_id: 'alice', content, infer: false }).expect(200);
+    for (const content of ['Bob likes black coffee', 'Bob lives in Oslo'])
+      await post('/remember', KEY.admin, { user_id: 'bob', content, infer: false }).expect(200);
     bobBefore = await snapshot('bob');
     expect(bobBefore).toHaveLength(2);
     bobMemoryId = (await listOf('bob'))[0]?.id ?? '';
@@ -138,7 +146,12 @@ describe('isolation between bound keys', () => {
 
   it('injects only alice’s memories into alice’s chat', async () => {
     fake.reset();
-    await post('/v1/chat/completions', KEY.alice, { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Do I like tea or coffee, and where do I live?' }] }, { 'X-Mem0-Memory': 'read' }).expect(200);
+    await post(
+      '/v1/chat/completions',
+      KEY.alice,
+      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Do I like tea or coffee, and where do I live?' }] },
+      { 'X-Mem0-Memory': 'read' },
+    ).expect(200);
     const forwarded = fake.requestsTo('/v1/chat/completions').map((r) => r.body.toString('utf8'));
     expect(forwarded).toHaveLength(1);
     expect(forwarded[0]).toMatch(/Alice/);
@@ -204,7 +217,14 @@ describe('credentials upstream', () => {
     // The real engine here: its extraction and embedding requests go to the same upstream, and
     // they must carry the proxy's key too, never the caller's.
     const engine = await buildTestApp(
-      { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: path.join(tmp, 'engine'), EMBEDDING_DIMS: '64', KEYS_FILE: keysFile, ...generous },
+      {
+        UPSTREAM_BASE_URL: fake.url,
+        OPENAI_API_KEY: TEST_OPENAI_KEY,
+        DATA_DIR: path.join(tmp, 'engine'),
+        EMBEDDING_DIMS: '64',
+        KEYS_FILE: keysFile,
+        ...generous,
+      },
       {
         authenticator: combinedAuthenticator(undefined, registry),
         memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
@@ -215,7 +235,11 @@ describe('credentials upstream', () => {
       fake.reset();
       const send = (route: string, key: string, body: object): request.Test => request(engine.app).post(route).set(bearer(key)).send(body);
       await request(engine.app).get('/v1/models').set(bearer(KEY.alice)).expect(200);
-      await send('/v1/chat/completions', KEY.admin, { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'I like hiking' }], user: 'dave' }).expect(200);
+      await send('/v1/chat/completions', KEY.admin, {
+        model: 'gpt-4o-mini',
+        messages: [{ role: 'user', content: 'I like hiking' }],
+        user: 'dave',
+      }).expect(200);
       await send('/remember', KEY.alice, { content: 'I like hiking in my free time' }).expect(200);
       expect(fake.requests.length).toBeGreaterThan(2);
       expectOnlyTheProxyKey();
@@ -233,11 +257,18 @@ describe('credentials upstream', () => {
   }
 
   it('with a registry and no OPENAI_API_KEY, sends no Authorization upstream at all', async () => {
-    const bare = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, DATA_DIR: path.join(tmp, 'bare'), KEYS_FILE: keysFile, ...generous }, { authenticator: combinedAuthenticator(undefined, registry) });
+    const bare = await buildTestApp(
+      { UPSTREAM_BASE_URL: fake.url, DATA_DIR: path.join(tmp, 'bare'), KEYS_FILE: keysFile, ...generous },
+      { authenticator: combinedAuthenticator(undefined, registry) },
+    );
     try {
       fake.reset();
       await request(bare.app).get('/v1/models').set(bearer(KEY.alice)).expect(200);
-      await request(bare.app).post('/v1/chat/completions').set(bearer(KEY.alice)).send({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }).expect(200);
+      await request(bare.app)
+        .post('/v1/chat/completions')
+        .set(bearer(KEY.alice))
+        .send({ model: 'm', messages: [{ role: 'user', content: 'hi' }] })
+        .expect(200);
       expect(fake.requests).toHaveLength(2);
       for (const r of fake.requests) expect(r.headers.authorization).toBeUndefined();
     } finally {

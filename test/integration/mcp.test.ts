@@ -25,7 +25,9 @@ interface ListBody {
   count: number;
 }
 
-const generous = Object.fromEntries(['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP'].map((n) => [`RATE_LIMIT_${n}`, '100000']));
+const generous = Object.fromEntries(
+  ['HEALTH', 'SEARCH', 'LIST', 'REMEMBER', 'FORGET', 'V1', 'MCP'].map((n) => [`RATE_LIMIT_${n}`, '100000']),
+);
 const MCP_ACCEPT = 'application/json, text/event-stream';
 
 let fake: FakeUpstream;
@@ -46,9 +48,19 @@ afterEach(async () => {
 });
 
 /** The app served on a real port (the MCP client speaks HTTP), with the fake memory service. */
-async function startServed(env: Record<string, string>, options: Parameters<typeof buildTestApp>[1] = {}): Promise<{ app: TestApp; served: Served }> {
+async function startServed(
+  env: Record<string, string>,
+  options: Parameters<typeof buildTestApp>[1] = {},
+): Promise<{ app: TestApp; served: Served }> {
   const app = await buildTestApp(
-    { UPSTREAM_BASE_URL: fake.url, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: fs.mkdtempSync(path.join(tmp, 'data-')), EMBEDDING_DIMS: '64', ...generous, ...env },
+    {
+      UPSTREAM_BASE_URL: fake.url,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      DATA_DIR: fs.mkdtempSync(path.join(tmp, 'data-')),
+      EMBEDDING_DIMS: '64',
+      ...generous,
+      ...env,
+    },
     { memory: fakeMemory(), ...options },
   );
   const served = await serve(app.app);
@@ -122,12 +134,16 @@ describe('MCP with the AUTH_TOKEN caller', () => {
     expect(byName.search_memories?.annotations).toMatchObject({ readOnlyHint: true });
 
     const { resourceTemplates } = await client.listResourceTemplates();
-    expect(resourceTemplates).toEqual([expect.objectContaining({ name: 'memories', uriTemplate: 'memory://{user_id}', mimeType: 'text/plain' })]);
+    expect(resourceTemplates).toEqual([
+      expect.objectContaining({ name: 'memories', uriTemplate: 'memory://{user_id}', mimeType: 'text/plain' }),
+    ]);
   });
 
   it('add_memory stores through the memory service, and the admin API lists and finds it', async () => {
     const client = await connect(served, TEST_AUTH_TOKEN);
-    const added = jsonOf<ListBody>(await call(client, 'add_memory', { user_id: 'mia', content: 'My favourite fruit is mango.', metadata: { source: 'mcp' } }));
+    const added = jsonOf<ListBody>(
+      await call(client, 'add_memory', { user_id: 'mia', content: 'My favourite fruit is mango.', metadata: { source: 'mcp' } }),
+    );
     expect(added.count).toBe(1);
     expect(added.memories[0]).toMatchObject({ memory: 'My favourite fruit is mango', user_id: 'mia', metadata: { source: 'mcp' } });
 
@@ -152,7 +168,9 @@ describe('MCP with the AUTH_TOKEN caller', () => {
       await admin(app, TEST_AUTH_TOKEN, '/remember', { user_id: 'noah', content, infer: false }).expect(200);
     }
     const client = await connect(served, TEST_AUTH_TOKEN);
-    const found = jsonOf<ListBody>(await call(client, 'search_memories', { user_id: 'noah', query: 'which instrument does Noah play? the cello?', limit: 2 }));
+    const found = jsonOf<ListBody>(
+      await call(client, 'search_memories', { user_id: 'noah', query: 'which instrument does Noah play? the cello?', limit: 2 }),
+    );
     expect(found.count).toBe(2);
     expect(found.memories[0]).toMatchObject({ memory: 'Noah plays the cello', user_id: 'noah' });
     expect(typeof found.memories[0]?.score).toBe('number');
@@ -165,12 +183,16 @@ describe('MCP with the AUTH_TOKEN caller', () => {
   });
 
   it('delete_memory deletes one memory (the admin API no longer has it); deleting it again is a not-found tool error', async () => {
-    for (const content of ['Olga likes jazz', 'Olga has a dog']) await admin(app, TEST_AUTH_TOKEN, '/remember', { user_id: 'olga', content, infer: false }).expect(200);
+    for (const content of ['Olga likes jazz', 'Olga has a dog'])
+      await admin(app, TEST_AUTH_TOKEN, '/remember', { user_id: 'olga', content, infer: false }).expect(200);
     const before = await adminList(app, TEST_AUTH_TOKEN, 'olga');
     const jazz = before.find((m) => m.memory === 'Olga likes jazz');
     if (!jazz) throw new Error('seed missing');
     const client = await connect(served, TEST_AUTH_TOKEN);
-    expect(jsonOf<{ success: boolean }>(await call(client, 'delete_memory', { user_id: 'olga', memory_id: jazz.id }))).toEqual({ success: true, message: `Memory ${jazz.id} deleted` });
+    expect(jsonOf<{ success: boolean }>(await call(client, 'delete_memory', { user_id: 'olga', memory_id: jazz.id }))).toEqual({
+      success: true,
+      message: `Memory ${jazz.id} deleted`,
+    });
     expect(texts(await adminList(app, TEST_AUTH_TOKEN, 'olga'))).toEqual(['Olga has a dog']);
 
     const again = await call(client, 'delete_memory', { user_id: 'olga', memory_id: jazz.id });
@@ -185,7 +207,8 @@ describe('MCP with the AUTH_TOKEN caller', () => {
   });
 
   it('reads memory://{user_id} as text listing the user’s memories', async () => {
-    for (const content of ['Pia reads sci-fi', 'Pia runs marathons']) await admin(app, TEST_AUTH_TOKEN, '/remember', { user_id: 'pia', content, infer: false }).expect(200);
+    for (const content of ['Pia reads sci-fi', 'Pia runs marathons'])
+      await admin(app, TEST_AUTH_TOKEN, '/remember', { user_id: 'pia', content, infer: false }).expect(200);
     const ids = (await adminList(app, TEST_AUTH_TOKEN, 'pia')).map((m) => m.id);
     const client = await connect(served, TEST_AUTH_TOKEN);
     const read = await client.readResource({ uri: 'memory://pia' });
@@ -235,7 +258,11 @@ describe('MCP with the AUTH_TOKEN caller', () => {
   });
 
   it('answers 405 to GET and DELETE, protocol errors as JSON-RPC, and logs each request under /mcp', async () => {
-    const get = await request(app.app).get('/mcp').set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`).set('Accept', 'text/event-stream').expect(405);
+    const get = await request(app.app)
+      .get('/mcp')
+      .set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`)
+      .set('Accept', 'text/event-stream')
+      .expect(405);
     expect(JSON.parse(get.text)).toMatchObject({ jsonrpc: '2.0', error: { code: -32000 } });
     expect(get.headers).toMatchObject({ allow: 'POST', 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
     await request(app.app).delete('/mcp').set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`).expect(405);
@@ -244,10 +271,16 @@ describe('MCP with the AUTH_TOKEN caller', () => {
     const notJson = await post().set('Accept', MCP_ACCEPT).set('Content-Type', 'application/json').send('{"jsonrpc":').expect(400);
     expect(notJson.body).toMatchObject({ jsonrpc: '2.0', error: { code: -32700 } });
     await post().set('Accept', 'application/json').send({ jsonrpc: '2.0', id: 1, method: 'ping' }).expect(406);
-    const tooBig = await post().set('Accept', MCP_ACCEPT).send({ jsonrpc: '2.0', id: 1, method: 'ping', params: { pad: 'x'.repeat(1_100_000) } });
+    const tooBig = await post()
+      .set('Accept', MCP_ACCEPT)
+      .send({ jsonrpc: '2.0', id: 1, method: 'ping', params: { pad: 'x'.repeat(1_100_000) } });
     expect(tooBig.status).toBe(413);
 
-    const ping = await post().set('Accept', MCP_ACCEPT).set('X-Request-ID', 'mcp-req-1').send({ jsonrpc: '2.0', id: 7, method: 'ping' }).expect(200);
+    const ping = await post()
+      .set('Accept', MCP_ACCEPT)
+      .set('X-Request-ID', 'mcp-req-1')
+      .send({ jsonrpc: '2.0', id: 7, method: 'ping' })
+      .expect(200);
     expect(ping.body).toEqual({ jsonrpc: '2.0', id: 7, result: {} });
     expect(ping.headers['x-request-id']).toBe('mcp-req-1');
     const line = app.logs.find((l) => l.includes('mcp-req-1') && l.includes('request'));
@@ -258,7 +291,12 @@ describe('MCP with the AUTH_TOKEN caller', () => {
 describe('MCP with the memory engine unavailable', () => {
   it('answers tool calls with "memory unavailable" tool errors and resource reads with an error', async () => {
     // No memory factory: the test app's never-initialised memory service.
-    const app = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, ...generous });
+    const app = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      ...generous,
+    });
     const served = await serve(app.app);
     opened.push({ close: () => app.close() }, served);
     const client = await connect(served, TEST_AUTH_TOKEN);
@@ -282,8 +320,10 @@ describe('MCP with bound keys (key registry)', () => {
       { id: 'ops', sha256: keyDigestHex(KEY.ops), admin: true },
     ]);
     ({ app, served } = await startServed({ KEYS_FILE: keysFile }, { authenticator: combinedAuthenticator(undefined, registry) }));
-    for (const content of ['Alice likes green tea']) await admin(app, KEY.ops, '/remember', { user_id: 'alice', content, infer: false }).expect(200);
-    for (const content of ['Bob likes black coffee', 'Bob lives in Oslo']) await admin(app, KEY.ops, '/remember', { user_id: 'bob', content, infer: false }).expect(200);
+    for (const content of ['Alice likes green tea'])
+      await admin(app, KEY.ops, '/remember', { user_id: 'alice', content, infer: false }).expect(200);
+    for (const content of ['Bob likes black coffee', 'Bob lives in Oslo'])
+      await admin(app, KEY.ops, '/remember', { user_id: 'bob', content, infer: false }).expect(200);
     const bob = await adminList(app, KEY.ops, 'bob');
     bobBefore = bob.map((m) => `${m.id}:${m.memory}`).sort();
     bobMemoryId = bob[0]?.id ?? '';
@@ -305,7 +345,11 @@ describe('MCP with bound keys (key registry)', () => {
     ];
     for (const [name, args] of attempts) {
       const result = await call(client, name, args);
-      expect({ name, isError: result.isError, text: textOf(result) }).toEqual({ name, isError: true, text: expect.stringMatching(/^forbidden: /) });
+      expect({ name, isError: result.isError, text: textOf(result) }).toEqual({
+        name,
+        isError: true,
+        text: expect.stringMatching(/^forbidden: /),
+      });
       expect(textOf(result)).not.toContain('Bob');
     }
     // By id alone, bob's memory is not alice's: not found.
@@ -344,7 +388,11 @@ describe('MCP rate limit', () => {
     const { app, served } = await startServed({ AUTH_TOKEN: TEST_AUTH_TOKEN, RATE_LIMIT_MCP: '4' });
     opened.push({ close: () => app.close() }, served);
     const ping = (): request.Test =>
-      request(app.app).post('/mcp').set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`).set('Accept', MCP_ACCEPT).send({ jsonrpc: '2.0', id: 1, method: 'ping' });
+      request(app.app)
+        .post('/mcp')
+        .set('Authorization', `Bearer ${TEST_AUTH_TOKEN}`)
+        .set('Accept', MCP_ACCEPT)
+        .send({ jsonrpc: '2.0', id: 1, method: 'ping' });
     for (let i = 0; i < 4; i++) {
       const res = await ping().expect(200);
       expect(res.headers['x-ratelimit-limit']).toBe('4');

@@ -11,7 +11,18 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import path from 'node:path';
 import type { MemoryItem } from '../../src/memory/types';
 import { capturedLogLines } from '../helpers/app';
-import { describeMemoryApi, health, list, memoryApiFixture, MEMORY_API_LIMITS, post, remember, search, texts, type MemoryApiInstance } from '../helpers/memory-api-suite';
+import {
+  describeMemoryApi,
+  health,
+  list,
+  memoryApiFixture,
+  MEMORY_API_LIMITS,
+  post,
+  remember,
+  search,
+  texts,
+  type MemoryApiInstance,
+} from '../helpers/memory-api-suite';
 import { startPgliteServer, type PgliteServer } from '../helpers/pglite-server';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
@@ -60,7 +71,10 @@ async function startApp(dataDir: string = fixture.freshDataDir()): Promise<Insta
     OPENAI_API_KEY: TEST_OPENAI_KEY,
     ...MEMORY_API_LIMITS,
   };
-  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], { cwd: dataDir, env });
+  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
+    cwd: dataDir,
+    env,
+  });
   const out: string[] = [];
   const err: string[] = [];
   let partial = '';

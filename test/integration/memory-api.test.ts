@@ -10,12 +10,26 @@ import request from 'supertest';
 import { createMemoryService } from '../../src/memory/factory';
 import type { GuardTuning } from '../../src/memory/resilience';
 import { buildTestApp, type TestApp } from '../helpers/app';
-import { describeMemoryApi, health, list, memoryApiFixture, MEMORY_API_LIMITS, post, remember, search, texts, type MemoryApiInstance } from '../helpers/memory-api-suite';
+import {
+  describeMemoryApi,
+  health,
+  list,
+  memoryApiFixture,
+  MEMORY_API_LIMITS,
+  post,
+  remember,
+  search,
+  texts,
+  type MemoryApiInstance,
+} from '../helpers/memory-api-suite';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
 const fixture = memoryApiFixture('memory-api-test-');
 
-async function startApp(dataDir: string, options: { env?: Record<string, string>; tuning?: Partial<GuardTuning>; auth?: boolean } = {}): Promise<TestApp> {
+async function startApp(
+  dataDir: string,
+  options: { env?: Record<string, string>; tuning?: Partial<GuardTuning>; auth?: boolean } = {},
+): Promise<TestApp> {
   const env: Record<string, string> = {
     UPSTREAM_BASE_URL: fixture.fake.url,
     DATA_DIR: dataDir,

@@ -17,18 +17,29 @@ const auth = `Bearer ${TEST_AUTH_TOKEN}`;
 describe('with AUTH_TOKEN and no memory engine', () => {
   let t: TestApp;
   beforeAll(async () => {
-    t = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, RATE_LIMIT_HEALTH: '1000' });
+    t = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      RATE_LIMIT_HEALTH: '1000',
+    });
   });
   afterAll(() => t.close());
 
   it('reports degraded health while memory is unavailable, in the contract shape', async () => {
     const res = await request(t.app).get('/health').set('Authorization', auth).expect(200);
-    expect(res.body).toEqual({ status: 'degraded', memory_service_available: false, timestamp: expect.any(String), version: expect.any(String) });
+    expect(res.body).toEqual({
+      status: 'degraded',
+      memory_service_available: false,
+      timestamp: expect.any(String),
+      version: expect.any(String),
+    });
     expect(new Date(res.body.timestamp).toISOString()).toBe(res.body.timestamp);
   });
 
   it.each(['/search', '/list', '/remember', '/forget'])('answers 503 "Memory service is unavailable" on %s', async (path) => {
-    const body = path === '/search' ? { user_id: 'u', query: 'q' } : path === '/remember' ? { user_id: 'u', content: 'c' } : { user_id: 'u' };
+    const body =
+      path === '/search' ? { user_id: 'u', query: 'q' } : path === '/remember' ? { user_id: 'u', content: 'c' } : { user_id: 'u' };
     const res = await request(t.app).post(path).set('Authorization', auth).send(body).expect(503);
     expect(res.body).toEqual({ error: 'Service unavailable', details: 'Memory service is unavailable', status_code: 503 });
   });
@@ -48,7 +59,12 @@ describe('with AUTH_TOKEN and no memory engine', () => {
     const res = await request(t.app).post('/search').set('Authorization', auth).send({ user_id: 'u', query: 5, extra: true }).expect(400);
     expect(res.body.error).toBe('Invalid request');
     expect(JSON.stringify(res.body.details)).toContain('query');
-    const notJson = await request(t.app).post('/search').set('Authorization', auth).set('Content-Type', 'application/json').send('{bad').expect(400);
+    const notJson = await request(t.app)
+      .post('/search')
+      .set('Authorization', auth)
+      .set('Content-Type', 'application/json')
+      .send('{bad')
+      .expect(400);
     expect(notJson.body).toEqual({ error: 'Invalid request', details: 'Request body is not valid JSON' });
   });
 
@@ -67,7 +83,12 @@ describe('rate limits', () => {
   let t: TestApp;
   let served: Served;
   beforeEach(async () => {
-    t = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, RATE_LIMIT_V1: '3' });
+    t = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      RATE_LIMIT_V1: '3',
+    });
     served = await serve(t.app);
   });
   afterEach(async () => {
@@ -104,7 +125,12 @@ describe('rate limits', () => {
     const err = await client.models.list().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OpenAI.RateLimitError);
     const res = await request(t.app).get('/v1/models').set('Authorization', auth).expect(429);
-    expect(res.body.error).toEqual({ message: 'Rate limit exceeded: 3 per minute', type: 'rate_limit_error', param: null, code: 'rate_limit_exceeded' });
+    expect(res.body.error).toEqual({
+      message: 'Rate limit exceeded: 3 per minute',
+      type: 'rate_limit_error',
+      param: null,
+      code: 'rate_limit_exceeded',
+    });
     expect(res.headers['retry-after']).toBeDefined();
   });
 });

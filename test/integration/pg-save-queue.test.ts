@@ -34,7 +34,12 @@ function queue(save: (job: SaveAttempt) => Promise<unknown>, options: Partial<Po
   return q;
 }
 
-const job = (n: number, userId = 'u'): SaveJob => ({ id: `job-${n}`, scope: { userId }, messages: [{ role: 'user', content: `message ${n}` }], metadata: { n } });
+const job = (n: number, userId = 'u'): SaveJob => ({
+  id: `job-${n}`,
+  scope: { userId },
+  messages: [{ role: 'user', content: `message ${n}` }],
+  metadata: { n },
+});
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 it('enqueues once per id across instances, keeps the job in the database, and drops its text once saved', async () => {
@@ -43,7 +48,9 @@ it('enqueues once per id across instances, keeps the job in the database, and dr
   const b = queue(async (j) => void saved.push(j.id));
   expect(await a.enqueue(job(1))).toBe(true);
   expect(await b.enqueue(job(1))).toBe(false);
-  const [row] = await db.query<{ state: string; messages: unknown; user_id: string }>("SELECT state, messages, user_id FROM mp_save_jobs WHERE id = 'job-1'");
+  const [row] = await db.query<{ state: string; messages: unknown; user_id: string }>(
+    "SELECT state, messages, user_id FROM mp_save_jobs WHERE id = 'job-1'",
+  );
   expect(row).toEqual({ state: 'pending', messages: [{ role: 'user', content: 'message 1' }], user_id: 'u' });
   a.start();
   await a.drained(5000);
@@ -80,9 +87,13 @@ it('takes over the claim of a SIGKILLed worker once its lease has passed, not be
   const leaseMs = 1500;
   const setup = queue(async () => undefined);
   await setup.enqueue(job(7));
-  const worker = spawn(process.execPath, ['--import', require.resolve('tsx'), path.join(ROOT, 'test', 'fixtures', 'hanging-queue-worker.ts')], {
-    env: { PATH: process.env.PATH ?? '', QUEUE_URL: db.url, LEASE_MS: String(leaseMs) },
-  });
+  const worker = spawn(
+    process.execPath,
+    ['--import', require.resolve('tsx'), path.join(ROOT, 'test', 'fixtures', 'hanging-queue-worker.ts')],
+    {
+      env: { PATH: process.env.PATH ?? '', QUEUE_URL: db.url, LEASE_MS: String(leaseMs) },
+    },
+  );
   let out = '';
   worker.stdout.on('data', (c: Buffer) => (out += c.toString()));
   const exited = new Promise((resolve) => worker.once('exit', resolve));
@@ -132,8 +143,8 @@ it('retries transient failures with backoff, makes a permanent one dead at once,
   await a.enqueue({ ...job(2), id: 'job-bad' });
   a.start();
   await a.drained(10_000);
-  expect((await a.status('job-1'))).toMatchObject({ state: 'done', attempts: 4 });
-  expect((await a.status('job-bad'))).toMatchObject({ state: 'dead', lastError: expect.stringContaining('MemoryRejectedError') });
+  expect(await a.status('job-1')).toMatchObject({ state: 'done', attempts: 4 });
+  expect(await a.status('job-bad')).toMatchObject({ state: 'dead', lastError: expect.stringContaining('MemoryRejectedError') });
   expect(dead).toEqual(['job-bad']);
   expect(a.failures).toBe(4);
   expect(a.deadCount()).toBe(1);
@@ -161,7 +172,11 @@ it('pauses this instance while saves fail transiently, and drains everything onc
 });
 
 it('fails an enqueue within its deadline while the database cannot be reached', async () => {
-  const q = new PostgresSaveQueue({ connectionString: 'postgres://postgres@127.0.0.1:1/none', save: async () => undefined, enqueueTimeoutMs: 300 });
+  const q = new PostgresSaveQueue({
+    connectionString: 'postgres://postgres@127.0.0.1:1/none',
+    save: async () => undefined,
+    enqueueTimeoutMs: 300,
+  });
   open.push(q);
   const started = Date.now();
   await expect(q.enqueue(job(1))).rejects.toThrow(/did not commit within 300 ms/);
@@ -197,7 +212,13 @@ it('keeps exchanges in the local file while its database is not there, and moves
   const late = `${db.name}_late`;
   const url = db.url.replace(/\/[^/]+$/, `/${late}`);
   const saved: string[] = [];
-  const q = new PostgresSaveQueue({ connectionString: url, save: async (j) => void saved.push(j.id), localPath: file, pollMs: 30, enqueueTimeoutMs: 500 });
+  const q = new PostgresSaveQueue({
+    connectionString: url,
+    save: async (j) => void saved.push(j.id),
+    localPath: file,
+    pollMs: 30,
+    enqueueTimeoutMs: 500,
+  });
   open.push(q);
   q.start();
   try {

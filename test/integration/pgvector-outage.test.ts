@@ -43,7 +43,10 @@ beforeAll(async () => {
       ...GENEROUS_LIMITS,
     },
     {
-      memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000, baseDelayMs: 20, maxDelayMs: 100, unhealthyTtlMs: 200, healthyTtlMs: 200 } }),
+      memory: (config, logger) =>
+        createMemoryService(config, logger, {
+          tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000, baseDelayMs: 20, maxDelayMs: 100, unhealthyTtlMs: 200, healthyTtlMs: 200 },
+        }),
       queueOptions: { baseDelayMs: 100, maxDelayMs: 500, pollMs: 100 },
     },
   );
@@ -56,7 +59,8 @@ afterAll(async () => {
 });
 
 const memoriesOf = async (userId: string): Promise<MemoryItem[]> =>
-  ((await request(app.app).post('/list').set(auth).send({ user_id: userId, limit: 1000 }).expect(200)).body as { memories: MemoryItem[] }).memories;
+  ((await request(app.app).post('/list').set(auth).send({ user_id: userId, limit: 1000 }).expect(200)).body as { memories: MemoryItem[] })
+    .memories;
 
 it('answers chats while the database is down, and searches and saves again once it is back, with no restart', async () => {
   await request(app.app).post('/remember').set(auth).send({ user_id: 'out', content: 'Out keeps a red bicycle', infer: false }).expect(200);
@@ -76,7 +80,9 @@ it('answers chats while the database is down, and searches and saves again once 
   }
   await request(app.app).post('/search').set(auth).send({ user_id: 'out', query: 'bicycle' }).expect(503);
   // Nothing lost: the queue's database is down too, so the exchanges wait in DATA_DIR.
-  const health = (await request(app.app).get('/health').set(auth).expect(200)).body as { save_queue: { depth: number; enqueue_failures: number } };
+  const health = (await request(app.app).get('/health').set(auth).expect(200)).body as {
+    save_queue: { depth: number; enqueue_failures: number };
+  };
   expect(health.save_queue).toMatchObject({ depth: words.length, enqueue_failures: 0 });
 
   await pglite.resume();

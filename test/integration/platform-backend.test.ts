@@ -40,7 +40,10 @@ function startApp(host: string, env: Record<string, string> = {}): Promise<TestA
 }
 
 function post(app: TestApp, route: string, body: unknown): request.Test {
-  return request(app.app).post(route).set(auth).send(body as object);
+  return request(app.app)
+    .post(route)
+    .set(auth)
+    .send(body as object);
 }
 
 async function ok(app: TestApp, route: string, body: Record<string, unknown>): Promise<ListBody> {
@@ -104,7 +107,12 @@ describe('platform backend', () => {
 
     const [add] = platform.requestsTo('/v3/memories/add/', 'POST');
     expect(add?.authorization).toBe(`Token ${TEST_MEM0_KEY}`);
-    expect(add?.json).toMatchObject({ user_id: 'alice', infer: true, metadata: { source: 'test' }, messages: [{ role: 'user' }, { role: 'assistant' }] });
+    expect(add?.json).toMatchObject({
+      user_id: 'alice',
+      infer: true,
+      metadata: { source: 'test' },
+      messages: [{ role: 'user' }, { role: 'assistant' }],
+    });
 
     const listed = await ok(app, '/list', { user_id: 'alice' });
     expect(listed.memories.map((m) => m.memory).sort()).toEqual(['I live in Lisbon', 'My favourite colour is teal']);
@@ -117,7 +125,11 @@ describe('platform backend', () => {
     const found = await ok(app, '/search', { user_id: 'alice', query: 'favourite colour', limit: 3 });
     expect(found.memories[0]).toMatchObject({ memory: 'My favourite colour is teal', user_id: 'alice' });
     expect(typeof found.memories[0]?.score).toBe('number');
-    expect(platform.requestsTo('/v3/memories/search/')[0]?.json).toMatchObject({ query: 'favourite colour', top_k: 3, filters: { user_id: 'alice' } });
+    expect(platform.requestsTo('/v3/memories/search/')[0]?.json).toMatchObject({
+      query: 'favourite colour',
+      top_k: 3,
+      filters: { user_id: 'alice' },
+    });
   });
 
   it('stores content as given with infer:false and scopes by run_id with an AND filter', async () => {
@@ -136,7 +148,8 @@ describe('platform backend', () => {
     expect([...all].sort()).toEqual([...notes].sort());
 
     const pages: string[] = [];
-    for (const offset of [0, 10, 20]) pages.push(...(await ok(app, '/list', { user_id: 'pager', limit: 10, offset })).memories.map((m) => m.memory));
+    for (const offset of [0, 10, 20])
+      pages.push(...(await ok(app, '/list', { user_id: 'pager', limit: 10, offset })).memories.map((m) => m.memory));
     expect(pages).toEqual(all);
     expect((await ok(app, '/list', { user_id: 'pager', limit: 7, offset: 3 })).memories.map((m) => m.memory)).toEqual(all.slice(3, 10));
     expect((await ok(app, '/list', { user_id: 'pager', limit: 10, offset: 30 })).count).toBe(0);
@@ -171,7 +184,13 @@ describe('platform backend', () => {
     await ok(app, '/remember', { user_id: 'plat-ann', content: 'Ann rows', infer: false });
     await ok(app, '/remember', { user_id: 'plat-bo', content: 'Bo climbs', infer: false });
     const users = await post(app, '/users', { query: 'PLAT-' }).expect(200);
-    expect(users.body).toMatchObject({ total: 2, users: [{ user_id: 'plat-ann', memories: 2 }, { user_id: 'plat-bo', memories: 1 }] });
+    expect(users.body).toMatchObject({
+      total: 2,
+      users: [
+        { user_id: 'plat-ann', memories: 2 },
+        { user_id: 'plat-bo', memories: 1 },
+      ],
+    });
     const [bo] = (await ok(app, '/list', { user_id: 'plat-bo' })).memories;
     await post(app, '/update', { user_id: 'plat-ann', memory_id: bo?.id, memory: 'stolen' }).expect(404);
     expect(platform.requestsTo(`/v1/memories/${bo?.id}/`, 'PUT')).toHaveLength(0);
@@ -223,7 +242,11 @@ describe('platform backend that cannot be used', () => {
   it('answers 503 "Memory service is unavailable" without MEM0_API_KEY', async () => {
     const app = await startApp('http://127.0.0.1:9', { MEM0_API_KEY: '' });
     try {
-      await post(app, '/list', { user_id: 'alice' }).expect(503, { error: 'Service unavailable', details: 'Memory service is unavailable', status_code: 503 });
+      await post(app, '/list', { user_id: 'alice' }).expect(503, {
+        error: 'Service unavailable',
+        details: 'Memory service is unavailable',
+        status_code: 503,
+      });
       expect(app.logs.some((l) => l.includes('MEM0_API_KEY is not set'))).toBe(true);
     } finally {
       await app.close();

@@ -117,7 +117,10 @@ describe('readiness and the upstream key', () => {
   });
 
   it("is ready with an Anthropic key only, and in development mode (the caller's own key goes upstream)", async () => {
-    const anthropicOnly = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY }, { authenticator: tokenAuthenticator(TEST_AUTH_TOKEN) });
+    const anthropicOnly = await buildTestApp(
+      { UPSTREAM_BASE_URL: fake.url, ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY },
+      { authenticator: tokenAuthenticator(TEST_AUTH_TOKEN) },
+    );
     const development = await buildTestApp({ UPSTREAM_BASE_URL: fake.url });
     try {
       await request(anthropicOnly.app).get('/readyz').expect(200);
@@ -133,7 +136,12 @@ describe("a kubelet's probe (Host: <pod-ip>:<port>)", () => {
   const podHost = '10.244.1.7:8000';
 
   it('passes with SERVER_HOST=0.0.0.0 and ALLOWED_HOSTS unset', async () => {
-    const t = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, SERVER_HOST: '0.0.0.0', AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY });
+    const t = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      SERVER_HOST: '0.0.0.0',
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+    });
     try {
       await request(t.app).get('/livez').set('Host', podHost).expect(200);
       await request(t.app).get('/readyz').set('Host', podHost).expect(200);
@@ -143,7 +151,13 @@ describe("a kubelet's probe (Host: <pod-ip>:<port>)", () => {
   });
 
   it('is refused by ALLOWED_HOSTS unless the probe sends a Host it names', async () => {
-    const t = await buildTestApp({ UPSTREAM_BASE_URL: fake.url, SERVER_HOST: '0.0.0.0', ALLOWED_HOSTS: 'mem0-proxy', AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY });
+    const t = await buildTestApp({
+      UPSTREAM_BASE_URL: fake.url,
+      SERVER_HOST: '0.0.0.0',
+      ALLOWED_HOSTS: 'mem0-proxy',
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+    });
     try {
       await request(t.app).get('/readyz').set('Host', podHost).expect(403);
       await request(t.app).get('/readyz').set('Host', 'mem0-proxy').expect(200);
@@ -155,7 +169,6 @@ describe("a kubelet's probe (Host: <pod-ip>:<port>)", () => {
 });
 
 // ---------------------------------------------------------------- the real process
-
 
 /**
  * A request whose head is sent now but completed only by `finish()`: its connection is open and

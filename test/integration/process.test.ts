@@ -10,7 +10,6 @@ import { startFakeUpstream } from '../fakes/openai-upstream';
 import { listeningPort, startProxyProcess } from '../helpers/process';
 import { ALL_TEST_SECRETS, runtimeSecrets, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 
-
 let dir: string;
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'proc-'));
@@ -23,7 +22,10 @@ it('starts with no .env, serves /health, and exits 0 on SIGTERM', async () => {
     const port = await listeningPort(proc);
     const res = await fetch(`http://127.0.0.1:${port}/health`);
     expect(res.status).toBe(200);
-    expect(await res.json()).toMatchObject({ status: expect.stringMatching(/healthy|degraded/), memory_service_available: expect.any(Boolean) });
+    expect(await res.json()).toMatchObject({
+      status: expect.stringMatching(/healthy|degraded/),
+      memory_service_available: expect.any(Boolean),
+    });
     expect(proc.out.join('')).toContain('development mode');
   } finally {
     proc.child.kill('SIGTERM');
@@ -32,7 +34,10 @@ it('starts with no .env, serves /health, and exits 0 on SIGTERM', async () => {
 });
 
 it('refuses a bad configuration with one message naming every bad variable', async () => {
-  const proc = startProxyProcess({ SERVER_PORT: 'http', UPSTREAM_TIMEOUT_MS: '-5', MEMORY_BACKEND: 'nosuch', AUTH_TOKEN: TEST_AUTH_TOKEN }, dir);
+  const proc = startProxyProcess(
+    { SERVER_PORT: 'http', UPSTREAM_TIMEOUT_MS: '-5', MEMORY_BACKEND: 'nosuch', AUTH_TOKEN: TEST_AUTH_TOKEN },
+    dir,
+  );
   expect(await proc.exited).toBe('1');
   const stderr = proc.err.join('');
   for (const name of ['SERVER_PORT', 'UPSTREAM_TIMEOUT_MS', 'MEMORY_BACKEND']) expect(stderr).toContain(name);
@@ -41,7 +46,15 @@ it('refuses a bad configuration with one message naming every bad variable', asy
 
 it('never writes a secret to its output, even at debug level', async () => {
   const proc = startProxyProcess(
-    { SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), DEBUG: 'true', AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, UPSTREAM_BASE_URL: 'http://127.0.0.1:9/v1' },
+    {
+      SERVER_HOST: '127.0.0.1',
+      SERVER_PORT: '0',
+      DATA_DIR: path.join(dir, 'data'),
+      DEBUG: 'true',
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      UPSTREAM_BASE_URL: 'http://127.0.0.1:9/v1',
+    },
     dir,
   );
   try {
@@ -58,7 +71,8 @@ it('never writes a secret to its output, even at debug level', async () => {
 });
 
 describe('the key registry in the running process', () => {
-  const writeKeys = (file: string, entries: Array<Record<string, unknown>>): void => fs.writeFileSync(file, JSON.stringify({ keys: entries }));
+  const writeKeys = (file: string, entries: Array<Record<string, unknown>>): void =>
+    fs.writeFileSync(file, JSON.stringify({ keys: entries }));
   const digest = (key: string): string => createHash('sha256').update(key).digest('hex');
 
   it('refuses to start with a bad KEYS_FILE, naming the problem', async () => {
@@ -78,10 +92,14 @@ describe('the key registry in the running process', () => {
       { id: 'alice', sha256: digest(alice), user_id: 'alice' },
       { id: 'bob', sha256: digest(bob), user_id: 'bob' },
     ]);
-    const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, OPENAI_API_KEY: TEST_OPENAI_KEY }, dir);
+    const proc = startProxyProcess(
+      { SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, OPENAI_API_KEY: TEST_OPENAI_KEY },
+      dir,
+    );
     try {
       const port = await listeningPort(proc);
-      const health = (key: string): Promise<number> => fetch(`http://127.0.0.1:${port}/health`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);
+      const health = (key: string): Promise<number> =>
+        fetch(`http://127.0.0.1:${port}/health`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);
       expect(await health(alice)).toBe(200);
       expect(await health(bob)).toBe(200);
       expect(await health('mp_unknown-key-000000000000000')).toBe(401);
@@ -115,11 +133,16 @@ describe('a key registry that appears after start', () => {
     const callerKey = 'sk-caller-own-key-0123456789abcdef';
     runtimeSecrets.push(key, callerKey);
     // Development mode: no AUTH_TOKEN, no registry file, no key of the proxy's own.
-    const proc = startProxyProcess({ SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, UPSTREAM_BASE_URL: fake.url }, dir);
+    const proc = startProxyProcess(
+      { SERVER_HOST: '127.0.0.1', SERVER_PORT: '0', DATA_DIR: path.join(dir, 'data'), KEYS_FILE: file, UPSTREAM_BASE_URL: fake.url },
+      dir,
+    );
     try {
       const port = await listeningPort(proc);
       const models = (auth: string | undefined): Promise<number> =>
-        fetch(`http://127.0.0.1:${port}/v1/models`, { headers: auth === undefined ? {} : { authorization: `Bearer ${auth}` } }).then((r) => r.status);
+        fetch(`http://127.0.0.1:${port}/v1/models`, { headers: auth === undefined ? {} : { authorization: `Bearer ${auth}` } }).then(
+          (r) => r.status,
+        );
       const forwarded = (): unknown => fake.requestsTo('/v1/models').at(-1)?.headers.authorization;
       expect(await models(callerKey)).toBe(200);
       expect(forwarded()).toBe(`Bearer ${callerKey}`);

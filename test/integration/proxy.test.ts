@@ -30,7 +30,9 @@ async function stopProxy(): Promise<void> {
 }
 
 /** A raw request, for what the SDK cannot send (odd targets, hop-by-hop headers, aborts). */
-function rawRequest(options: http.RequestOptions & { body?: string | Buffer; chunked?: boolean }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function rawRequest(
+  options: http.RequestOptions & { body?: string | Buffer; chunked?: boolean },
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   const url = new URL(proxy.url);
   return new Promise((resolve, reject) => {
     const req = http.request({ host: url.hostname, port: url.port, ...options }, (res) => {
@@ -71,7 +73,12 @@ describe('forwarding', () => {
         { role: 'system', content: 'Be brief.' },
         { role: 'user', content: [{ type: 'text', text: 'What is the weather in Paris?' }] },
       ],
-      tools: [{ type: 'function', function: { name: 'weather', description: 'Weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }],
+      tools: [
+        {
+          type: 'function',
+          function: { name: 'weather', description: 'Weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } },
+        },
+      ],
       temperature: 0.2,
       some_future_field: { nested: [1, 2, 3] },
     };
@@ -85,7 +92,11 @@ describe('forwarding', () => {
   it('streams a chat completion chunk by chunk, not buffered whole', async () => {
     fake.setBehaviour({ reply: 'one two three four five six', wordsPerChunk: 1, firstTokenDelayMs: 0, chunkIntervalMs: 150 });
     const started = Date.now();
-    const stream = await client.chat.completions.create({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'count' }] });
+    const stream = await client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      stream: true,
+      messages: [{ role: 'user', content: 'count' }],
+    });
     let text = '';
     let firstChunkAt = 0;
     for await (const chunk of stream) {
@@ -103,7 +114,11 @@ describe('forwarding', () => {
   it('passes /v1/models and /v1/embeddings through', async () => {
     const models = await client.models.list();
     expect(models.data.length).toBeGreaterThan(0);
-    const emb = await client.embeddings.create({ model: 'text-embedding-3-small', input: ['coffee in the morning', 'morning coffee'], dimensions: 64 });
+    const emb = await client.embeddings.create({
+      model: 'text-embedding-3-small',
+      input: ['coffee in the morning', 'morning coffee'],
+      dimensions: 64,
+    });
     expect(emb.data).toHaveLength(2);
     expect(emb.data[0]?.embedding).toHaveLength(64);
     expect(fake.requestsTo('/v1/embeddings')).toHaveLength(1);
@@ -117,9 +132,17 @@ describe('forwarding', () => {
   });
 
   it("accepts the proxy key as x-api-key too, and never forwards a caller's x-api-key or api-key header", async () => {
-    const res = await rawRequest({ method: 'GET', path: '/v1/models', headers: { 'x-api-key': TEST_AUTH_TOKEN, 'api-key': 'caller-azure-key' } });
+    const res = await rawRequest({
+      method: 'GET',
+      path: '/v1/models',
+      headers: { 'x-api-key': TEST_AUTH_TOKEN, 'api-key': 'caller-azure-key' },
+    });
     expect(res.status).toBe(200);
-    const bearerToo = await rawRequest({ method: 'GET', path: '/v1/models', headers: { ...authHeaders, 'x-api-key': 'caller-other-key', 'api-key': 'caller-azure-key' } });
+    const bearerToo = await rawRequest({
+      method: 'GET',
+      path: '/v1/models',
+      headers: { ...authHeaders, 'x-api-key': 'caller-other-key', 'api-key': 'caller-azure-key' },
+    });
     expect(bearerToo.status).toBe(200);
     const seen = fake.requestsTo('/v1/models');
     expect(seen).toHaveLength(2);
@@ -168,7 +191,9 @@ describe('forwarding', () => {
     const ok = await rawRequest({ method: 'GET', path: '/v1/models', headers: authHeaders });
     expect(overheadOf(ok.headers)).toBeGreaterThanOrEqual(0);
     expect(overheadOf(ok.headers)).toBeLessThan(1000);
-    const { response } = await client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+    const { response } = await client.chat.completions
+      .create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] })
+      .withResponse();
     expect(Number(response.headers.get('x-mem0-overhead-ms'))).toBeGreaterThanOrEqual(0);
     const refused = await rawRequest({ method: 'GET', path: '/v1/models', headers: { authorization: 'Bearer nope' } });
     expect(refused.status).toBe(401);
@@ -193,16 +218,25 @@ describe('forwarding', () => {
   });
 
   it('answers 400 in OpenAI shape for a chat body that is not JSON', async () => {
-    const res = await rawRequest({ method: 'POST', path: '/v1/chat/completions', headers: { ...authHeaders, 'content-type': 'application/json' }, body: '{not json' });
+    const res = await rawRequest({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { ...authHeaders, 'content-type': 'application/json' },
+      body: '{not json',
+    });
     expect(res.status).toBe(400);
-    expect(JSON.parse(res.body)).toEqual({ error: { message: 'Request body is not valid JSON', type: 'invalid_request_error', param: null, code: 'invalid_request' } });
+    expect(JSON.parse(res.body)).toEqual({
+      error: { message: 'Request body is not valid JSON', type: 'invalid_request_error', param: null, code: 'invalid_request' },
+    });
     expect(fake.requests).toHaveLength(0);
   });
 
   it('aborts the upstream request when the client disconnects', async () => {
     fake.setNext({ kind: 'hang' });
     const controller = new AbortController();
-    const pending = client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'hang' }] }, { signal: controller.signal }).catch((e: unknown) => e);
+    const pending = client.chat.completions
+      .create({ model: 'm', messages: [{ role: 'user', content: 'hang' }] }, { signal: controller.signal })
+      .catch((e: unknown) => e);
     await fake.waitForRequests(1, { path: '/v1/chat/completions' });
     controller.abort();
     await pending;
@@ -213,7 +247,10 @@ describe('forwarding', () => {
   it('aborts the upstream stream when the client disconnects mid-stream', async () => {
     fake.setBehaviour({ reply: Array.from({ length: 40 }, (_, i) => `w${i}`).join(' '), wordsPerChunk: 1, chunkIntervalMs: 50 });
     const controller = new AbortController();
-    const stream = await client.chat.completions.create({ model: 'm', stream: true, messages: [{ role: 'user', content: 'long' }] }, { signal: controller.signal });
+    const stream = await client.chat.completions.create(
+      { model: 'm', stream: true, messages: [{ role: 'user', content: 'long' }] },
+      { signal: controller.signal },
+    );
     let n = 0;
     await (async () => {
       for await (const _chunk of stream) {
@@ -282,23 +319,45 @@ describe('body limits', () => {
   const big = JSON.stringify({ model: 'm', input: 'x'.repeat(5000) });
 
   it('answers 413 for a chat body over the limit', async () => {
-    const res = await rawRequest({ method: 'POST', path: '/v1/chat/completions', headers: { ...authHeaders, 'content-type': 'application/json' }, body: big });
+    const res = await rawRequest({
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { ...authHeaders, 'content-type': 'application/json' },
+      body: big,
+    });
     expect(res.status).toBe(413);
     expect(JSON.parse(res.body).error.type).toBe('invalid_request_error');
     expect(fake.requests).toHaveLength(0);
   });
 
   it('answers 413 for a passthrough body over the limit, with or without Content-Length', async () => {
-    const withLength = await rawRequest({ method: 'POST', path: '/v1/embeddings', headers: { ...authHeaders, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(big)) }, body: big });
+    const withLength = await rawRequest({
+      method: 'POST',
+      path: '/v1/embeddings',
+      headers: { ...authHeaders, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(big)) },
+      body: big,
+    });
     expect(withLength.status).toBe(413);
-    const chunked = await rawRequest({ method: 'POST', path: '/v1/embeddings', headers: { ...authHeaders, 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, body: big, chunked: true });
+    const chunked = await rawRequest({
+      method: 'POST',
+      path: '/v1/embeddings',
+      headers: { ...authHeaders, 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+      body: big,
+      chunked: true,
+    });
     expect(chunked.status).toBe(413);
     expect(fake.requests.filter((r) => r.completed && r.body.length > 2048)).toHaveLength(0);
   });
 
   it('forwards a chunked body under the limit', async () => {
     const small = JSON.stringify({ model: 'text-embedding-3-small', input: 'hello there' });
-    const res = await rawRequest({ method: 'POST', path: '/v1/embeddings', headers: { ...authHeaders, 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, body: small, chunked: true });
+    const res = await rawRequest({
+      method: 'POST',
+      path: '/v1/embeddings',
+      headers: { ...authHeaders, 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+      body: small,
+      chunked: true,
+    });
     expect(res.status).toBe(200);
     expect(fake.requestsTo('/v1/embeddings')[0]?.body.toString()).toBe(small);
   });

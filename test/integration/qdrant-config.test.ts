@@ -15,8 +15,18 @@ const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   t = await buildTestApp(
-    { UPSTREAM_BASE_URL: fake.url, AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, MEMORY_BACKEND: 'qdrant', QDRANT_URL: 'http://127.0.0.1:1', EMBEDDING_DIMS: '64' },
-    { memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 1000, writeTimeoutMs: 1000, attempts: 1, probeTimeoutMs: 500 } }) },
+    {
+      UPSTREAM_BASE_URL: fake.url,
+      AUTH_TOKEN: TEST_AUTH_TOKEN,
+      OPENAI_API_KEY: TEST_OPENAI_KEY,
+      MEMORY_BACKEND: 'qdrant',
+      QDRANT_URL: 'http://127.0.0.1:1',
+      EMBEDDING_DIMS: '64',
+    },
+    {
+      memory: (config, logger) =>
+        createMemoryService(config, logger, { tuning: { readTimeoutMs: 1000, writeTimeoutMs: 1000, attempts: 1, probeTimeoutMs: 500 } }),
+    },
   );
 });
 afterAll(async () => {

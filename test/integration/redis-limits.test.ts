@@ -212,7 +212,9 @@ it('refuses with 503 in each endpoint shape when RATE_LIMIT_FAIL_CLOSED=true and
   const adminRes = await health(down).expect(503);
   expect(adminRes.body).toEqual({ error: 'Service unavailable', details: 'Rate limiting is temporarily unavailable', status_code: 503 });
   const v1Res = await models(down).expect(503);
-  expect(v1Res.body).toEqual({ error: { message: 'Rate limiting is temporarily unavailable', type: 'server_error', param: null, code: 'service_unavailable' } });
+  expect(v1Res.body).toEqual({
+    error: { message: 'Rate limiting is temporarily unavailable', type: 'server_error', param: null, code: 'service_unavailable' },
+  });
   expect(await storeErrors(down)).toBeGreaterThanOrEqual(2);
 });
 

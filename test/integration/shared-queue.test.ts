@@ -65,11 +65,28 @@ async function startInstance(name: string): Promise<{ proc: ProxyProcess; port: 
   return { proc, port: await listeningPort(proc, 60_000) };
 }
 
-function call(port: number, method: string, route: string, body?: object, headers: Record<string, string> = {}): Promise<{ status: number; json: unknown }> {
+function call(
+  port: number,
+  method: string,
+  route: string,
+  body?: object,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; json: unknown }> {
   const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: '127.0.0.1', port, method, path: route, headers: { Host: 'localhost', Authorization: `Bearer ${TEST_AUTH_TOKEN}`, ...(data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {}), ...headers } },
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path: route,
+        headers: {
+          Host: 'localhost',
+          Authorization: `Bearer ${TEST_AUTH_TOKEN}`,
+          ...(data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {}),
+          ...headers,
+        },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -96,12 +113,19 @@ it('delivers every exchange of a SIGKILLed instance exactly once from another in
   // The memory engine is down: every embedding fails, so recalls fail open and saves wait.
   fake.failNext(503, { times: Infinity, path: '/v1/embeddings' });
   const chat = async (word: string): Promise<void> => {
-    const res = await call(a.port, 'POST', '/v1/chat/completions', { model: 'gpt-test', messages: [{ role: 'user', content: `My code word is ${word}.` }] }, { 'X-Mem0-User-Id': 'shared-user' });
+    const res = await call(
+      a.port,
+      'POST',
+      '/v1/chat/completions',
+      { model: 'gpt-test', messages: [{ role: 'user', content: `My code word is ${word}.` }] },
+      { 'X-Mem0-User-Id': 'shared-user' },
+    );
     expect(res.status).toBe(200);
   };
   for (const word of words.slice(0, -1)) await chat(word);
   // /health shows the shared depth as of the instance's last poll (every second).
-  const depth = async (): Promise<number> => ((await call(a.port, 'GET', '/health')).json as { save_queue: { depth: number } }).save_queue.depth;
+  const depth = async (): Promise<number> =>
+    ((await call(a.port, 'GET', '/health')).json as { save_queue: { depth: number } }).save_queue.depth;
   await waitFor(async () => ((await depth()) === words.length - 1 ? true : undefined), 5000, 'A’s depth');
   // The last exchange is committed before its response ends: killed the moment it ends, A loses nothing.
   await chat(words[words.length - 1] ?? '');
@@ -124,10 +148,17 @@ it('delivers every exchange of a SIGKILLed instance exactly once from another in
   );
   // Give a duplicate time to show up, then count: one memory per code word.
   await new Promise((resolve) => setTimeout(resolve, 1500));
-  const final = ((await call(b.port, 'POST', '/list', { user_id: 'shared-user', limit: 1000 })).json as { memories: { memory: string }[] }).memories.map((m) => m.memory);
+  const final = (
+    (await call(b.port, 'POST', '/list', { user_id: 'shared-user', limit: 1000 })).json as { memories: { memory: string }[] }
+  ).memories.map((m) => m.memory);
   expect(final.length).toBe(texts.length);
   for (const word of words) expect(final.filter((m) => m.includes(word))).toHaveLength(1);
   const states = await queueDb.query<{ state: string; n: number }>('SELECT state, count(*)::int AS n FROM mp_save_jobs GROUP BY state');
   expect(states).toEqual([{ state: 'done', n: words.length }]);
-  await waitFor(async () => (((await call(b.port, 'GET', '/health')).json as { save_queue: { depth: number } }).save_queue.depth === 0 ? true : undefined), 5000, 'B’s depth');
+  await waitFor(
+    async () =>
+      ((await call(b.port, 'GET', '/health')).json as { save_queue: { depth: number } }).save_queue.depth === 0 ? true : undefined,
+    5000,
+    'B’s depth',
+  );
 });

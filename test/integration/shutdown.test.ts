@@ -57,7 +57,10 @@ it('on SIGTERM stops accepting, finishes the in-flight stream, and exits 0', asy
     let port: number | undefined;
     const until = Date.now() + 20_000;
     while (port === undefined && Date.now() < until) {
-      const line = out.join('').split('\n').find((l) => l.includes('listening'));
+      const line = out
+        .join('')
+        .split('\n')
+        .find((l) => l.includes('listening'));
       const found = line ? /"port":(\d+)/.exec(line)?.[1] : undefined;
       if (found) port = Number(found);
       else await new Promise((r) => setTimeout(r, 50));

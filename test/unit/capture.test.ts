@@ -83,14 +83,29 @@ describe('chat completions, streamed', () => {
 
   it('keeps only choice 0 when n > 1', async () => {
     fake.setBehaviour({ reply: (ctx) => (ctx.choiceIndex === 0 ? 'first choice words here' : 'second choice other words') });
-    const raw = await rawPost('/v1/chat/completions', { model: 'gpt-4o-mini', stream: true, n: 2, messages: [{ role: 'user', content: 'hi' }] });
+    const raw = await rawPost('/v1/chat/completions', {
+      model: 'gpt-4o-mini',
+      stream: true,
+      n: 2,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
     expect((await feed('chat', [raw.body]))?.text).toBe('first choice words here');
   });
 
   it('reports a tool-calls-only reply', async () => {
     fake.setBehaviour({ toolCall: 'auto' });
-    const tools = [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
-    const raw = await rawPost('/v1/chat/completions', { model: 'gpt-4o-mini', stream: true, tools, messages: [{ role: 'user', content: 'weather?' }] });
+    const tools = [
+      {
+        type: 'function',
+        function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } },
+      },
+    ];
+    const raw = await rawPost('/v1/chat/completions', {
+      model: 'gpt-4o-mini',
+      stream: true,
+      tools,
+      messages: [{ role: 'user', content: 'weather?' }],
+    });
     expect(await feed('chat', [raw.body])).toEqual({ text: '', toolCallsOnly: true, model: 'gpt-4o-mini' });
   });
 
@@ -136,7 +151,9 @@ describe('chat completions, streamed', () => {
     expect(await feed('chat', [raw.body])).toBeUndefined();
     const garbageThenDone = sse('data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\ndata: {not json\n\ndata: [DONE]\n\n');
     expect(await feed('chat', [garbageThenDone])).toBeUndefined();
-    const errorEvent = sse('data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\ndata: {"error":{"message":"boom"}}\n\ndata: [DONE]\n\n');
+    const errorEvent = sse(
+      'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\ndata: {"error":{"message":"boom"}}\n\ndata: [DONE]\n\n',
+    );
     expect(await feed('chat', [errorEvent])).toBeUndefined();
   });
 
@@ -174,14 +191,40 @@ describe('chat completions, JSON', () => {
     fake.setBehaviour({ reply: UNICODE_REPLY });
     const raw = await rawPost('/v1/chat/completions', { model: 'gpt-4o-mini', n: 2, messages: [{ role: 'user', content: 'hi' }] });
     const expected = { text: UNICODE_REPLY, toolCallsOnly: false, model: 'gpt-4o-mini' };
-    for (let i = 1; i < raw.body.length; i += 7) expect(await feed('chat', splitAt(raw.body, i), { contentType: 'application/json' })).toEqual(expected);
+    for (let i = 1; i < raw.body.length; i += 7)
+      expect(await feed('chat', splitAt(raw.body, i), { contentType: 'application/json' })).toEqual(expected);
   });
 
   it('reads content parts, tool calls, and refuses truncated or error bodies', async () => {
     const json = (v: unknown): Buffer[] => [Buffer.from(JSON.stringify(v))];
-    const parts = { model: 'm', choices: [{ index: 0, message: { role: 'assistant', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] } }] };
+    const parts = {
+      model: 'm',
+      choices: [
+        {
+          index: 0,
+          message: {
+            role: 'assistant',
+            content: [
+              { type: 'text', text: 'a' },
+              { type: 'text', text: 'b' },
+            ],
+          },
+        },
+      ],
+    };
     expect(await feed('chat', json(parts), { contentType: 'application/json' })).toEqual({ text: 'ab', toolCallsOnly: false, model: 'm' });
-    const tools = { choices: [{ index: 0, message: { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }] } }] };
+    const tools = {
+      choices: [
+        {
+          index: 0,
+          message: {
+            role: 'assistant',
+            content: null,
+            tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }],
+          },
+        },
+      ],
+    };
     expect(await feed('chat', json(tools), { contentType: 'application/json' })).toEqual({ text: '', toolCallsOnly: true });
     const whole = Buffer.from(JSON.stringify(parts));
     expect(await feed('chat', [whole.subarray(0, whole.length - 3)], { contentType: 'application/json' })).toBeUndefined();
@@ -193,7 +236,11 @@ describe('chat completions, JSON', () => {
 
   it('reads a gzip-compressed JSON body', async () => {
     const body = zlib.gzipSync(Buffer.from(JSON.stringify({ model: 'm', choices: [{ index: 0, message: { content: 'zipped' } }] })));
-    expect(await feed('chat', [body], { contentType: 'application/json', encoding: 'gzip' })).toEqual({ text: 'zipped', toolCallsOnly: false, model: 'm' });
+    expect(await feed('chat', [body], { contentType: 'application/json', encoding: 'gzip' })).toEqual({
+      text: 'zipped',
+      toolCallsOnly: false,
+      model: 'm',
+    });
   });
 });
 
@@ -230,7 +277,11 @@ describe('Responses API', () => {
   it('reads a JSON response (output items, or output_text)', async () => {
     fake.setBehaviour({ reply: UNICODE_REPLY });
     const raw = await rawPost('/v1/responses', { model: 'gpt-4o-mini', input: 'hi' });
-    expect(await feed('responses', [raw.body], { contentType: 'application/json' })).toEqual({ text: UNICODE_REPLY, toolCallsOnly: false, model: 'gpt-4o-mini' });
+    expect(await feed('responses', [raw.body], { contentType: 'application/json' })).toEqual({
+      text: UNICODE_REPLY,
+      toolCallsOnly: false,
+      model: 'gpt-4o-mini',
+    });
     const convenience = Buffer.from(JSON.stringify({ status: 'completed', output_text: 'short', output: [] }));
     expect(await feed('responses', [convenience], { contentType: 'application/json' })).toEqual({ text: 'short', toolCallsOnly: false });
     const queued = Buffer.from(JSON.stringify({ status: 'queued', output: [] }));
@@ -274,7 +325,11 @@ describe('on a real upstream response', () => {
 
   it('captures while the client still receives every byte', async () => {
     fake.setBehaviour({ reply: UNICODE_REPLY });
-    const { reply, received } = await liveCapture('chat', '/v1/chat/completions', { model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    const { reply, received } = await liveCapture('chat', '/v1/chat/completions', {
+      model: 'gpt-4o-mini',
+      stream: true,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
     expect(reply?.text).toBe(UNICODE_REPLY);
     expect(received).toContain('data: [DONE]');
   });
@@ -282,7 +337,11 @@ describe('on a real upstream response', () => {
   it('gives undefined when the upstream resets mid-stream', async () => {
     fake.setBehaviour({ reply: 'one two three four five six' });
     fake.setNext({ kind: 'reset', afterChunks: 3 });
-    const { reply } = await liveCapture('chat', '/v1/chat/completions', { model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    const { reply } = await liveCapture('chat', '/v1/chat/completions', {
+      model: 'gpt-4o-mini',
+      stream: true,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
     expect(reply).toBeUndefined();
   });
 });
@@ -293,23 +352,42 @@ describe('Anthropic Messages replies', () => {
   const stream = (stopReason: string, extra: string[] = []): Buffer =>
     Buffer.from(
       [
-        event('message_start', { type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-x', content: [], stop_reason: null, usage: {} } }),
+        event('message_start', {
+          type: 'message_start',
+          message: { id: 'msg_1', type: 'message', role: 'assistant', model: 'claude-x', content: [], stop_reason: null, usage: {} },
+        }),
         event('ping', { type: 'ping' }),
         event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '' } }),
-        event('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: 'secret reasoning' } }),
+        event('content_block_delta', {
+          type: 'content_block_delta',
+          index: 0,
+          delta: { type: 'thinking_delta', thinking: 'secret reasoning' },
+        }),
         event('content_block_stop', { type: 'content_block_stop', index: 0 }),
         event('content_block_start', { type: 'content_block_start', index: 1, content_block: { type: 'text', text: '' } }),
         event('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: 'Grüße ' } }),
         event('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: '😀 done' } }),
         event('content_block_stop', { type: 'content_block_stop', index: 1 }),
-        event('content_block_start', { type: 'content_block_start', index: 2, content_block: { type: 'tool_use', id: 't', name: 'Bash', input: {} } }),
-        event('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: '{"command":"ls"}' } }),
+        event('content_block_start', {
+          type: 'content_block_start',
+          index: 2,
+          content_block: { type: 'tool_use', id: 't', name: 'Bash', input: {} },
+        }),
+        event('content_block_delta', {
+          type: 'content_block_delta',
+          index: 2,
+          delta: { type: 'input_json_delta', partial_json: '{"command":"ls"}' },
+        }),
         event('content_block_stop', { type: 'content_block_stop', index: 2 }),
         event('content_block_start', { type: 'content_block_start', index: 3, content_block: { type: 'text', text: '' } }),
         event('content_block_delta', { type: 'content_block_delta', index: 3, delta: { type: 'text_delta', text: 'Second block.' } }),
         event('content_block_stop', { type: 'content_block_stop', index: 3 }),
         ...extra,
-        event('message_delta', { type: 'message_delta', delta: { stop_reason: stopReason, stop_sequence: null }, usage: { output_tokens: 9 } }),
+        event('message_delta', {
+          type: 'message_delta',
+          delta: { stop_reason: stopReason, stop_sequence: null },
+          usage: { output_tokens: 9 },
+        }),
         event('message_stop', { type: 'message_stop' }),
       ].join(''),
     );
@@ -333,10 +411,27 @@ describe('Anthropic Messages replies', () => {
   });
 
   it('reads a whole message object, and refuses an error object', async () => {
-    const message = { id: 'msg', type: 'message', role: 'assistant', model: 'claude-y', content: [{ type: 'thinking', thinking: 'no' }, { type: 'text', text: 'Hello' }], stop_reason: 'end_turn' };
-    expect(await feed('messages', [Buffer.from(JSON.stringify(message))], { contentType: 'application/json' })).toEqual({ text: 'Hello', toolCallsOnly: false, model: 'claude-y', stopReason: 'end_turn' });
+    const message = {
+      id: 'msg',
+      type: 'message',
+      role: 'assistant',
+      model: 'claude-y',
+      content: [
+        { type: 'thinking', thinking: 'no' },
+        { type: 'text', text: 'Hello' },
+      ],
+      stop_reason: 'end_turn',
+    };
+    expect(await feed('messages', [Buffer.from(JSON.stringify(message))], { contentType: 'application/json' })).toEqual({
+      text: 'Hello',
+      toolCallsOnly: false,
+      model: 'claude-y',
+      stopReason: 'end_turn',
+    });
     const toolOnly = { ...message, content: [{ type: 'tool_use', id: 't', name: 'x', input: {} }], stop_reason: 'tool_use' };
-    expect((await feed('messages', [Buffer.from(JSON.stringify(toolOnly))], { contentType: 'application/json' }))?.toolCallsOnly).toBe(true);
+    expect((await feed('messages', [Buffer.from(JSON.stringify(toolOnly))], { contentType: 'application/json' }))?.toolCallsOnly).toBe(
+      true,
+    );
     const error = { type: 'error', error: { type: 'api_error', message: 'x' } };
     expect(await feed('messages', [Buffer.from(JSON.stringify(error))], { contentType: 'application/json' })).toBeUndefined();
   });

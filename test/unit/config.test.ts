@@ -18,14 +18,30 @@ describe('loadConfig', () => {
     expect(config.memory.model).toBe('gpt-4o-mini');
     expect(config.memory.embeddingDims).toBe(1536);
     expect(config.memory.telemetry).toBe(false);
-    expect(config.rateLimits.perMinute).toEqual({ health: 10, search: 30, list: 20, remember: 20, forget: 10, v1: 60, mcp: 60, console: 120 });
+    expect(config.rateLimits.perMinute).toEqual({
+      health: 10,
+      search: 30,
+      list: 20,
+      remember: 20,
+      forget: 10,
+      v1: 60,
+      mcp: 60,
+      console: 120,
+    });
     expect(config.console.traceRequests).toBe(1000);
     expect(config.dataDir).toBe(path.resolve('./data'));
   });
 
   it('takes overrides from the environment, treating empty values as unset', () => {
     const config = loadConfig({
-      env: { SERVER_PORT: '9001', RATE_LIMIT_SEARCH: '500', DEBUG: 'true', UPSTREAM_BASE_URL: 'http://127.0.0.1:1234/v1/', MEMORY_TOP_K: '', MEM0_LLM_BASE_URL: 'http://llm:1/v1' },
+      env: {
+        SERVER_PORT: '9001',
+        RATE_LIMIT_SEARCH: '500',
+        DEBUG: 'true',
+        UPSTREAM_BASE_URL: 'http://127.0.0.1:1234/v1/',
+        MEMORY_TOP_K: '',
+        MEM0_LLM_BASE_URL: 'http://llm:1/v1',
+      },
     });
     expect(config.server.port).toBe(9001);
     expect(config.rateLimits.perMinute.search).toBe(500);
@@ -39,20 +55,32 @@ describe('loadConfig', () => {
   it('reports every bad variable in one error, without echoing values', () => {
     let error: unknown;
     try {
-      loadConfig({ env: { SERVER_PORT: 'eighty', UPSTREAM_BASE_URL: 'ftp://x', DEBUG: 'maybe', MEMORY_BACKEND: 'mongo', AUTH_TOKEN: 'short', RATE_LIMIT_V1: '0' } });
+      loadConfig({
+        env: {
+          SERVER_PORT: 'eighty',
+          UPSTREAM_BASE_URL: 'ftp://x',
+          DEBUG: 'maybe',
+          MEMORY_BACKEND: 'mongo',
+          AUTH_TOKEN: 'short',
+          RATE_LIMIT_V1: '0',
+        },
+      });
     } catch (e) {
       error = e;
     }
     expect(error).toBeInstanceOf(ConfigError);
     const message = (error as ConfigError).message;
-    for (const name of ['SERVER_PORT', 'UPSTREAM_BASE_URL', 'DEBUG', 'MEMORY_BACKEND', 'AUTH_TOKEN', 'RATE_LIMIT_V1']) expect(message).toContain(name);
+    for (const name of ['SERVER_PORT', 'UPSTREAM_BASE_URL', 'DEBUG', 'MEMORY_BACKEND', 'AUTH_TOKEN', 'RATE_LIMIT_V1'])
+      expect(message).toContain(name);
     expect((error as ConfigError).problems).toHaveLength(6);
     expect(message).not.toContain('eighty');
     expect(message).not.toContain('short');
   });
 
   it('refuses an upstream base URL with a query string, which would be lost', () => {
-    expect(() => loadConfig({ env: { UPSTREAM_BASE_URL: 'https://x.example/openai/v1?api-version=1' } })).toThrow(/UPSTREAM_BASE_URL: must not have a query string/);
+    expect(() => loadConfig({ env: { UPSTREAM_BASE_URL: 'https://x.example/openai/v1?api-version=1' } })).toThrow(
+      /UPSTREAM_BASE_URL: must not have a query string/,
+    );
   });
 
   it('refuses AUTH_TOKEN without OPENAI_API_KEY', () => {
@@ -69,7 +97,13 @@ describe('loadConfig', () => {
         DATABASE_URL: `postgres://app:${TEST_DB_PASSWORD}@127.0.0.1:5432/db`,
       },
     });
-    const views = [String(config), JSON.stringify(config), util.inspect(config, { depth: 10 }), JSON.stringify(config.safeDump()), `${config}`];
+    const views = [
+      String(config),
+      JSON.stringify(config),
+      util.inspect(config, { depth: 10 }),
+      JSON.stringify(config.safeDump()),
+      `${config}`,
+    ];
     for (const view of views) {
       for (const secret of [TEST_AUTH_TOKEN, TEST_OPENAI_KEY, TEST_MEM0_KEY, TEST_DB_PASSWORD]) expect(view).not.toContain(secret);
       expect(view).toContain('***');

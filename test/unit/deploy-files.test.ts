@@ -26,10 +26,12 @@ const obj = (v: unknown): Json => {
 function environmentOf(service: Json): Record<string, string> {
   const env = service.environment;
   if (Array.isArray(env)) {
-    return Object.fromEntries(env.map((e) => {
-      const [k, ...v] = String(e).split('=');
-      return [k ?? '', v.join('=')];
-    }));
+    return Object.fromEntries(
+      env.map((e) => {
+        const [k, ...v] = String(e).split('=');
+        return [k ?? '', v.join('=')];
+      }),
+    );
   }
   return Object.fromEntries(Object.entries(obj(env ?? {})).map(([k, v]) => [k, String(v)]));
 }
@@ -169,9 +171,15 @@ describe('deploy/kubernetes', () => {
   const port = obj((container.ports as unknown[])[0]);
   const probes = { startup: obj(container.startupProbe), liveness: obj(container.livenessProbe), readiness: obj(container.readinessProbe) };
   const probeHost = (probe: Json): string | undefined =>
-    ((obj(probe.httpGet).httpHeaders as Array<{ name: string; value: string }> | undefined) ?? []).find((h) => h.name.toLowerCase() === 'host')?.value;
+    ((obj(probe.httpGet).httpHeaders as Array<{ name: string; value: string }> | undefined) ?? []).find(
+      (h) => h.name.toLowerCase() === 'host',
+    )?.value;
   /** Real values in place of the template's placeholders. */
-  const secrets = { OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN, DATABASE_URL: `postgres://mem0:${TEST_DB_PASSWORD}@postgres:5432/mem0` };
+  const secrets = {
+    OPENAI_API_KEY: TEST_OPENAI_KEY,
+    AUTH_TOKEN: TEST_AUTH_TOKEN,
+    DATABASE_URL: `postgres://mem0:${TEST_DB_PASSWORD}@postgres:5432/mem0`,
+  };
 
   it('lists every manifest in the kustomization but the Secret template', () => {
     const resources = obj(parse(read(`${DIR}/kustomization.yaml`))).resources as string[];
@@ -186,14 +194,15 @@ describe('deploy/kubernetes', () => {
     expect(secretKeys.sort()).toEqual(['AUTH_TOKEN', 'DATABASE_URL', 'OPENAI_API_KEY']);
     for (const name of [...Object.keys(env), ...secretKeys, ...containerEnv]) expect(ENV_VARIABLES).toContain(name);
     // Secrets stay out of the ConfigMap.
-    for (const name of ['OPENAI_API_KEY', 'AUTH_TOKEN', 'ANTHROPIC_API_KEY', 'DATABASE_URL', 'MEM0_API_KEY', 'QDRANT_API_KEY']) expect(Object.keys(env)).not.toContain(name);
+    for (const name of ['OPENAI_API_KEY', 'AUTH_TOKEN', 'ANTHROPIC_API_KEY', 'DATABASE_URL', 'MEM0_API_KEY', 'QDRANT_API_KEY'])
+      expect(Object.keys(env)).not.toContain(name);
     expect(container.envFrom).toEqual([
       { configMapRef: { name: obj(configMap.metadata).name } },
       { secretRef: { name: obj(secret.metadata).name } },
     ]);
   });
 
-  it('makes a valid configuration listening on the container port, and the template\'s placeholders are refused', () => {
+  it("makes a valid configuration listening on the container port, and the template's placeholders are refused", () => {
     const config = loadConfig({ env: { ...env, ...secrets } });
     expect(config.server).toMatchObject({ host: '0.0.0.0', port: port.containerPort });
     expect(config.memory.backend).toBe('pgvector');
@@ -203,7 +212,7 @@ describe('deploy/kubernetes', () => {
     expect(() => loadConfig({ env: { ...env, ...placeholders } })).toThrow(/AUTH_TOKEN[\s\S]*DATABASE_URL|DATABASE_URL[\s\S]*AUTH_TOKEN/);
   });
 
-  it('runs 2 replicas of mem0-proxy:latest as the image\'s user, read-only but for DATA_DIR and /tmp', () => {
+  it("runs 2 replicas of mem0-proxy:latest as the image's user, read-only but for DATA_DIR and /tmp", () => {
     expect(obj(deployment.spec).replicas).toBe(2);
     expect(containers).toHaveLength(1);
     expect(container.image).toBe('mem0-proxy:latest');
@@ -212,7 +221,9 @@ describe('deploy/kubernetes', () => {
     expect(runtime.filter((i) => i.op === 'USER').map((i) => i.args)).toEqual(['node']);
     expect(obj(pod.securityContext)).toMatchObject({ runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000 });
     expect(obj(container.securityContext)).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false });
-    const mounts = Object.fromEntries((container.volumeMounts as Array<{ name: string; mountPath: string }>).map((m) => [m.mountPath, m.name]));
+    const mounts = Object.fromEntries(
+      (container.volumeMounts as Array<{ name: string; mountPath: string }>).map((m) => [m.mountPath, m.name]),
+    );
     const volumes = Object.fromEntries((pod.volumes as Json[]).map((v) => [String(v.name), v]));
     for (const mountPath of [env.DATA_DIR ?? '', '/tmp']) {
       const volume = volumes[mounts[mountPath] ?? ''];
@@ -237,7 +248,10 @@ describe('deploy/kubernetes', () => {
     const t = await buildTestApp({ ...rest, OPENAI_API_KEY: TEST_OPENAI_KEY, AUTH_TOKEN: TEST_AUTH_TOKEN }, { startQueue: false });
     try {
       for (const probe of Object.values(probes)) {
-        await request(t.app).get(String(obj(probe.httpGet).path)).set('Host', `${probeHost(probe) ?? ''}:${String(port.containerPort)}`).expect(200);
+        await request(t.app)
+          .get(String(obj(probe.httpGet).path))
+          .set('Host', `${probeHost(probe) ?? ''}:${String(port.containerPort)}`)
+          .expect(200);
       }
     } finally {
       await t.close();

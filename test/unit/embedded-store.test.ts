@@ -35,7 +35,6 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-
 function randomVector(dim: number, next: () => number): number[] {
   return Array.from({ length: dim }, () => next() * 2 - 1);
 }
@@ -67,9 +66,17 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('never returns another user’s rows', async () => {
     const store = open(freshPath());
     await store.insert(
-      [[1, 0, 0], [0.9, 0.1, 0], [1, 0, 0.01]],
+      [
+        [1, 0, 0],
+        [0.9, 0.1, 0],
+        [1, 0, 0.01],
+      ],
       ['a1', 'a2', 'b1'],
-      [{ user_id: 'alice', data: 'a1' }, { user_id: 'alice', data: 'a2' }, { user_id: 'bob', data: 'b1' }],
+      [
+        { user_id: 'alice', data: 'a1' },
+        { user_id: 'alice', data: 'a2' },
+        { user_id: 'bob', data: 'b1' },
+      ],
     );
     const alice = await store.search([1, 0, 0], 10, { user_id: 'alice' });
     expect(alice.map((r) => r.id).sort()).toEqual(['a1', 'a2']);
@@ -84,7 +91,13 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('ranks by cosine similarity (higher is better) with cosine values as scores', async () => {
     const store = open(freshPath());
     await store.insert(
-      [[1, 0, 0], [0, 1, 0], [1, 1, 0], [-1, 0, 0], [10, 0.5, 0]],
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+        [1, 1, 0],
+        [-1, 0, 0],
+        [10, 0.5, 0],
+      ],
       ['x', 'y', 'xy', 'neg', 'scaled'],
       Array.from({ length: 5 }, () => ({ user_id: 'u' })),
     );
@@ -118,7 +131,12 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
         expect(r.score).toBeCloseTo(expected[i]!.score, 4);
       });
       const odd = await store.search(q, 10, { user_id: 'u', parity: 1 });
-      expect(odd.map((r) => r.id)).toEqual(expected.filter((e) => e.p.parity === 1).slice(0, 10).map((e) => e.id));
+      expect(odd.map((r) => r.id)).toEqual(
+        expected
+          .filter((e) => e.p.parity === 1)
+          .slice(0, 10)
+          .map((e) => e.id),
+      );
     }
     store.close();
   });
@@ -142,7 +160,13 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('filters by agent_id, run_id, payload fields, operators and AND/OR/NOT', async () => {
     const store = open(freshPath());
     await store.insert(
-      [[1, 0, 0], [1, 0.1, 0], [1, 0.2, 0], [1, 0.3, 0], [1, 0.4, 0]],
+      [
+        [1, 0, 0],
+        [1, 0.1, 0],
+        [1, 0.2, 0],
+        [1, 0.3, 0],
+        [1, 0.4, 0],
+      ],
       ['m1', 'm2', 'm3', 'm4', 'm5'],
       [
         { user_id: 'u', agent_id: 'a1', run_id: 'r1', category: 'food', rank: 1 },
@@ -175,8 +199,18 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
 
   it('reflects update and delete in search and list, including moving a row to another user', async () => {
     const store = open(freshPath());
-    await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [{ user_id: 'u', data: 'first' }, { user_id: 'u', data: 'second' }]);
-    expect((await store.search([0, 0, 1], 1, { user_id: 'u' }))).toHaveLength(1); // loads the partition
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+      ],
+      ['a', 'b'],
+      [
+        { user_id: 'u', data: 'first' },
+        { user_id: 'u', data: 'second' },
+      ],
+    );
+    expect(await store.search([0, 0, 1], 1, { user_id: 'u' })).toHaveLength(1); // loads the partition
     await store.update('a', [0, 0, 1], { user_id: 'u', data: 'first, edited' });
     const top = await store.search([0, 0, 1], 1, { user_id: 'u' });
     expect(top[0]!.id).toBe('a');
@@ -201,7 +235,14 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     const store = open(freshPath());
     await store.insert([[1, 0, 0]], ['d'], [{ user_id: 'c' }]);
     for (const user of ['a', 'b', 'c']) await store.search([1, 0, 0], 5, { user_id: user }); // all three cached
-    await store.insert([[1, 0, 0], [0, 1, 0]], ['d', 'd'], [{ user_id: 'a' }, { user_id: 'b' }]);
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+      ],
+      ['d', 'd'],
+      [{ user_id: 'a' }, { user_id: 'b' }],
+    );
     expect(await store.search([1, 0, 0], 5, { user_id: 'c' })).toEqual([]);
     expect(await store.search([1, 0, 0], 5, { user_id: 'a' })).toEqual([]);
     const b = await store.search([0, 1, 0], 5, { user_id: 'b' });
@@ -217,9 +258,17 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     const next = seededRandom(11);
     const vectors = Array.from({ length: 95 }, () => randomVector(dim, next));
     const ids = vectors.map((_, i) => `v${i}`);
-    await store.insert(vectors.slice(0, 50), ids.slice(0, 50), ids.slice(0, 50).map(() => ({ user_id: 'u' })));
+    await store.insert(
+      vectors.slice(0, 50),
+      ids.slice(0, 50),
+      ids.slice(0, 50).map(() => ({ user_id: 'u' })),
+    );
     await store.search(vectors[0]!, 1, { user_id: 'u' }); // load, then mutate the loaded partition
-    await store.insert(vectors.slice(50), ids.slice(50), ids.slice(50).map(() => ({ user_id: 'u' })));
+    await store.insert(
+      vectors.slice(50),
+      ids.slice(50),
+      ids.slice(50).map(() => ({ user_id: 'u' })),
+    );
     const deleted = new Set<number>();
     for (let i = 0; i < 95; i += 3) {
       await store.delete(ids[i]!);
@@ -267,7 +316,12 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('keywordSearch ranks by BM25 within the scope and ignores other users', async () => {
     const store = open(freshPath());
     await store.insert(
-      [[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]],
+      [
+        [1, 0, 0],
+        [1, 0, 0],
+        [1, 0, 0],
+        [1, 0, 0],
+      ],
       ['k1', 'k2', 'k3', 'k4'],
       [
         { user_id: 'u', data: 'loves hiking in the mountains', textLemmatized: 'love hike mountain' },
@@ -287,7 +341,17 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
   it('persists across close and reopen of the same file', async () => {
     const dbPath = freshPath();
     const store = open(dbPath);
-    await store.insert([[1, 0, 0], [0, 1, 0]], ['p1', 'p2'], [{ user_id: 'u', data: 'one' }, { user_id: 'u', data: 'two' }]);
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+      ],
+      ['p1', 'p2'],
+      [
+        { user_id: 'u', data: 'one' },
+        { user_id: 'u', data: 'two' },
+      ],
+    );
     await store.update('p2', [0, 0, 1], { user_id: 'u', data: 'two, edited' });
     await store.setUserId('telemetry-id');
     store.close();
@@ -339,7 +403,9 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     expect((await main.get('same-id'))!.payload.data).toBe('memory');
     expect((await entities.get('same-id'))!.payload.data).toBe('entity');
     expect((await entities.search([1, 0, 0], 5, { user_id: 'u' })).map((r) => r.payload.data)).toEqual(['entity']);
-    expect(fs.readdirSync(path.dirname(dbPath)).filter((f) => f.startsWith(path.basename(dbPath, '.db')) && f.endsWith('.db'))).toHaveLength(1);
+    expect(
+      fs.readdirSync(path.dirname(dbPath)).filter((f) => f.startsWith(path.basename(dbPath, '.db')) && f.endsWith('.db')),
+    ).toHaveLength(1);
 
     await main.search([1, 0, 0], 5, { user_id: 'u' });
     await main.deleteCol();
@@ -373,7 +439,16 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     await expect(store.search([1, 0, 0, 0], 5, { user_id: 'u' })).rejects.toThrow(/dimension mismatch, expected 3, got 4/);
     await store.insert([[1, 0, 0]], ['ok'], [{ user_id: 'u' }]);
     await expect(store.update('ok', [1], { user_id: 'u' })).rejects.toThrow(/dimension mismatch/);
-    await expect(store.insert([[1, 0, 0], [1, 0]], ['y', 'z'], [{}, {}])).rejects.toThrow(/dimension mismatch/);
+    await expect(
+      store.insert(
+        [
+          [1, 0, 0],
+          [1, 0],
+        ],
+        ['y', 'z'],
+        [{}, {}],
+      ),
+    ).rejects.toThrow(/dimension mismatch/);
     expect(await store.get('y')).toBeNull(); // the batch was rejected whole
     await expect(store.insert([[1, Number.NaN, 0]], ['n'], [{}])).rejects.toThrow(/non-finite/);
     expect(() => open(dbPath, { dimension: 4 })).toThrow(/holds 3-dimensional vectors/);
@@ -397,7 +472,14 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
 
   it('evicts cached partitions past the byte budget and reloads them on demand', async () => {
     const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: 3, kernel, maxCacheBytes: 1, files });
-    await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [{ user_id: 'u1' }, { user_id: 'u2' }]);
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+      ],
+      ['a', 'b'],
+      [{ user_id: 'u1' }, { user_id: 'u2' }],
+    );
     expect((await store.search([1, 0, 0], 5, { user_id: 'u1' })).map((r) => r.id)).toEqual(['a']);
     expect((await store.search([1, 0, 0], 5, { user_id: 'u2' })).map((r) => r.id)).toEqual(['b']);
     expect(store.cacheStats().partitions).toBe(1);
@@ -427,7 +509,8 @@ describe('keyword index (FTS5)', () => {
       ['p3', 'u', [0.9, 0.1, 0], { user_id: 'u', data: 'Hiking, always hiking', textLemmatized: 'hike always hike' }],
       ['p4', 'v', [1, 0, 0], { user_id: 'v', data: 'Hiking too', textLemmatized: 'hike too' }],
     ];
-    for (const [id, user, vector, payload] of rows) insert.run('memories', id, user, Buffer.from(new Float32Array(vector).buffer), JSON.stringify(payload));
+    for (const [id, user, vector, payload] of rows)
+      insert.run('memories', id, user, Buffer.from(new Float32Array(vector).buffer), JSON.stringify(payload));
     db.close();
   }
 
@@ -458,9 +541,21 @@ describe('keyword index (FTS5)', () => {
   it('searchAbove returns only rows at or above the score, with exact cosine scores', async () => {
     const dbPath = freshPath();
     const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3, files });
-    await store.insert([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [-1, 0, 0]], ['a', 'b', 'c', 'd'], [{ user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }]);
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0.8, 0.6, 0],
+        [0, 1, 0],
+        [-1, 0, 0],
+      ],
+      ['a', 'b', 'c', 'd'],
+      [{ user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }, { user_id: 'u' }],
+    );
     const hits = await store.searchAbove([1, 0, 0], 10, { user_id: 'u' }, 0.5);
-    expect(hits.map((h) => [h.id, h.score])).toEqual([['a', 1], ['b', expect.closeTo(0.8, 6)]]);
+    expect(hits.map((h) => [h.id, h.score])).toEqual([
+      ['a', 1],
+      ['b', expect.closeTo(0.8, 6)],
+    ]);
     expect(await store.searchAbove([1, 0, 0], 10, { user_id: 'nobody' }, 0.5)).toEqual([]);
     store.close();
   });
@@ -484,14 +579,21 @@ describe('keyword index (FTS5)', () => {
       };
       const rows = Array.from({ length: 400 }, () => near(0.9));
       const ids = rows.map((_, i) => `r${i}`);
-      await store.insert(rows, ids, rows.map(() => ({ user_id: 'u' })));
+      await store.insert(
+        rows,
+        ids,
+        rows.map(() => ({ user_id: 'u' })),
+      );
       for (let t = 0; t < 10; t++) {
         const query = near(0.5);
         const exact = rows.map((r, i) => ({ id: ids[i]!, score: cosine(query, r) })).sort((a, b) => b.score - a.score);
         // Between two rows' scores, so float32 storage cannot put a row on the other side of it.
         const j = Math.floor(5 + next() * 20);
         const floor = (exact[j]!.score + exact[j + 1]!.score) / 2;
-        const want = exact.filter((e) => e.score >= floor).slice(0, 30).map((e) => e.id);
+        const want = exact
+          .filter((e) => e.score >= floor)
+          .slice(0, 30)
+          .map((e) => e.id);
         const got = await store.searchAbove(query, 30, { user_id: 'u' }, floor);
         expect(got.map((h) => h.id)).toEqual(want);
       }
@@ -502,10 +604,17 @@ describe('keyword index (FTS5)', () => {
   it('follows inserts, replacements, updates and deletes, leaving no stale entries', async () => {
     const dbPath = freshPath();
     const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', dimension: 3, files });
-    await store.insert([[1, 0, 0], [0, 1, 0]], ['a', 'b'], [
-      { user_id: 'u', data: 'plays chess', textLemmatized: 'play chess' },
-      { user_id: 'u', data: 'plays tennis', textLemmatized: 'play tennis' },
-    ]);
+    await store.insert(
+      [
+        [1, 0, 0],
+        [0, 1, 0],
+      ],
+      ['a', 'b'],
+      [
+        { user_id: 'u', data: 'plays chess', textLemmatized: 'play chess' },
+        { user_id: 'u', data: 'plays tennis', textLemmatized: 'play tennis' },
+      ],
+    );
     expect((await store.keywordSearch('chess', 10, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['a']);
     // Re-inserting an id replaces its text in the index.
     await store.insert([[1, 0, 0]], ['a'], [{ user_id: 'u', data: 'plays go', textLemmatized: 'play go' }]);
@@ -690,8 +799,14 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
     registerEmbeddedVectorStore();
     memory = new Memory({
       version: 'v1.1',
-      embedder: { provider: 'openai', config: { apiKey: 'test', baseURL: fake.url, model: 'text-embedding-3-small', embeddingDims: EMBED_DIMS } },
-      vectorStore: { provider: 'embedded', config: { collectionName: 'memories', dimension: EMBED_DIMS, dbPath: path.join(dir, 'vectors.db'), files } },
+      embedder: {
+        provider: 'openai',
+        config: { apiKey: 'test', baseURL: fake.url, model: 'text-embedding-3-small', embeddingDims: EMBED_DIMS },
+      },
+      vectorStore: {
+        provider: 'embedded',
+        config: { collectionName: 'memories', dimension: EMBED_DIMS, dbPath: path.join(dir, 'vectors.db'), files },
+      },
       llm: { provider: 'openai', config: { apiKey: 'test', baseURL: fake.url, model: 'gpt-4o-mini' } },
       historyStore: { provider: 'sqlite', config: { historyDbPath: path.join(dir, 'history.db') } },
     });
@@ -728,15 +843,25 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
 
     // Both collections live in the one configured file.
     const raw = new Database(path.join(dir, 'vectors.db'), { readonly: true });
-    const collections = (raw.prepare('SELECT name, dimension FROM evs_collections ORDER BY name').all() as Array<{ name: string; dimension: number }>);
+    const collections = raw.prepare('SELECT name, dimension FROM evs_collections ORDER BY name').all() as Array<{
+      name: string;
+      dimension: number;
+    }>;
     expect(collections).toEqual([
       { name: 'memories', dimension: EMBED_DIMS },
       { name: 'memories_entities', dimension: EMBED_DIMS },
     ]);
-    const entityRows = raw.prepare("SELECT COUNT(*) AS n FROM evs_vectors WHERE collection = 'memories_entities' AND user_id = 'alice'").get() as { n: number };
+    const entityRows = raw
+      .prepare("SELECT COUNT(*) AS n FROM evs_vectors WHERE collection = 'memories_entities' AND user_id = 'alice'")
+      .get() as { n: number };
     expect(entityRows.n).toBeGreaterThan(0);
     raw.close();
-    expect(fs.readdirSync(dir).filter((f) => f.endsWith('.db')).sort()).toEqual(['history.db', 'vectors.db']);
+    expect(
+      fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith('.db'))
+        .sort(),
+    ).toEqual(['history.db', 'vectors.db']);
 
     const sushi = all.results.find((r) => r.memory === 'My favourite food is sushi')!;
     await memory.update(sushi.id, 'My favourite food is ramen');
@@ -764,7 +889,11 @@ describe('partition images (a fast first search after a restart)', () => {
   async function writeUser(dbPath: string): Promise<void> {
     const store = new EmbeddedVectorStore({ dbPath, dimension: DIM, collectionName: 'memories', files });
     const ids = vectors.map((_, i) => `m${i}`);
-    await store.insert(vectors, ids, ids.map((id) => ({ user_id: id === 'm7' ? 'other' : 'u', data: id })));
+    await store.insert(
+      vectors,
+      ids,
+      ids.map((id) => ({ user_id: id === 'm7' ? 'other' : 'u', data: id })),
+    );
     await store.delete('m3');
     store.close();
   }
@@ -821,7 +950,7 @@ describe('partition images (a fast first search after a restart)', () => {
     await first.search(queries[0]!, 1, { user_id: 'other' }); // one row: no image
     first.close();
     const raw = new Database(dbPath);
-    expect((raw.prepare('SELECT field, value, COUNT(*) AS parts FROM evs_images GROUP BY field, value').all() as unknown[])).toEqual([
+    expect(raw.prepare('SELECT field, value, COUNT(*) AS parts FROM evs_images GROUP BY field, value').all() as unknown[]).toEqual([
       { field: 'user_id', value: 'u', parts: 2 }, // ids and scales, then the codes
     ]);
     // The codes part loses its last byte: the partition is loaded from rows, not half from the image.

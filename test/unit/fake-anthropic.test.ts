@@ -140,7 +140,13 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
       model: MODEL,
       max_tokens: 64,
       messages: [
-        { role: 'user', content: [{ type: 'text', text: 'the real question' }, { type: 'text', text: '<system-reminder>\nctx\n</system-reminder>' }] },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'the real question' },
+            { type: 'text', text: '<system-reminder>\nctx\n</system-reminder>' },
+          ],
+        },
         { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'Bash', input: { command: 'ls' } }] },
         { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: 'a b' }] },
       ],
@@ -149,7 +155,12 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
   });
 
   test('create({stream: true}) yields the Anthropic event sequence with several text deltas', async () => {
-    const stream = await client.messages.create({ model: MODEL, max_tokens: 1024, stream: true, messages: [{ role: 'user', content: 'one two three' }] });
+    const stream = await client.messages.create({
+      model: MODEL,
+      max_tokens: 1024,
+      stream: true,
+      messages: [{ role: 'user', content: 'one two three' }],
+    });
     const types: string[] = [];
     let text = '';
     for await (const event of stream) {
@@ -160,11 +171,23 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
     expect(text).toBe('Answer: one two three');
     const deltas = types.filter((t) => t === 'content_block_delta').length;
     expect(deltas).toBeGreaterThanOrEqual(3);
-    expect(types).toEqual(['message_start', 'content_block_start', ...Array<string>(deltas).fill('content_block_delta'), 'content_block_stop', 'message_delta', 'message_stop']);
+    expect(types).toEqual([
+      'message_start',
+      'content_block_start',
+      ...Array<string>(deltas).fill('content_block_delta'),
+      'content_block_stop',
+      'message_delta',
+      'message_stop',
+    ]);
   });
 
   test('raw SSE framing: event/data lines, ping after message_start, text/event-stream', async () => {
-    const reply = await sendRaw(fake, '/v1/messages', { 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, Buffer.from(JSON.stringify({ model: MODEL, max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'hi' }] })));
+    const reply = await sendRaw(
+      fake,
+      '/v1/messages',
+      { 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      Buffer.from(JSON.stringify({ model: MODEL, max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'hi' }] })),
+    );
     expect(reply.status).toBe(200);
     expect(reply.headers['content-type']).toMatch(/^text\/event-stream/);
     expect(reply.headers['request-id']).toMatch(/^req_/);
@@ -175,12 +198,21 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
     const start = events[0]?.data;
     expect(isRecord(start) && isRecord(start['message']) ? start['message']['content'] : undefined).toEqual([]);
     const delta = events.find((e) => e.event === 'message_delta')?.data;
-    expect(delta).toEqual({ type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: expect.any(Number) } });
+    expect(delta).toEqual({
+      type: 'message_delta',
+      delta: { stop_reason: 'end_turn', stop_sequence: null },
+      usage: { output_tokens: expect.any(Number) },
+    });
   });
 
   test('messages.stream with a scripted thinking + text reply', async () => {
     fake.setNext({ kind: 'text', text: 'The answer is 42.', thinking: 'Let me think about this carefully.' });
-    const stream = client.messages.stream({ model: MODEL, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 }, messages: [{ role: 'user', content: 'meaning of life?' }] });
+    const stream = client.messages.stream({
+      model: MODEL,
+      max_tokens: 2048,
+      thinking: { type: 'enabled', budget_tokens: 1024 },
+      messages: [{ role: 'user', content: 'meaning of life?' }],
+    });
     const textDeltas: string[] = [];
     const thinkingDeltas: string[] = [];
     stream.on('text', (delta) => textDeltas.push(delta));
@@ -201,7 +233,9 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
   test('a scripted tool_use reply, streamed (input parsed from input_json_delta) and not streamed', async () => {
     const input = { command: 'npm test', description: 'Run the tests', nested: { a: [1, 2, 3] } };
     fake.setNext({ kind: 'tool_use', text: 'Running the tests.', name: 'Bash', input }, { times: 2 });
-    const final = await client.messages.stream({ model: MODEL, max_tokens: 1024, messages: [{ role: 'user', content: 'run tests' }] }).finalMessage();
+    const final = await client.messages
+      .stream({ model: MODEL, max_tokens: 1024, messages: [{ role: 'user', content: 'run tests' }] })
+      .finalMessage();
     expect(final.stop_reason).toBe('tool_use');
     expect(final.content[0]).toMatchObject({ type: 'text', text: 'Running the tests.' });
     const tool = final.content[1];
@@ -261,13 +295,19 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
     }
 
     fake.setNext({ kind: 'error', status: 400, type: 'invalid_request_error', message: 'bad' });
-    expect(await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }))).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(
+      await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] })),
+    ).toBeInstanceOf(Anthropic.BadRequestError);
 
     fake.setNext({ kind: 'error', status: 500, type: 'api_error' });
-    expect(await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }))).toBeInstanceOf(Anthropic.InternalServerError);
+    expect(
+      await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] })),
+    ).toBeInstanceOf(Anthropic.InternalServerError);
 
     fake.setNext({ kind: 'error', status: 529, type: 'overloaded_error' });
-    expect(await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }))).toBeInstanceOf(Anthropic.OverloadedError);
+    expect(
+      await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] })),
+    ).toBeInstanceOf(Anthropic.OverloadedError);
 
     // The queue is empty again: the next request gets the default answer.
     const ok = await client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] });
@@ -287,7 +327,12 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
 
   test('a stream-error event surfaces as an APIError from the stream (status undefined, typed)', async () => {
     fake.setNext({ kind: 'stream-error', afterEvents: 3 });
-    const stream = await client.messages.create({ model: MODEL, max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'a b c d' }] });
+    const stream = await client.messages.create({
+      model: MODEL,
+      max_tokens: 10,
+      stream: true,
+      messages: [{ role: 'user', content: 'a b c d' }],
+    });
     const seen: string[] = [];
     const err = await rejectionOf(
       (async (): Promise<void> => {
@@ -303,19 +348,26 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
     }
 
     fake.setNext({ kind: 'stream-error', afterEvents: 1, type: 'api_error' });
-    const viaHelper = await rejectionOf(client.messages.stream({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }).finalMessage());
+    const viaHelper = await rejectionOf(
+      client.messages.stream({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }).finalMessage(),
+    );
     expect(viaHelper).toBeInstanceOf(Anthropic.APIError);
     if (viaHelper instanceof Anthropic.APIError) expect(viaHelper.type).toBe('api_error');
 
     // Not streamed, a stream-error is the HTTP status of its type.
     fake.setNext({ kind: 'stream-error', afterEvents: 0 });
-    expect(await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }))).toBeInstanceOf(Anthropic.OverloadedError);
+    expect(
+      await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] })),
+    ).toBeInstanceOf(Anthropic.OverloadedError);
   });
 
   test('hang: the request stays open until the client aborts, and is recorded as aborted', async () => {
     fake.setNext({ kind: 'hang', afterEvents: 2 });
     const controller = new AbortController();
-    const stream = await client.messages.create({ model: MODEL, max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'x' }] }, { signal: controller.signal });
+    const stream = await client.messages.create(
+      { model: MODEL, max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'x' }] },
+      { signal: controller.signal },
+    );
     const seen: string[] = [];
     setTimeout(() => controller.abort(), 100);
     for await (const e of stream) seen.push(e.type);
@@ -343,7 +395,9 @@ describe('fake Anthropic upstream (open, no API key required)', () => {
 
   test('hang without afterEvents never answers: the SDK times out', async () => {
     fake.setNext({ kind: 'hang' });
-    const err = await rejectionOf(client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }, { timeout: 200 }));
+    const err = await rejectionOf(
+      client.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }, { timeout: 200 }),
+    );
     expect(err).toBeInstanceOf(Anthropic.APIConnectionTimeoutError);
     await waitUntil(() => fake.requests[0]?.aborted === true);
     expect(fake.requests[0]?.status).toBeUndefined();
@@ -400,7 +454,13 @@ describe('fake Anthropic upstream with an API key', () => {
     const saved = process.env['ANTHROPIC_CONFIG_DIR'];
     process.env['ANTHROPIC_CONFIG_DIR'] = dir;
     try {
-      const plain = new Anthropic({ apiKey: null, authToken: null, defaultHeaders: { 'x-api-key': KEY }, baseURL: fake.url, maxRetries: 0 });
+      const plain = new Anthropic({
+        apiKey: null,
+        authToken: null,
+        defaultHeaders: { 'x-api-key': KEY },
+        baseURL: fake.url,
+        maxRetries: 0,
+      });
       await plain.messages.create({ model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] });
       expect(fake.requests[0]?.headers['x-api-key']).toBe(KEY);
       expect(fake.requests[0]?.headers.authorization).toBeUndefined();
@@ -483,7 +543,9 @@ describe('prompt cache simulation with Claude Code-shaped traffic', () => {
 
     // The default answer is about the prompt, not the <system-reminder> or the tool result.
     const text = parseSse(r2.text)
-      .flatMap((e) => (isRecord(e.data) && isRecord(e.data['delta']) && typeof e.data['delta']['text'] === 'string' ? [e.data['delta']['text']] : []))
+      .flatMap((e) =>
+        isRecord(e.data) && isRecord(e.data['delta']) && typeof e.data['delta']['text'] === 'string' ? [e.data['delta']['text']] : [],
+      )
       .join('');
     expect(text).toBe('Answer: What does this repo do?');
 
@@ -540,7 +602,14 @@ describe('Claude Code fixture', () => {
   test('headers look like Claude Code 2.1.332', () => {
     const h = claudeCodeHeaders('abc');
     expect(h['anthropic-version']).toBe('2023-06-01');
-    expect(h['anthropic-beta']?.split(',')).toEqual(expect.arrayContaining(['claude-code-20250219', 'interleaved-thinking-2025-05-14', 'fine-grained-tool-streaming-2025-05-14', 'context-management-2025-06-27']));
+    expect(h['anthropic-beta']?.split(',')).toEqual(
+      expect.arrayContaining([
+        'claude-code-20250219',
+        'interleaved-thinking-2025-05-14',
+        'fine-grained-tool-streaming-2025-05-14',
+        'context-management-2025-06-27',
+      ]),
+    );
     expect(h['X-Claude-Code-Session-Id']).toBe('abc');
     expect(h['user-agent']).toBe('claude-cli/2.1.332 (external, cli)');
     expect(h['x-app']).toBe('cli');
@@ -551,7 +620,20 @@ describe('Claude Code fixture', () => {
     const raw = Buffer.from(JSON.stringify(first));
     expect(raw.length).toBeGreaterThan(45_000);
     expect(raw.length).toBeLessThan(60_000);
-    expect(first.tools.map((t) => t.name)).toEqual(['Bash', 'Read', 'Edit', 'Write', 'Glob', 'Grep', 'Task', 'TodoWrite', 'WebFetch', 'WebSearch', 'NotebookEdit', 'BashOutput']);
+    expect(first.tools.map((t) => t.name)).toEqual([
+      'Bash',
+      'Read',
+      'Edit',
+      'Write',
+      'Glob',
+      'Grep',
+      'Task',
+      'TodoWrite',
+      'WebFetch',
+      'WebSearch',
+      'NotebookEdit',
+      'BashOutput',
+    ]);
     expect(first.system[0]?.cache_control).toBeUndefined();
     expect(first.system[0]?.text).toMatch(/^x-anthropic-billing-header: cc_version=2\.1\.332; cc_entrypoint=cli; cch=[0-9a-f]{5};$/);
     expect(first.system[1]?.cache_control).toEqual({ type: 'ephemeral' });
@@ -572,15 +654,27 @@ describe('Claude Code fixture', () => {
     const systemMessageAt = raw1.indexOf('{"role":"system"');
     expect(systemMessageAt).toBeGreaterThan(0);
     expect(raw2.slice(0, systemMessageAt)).toBe(raw1.slice(0, systemMessageAt));
-    expect(second.messages[1]?.content).toBe(typeof first.messages[1]?.content === 'string' ? first.messages[1].content : first.messages[1]?.content[0]?.type === 'text' ? first.messages[1].content[0].text : '');
+    expect(second.messages[1]?.content).toBe(
+      typeof first.messages[1]?.content === 'string'
+        ? first.messages[1].content
+        : first.messages[1]?.content[0]?.type === 'text'
+          ? first.messages[1].content[0].text
+          : '',
+    );
     expect(second.messages.map((m) => m.role)).toEqual(['user', 'system', 'assistant', 'user']);
     expect(first.messages).toHaveLength(2); // previous is not mutated
 
     const third = toolLoopRequest(second, { ...toolStep, toolUseId: 'toolu_2' });
-    const messageBreakpoints = third.messages.flatMap((m) => (Array.isArray(m.content) ? m.content.filter((b) => b.cache_control !== undefined) : []));
+    const messageBreakpoints = third.messages.flatMap((m) =>
+      Array.isArray(m.content) ? m.content.filter((b) => b.cache_control !== undefined) : [],
+    );
     expect(messageBreakpoints).toHaveLength(1);
     const lastMsg = third.messages[third.messages.length - 1];
-    expect(Array.isArray(lastMsg?.content) ? lastMsg.content[0] : undefined).toMatchObject({ type: 'tool_result', tool_use_id: 'toolu_2', cache_control: { type: 'ephemeral' } });
+    expect(Array.isArray(lastMsg?.content) ? lastMsg.content[0] : undefined).toMatchObject({
+      type: 'tool_result',
+      tool_use_id: 'toolu_2',
+      cache_control: { type: 'ephemeral' },
+    });
 
     const next = nextTurnRequest(third, { assistantFinalText: 'done', prompt: 'again' });
     const tail = next.messages.slice(-2);
@@ -626,7 +720,7 @@ describe('cacheBreakpointOffsets scanner', () => {
 
   test('no cache_control, empty containers, and malformed input', () => {
     expect(cacheBreakpointOffsets('{"a":[],"b":{},"c":"{\\"cache_control\\":1}"}')).toEqual([]);
-    expect(cacheBreakpointOffsets('[{"cache_control":{}},{"x":{"cache_control":{}}}]')).toEqual([21, 47]) // the inner object carries it, not the "x" object;
+    expect(cacheBreakpointOffsets('[{"cache_control":{}},{"x":{"cache_control":{}}}]')).toEqual([21, 47]); // the inner object carries it, not the "x" object;
     expect(() => cacheBreakpointOffsets('{"a":"unterminated}')).toThrow(/unterminated/);
     expect(() => cacheBreakpointOffsets('{"a":[}')).toThrow(/closing/);
     expect(() => cacheBreakpointOffsets('{"a":1')).toThrow(/unbalanced/);

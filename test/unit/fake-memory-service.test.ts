@@ -24,17 +24,29 @@ describe('FakeMemoryService', () => {
       ],
     });
     expect(raw.map((m) => m.memory)).toEqual(['Remember the milk']);
-    const inferred = await memory.add(alice, { messages: [{ role: 'user', content: 'My cat is Miso. I live in Porto.' }, { role: 'assistant', content: 'I see.' }] });
+    const inferred = await memory.add(alice, {
+      messages: [
+        { role: 'user', content: 'My cat is Miso. I live in Porto.' },
+        { role: 'assistant', content: 'I see.' },
+      ],
+    });
     expect(inferred.map((m) => m.memory)).toEqual(['My cat is Miso', 'I live in Porto']);
     expect((await memory.add(alice, { messages: [{ role: 'user', content: 'I live in Porto.' }] })).length).toBe(0);
     // Another user's identical fact is theirs, not a duplicate.
     expect((await memory.add(bob, { messages: [{ role: 'user', content: 'I live in Porto.' }] })).length).toBe(1);
-    expect((await memory.list(alice, { limit: 100, offset: 0 })).map((m) => m.memory)).toEqual(['Remember the milk', 'My cat is Miso', 'I live in Porto']);
+    expect((await memory.list(alice, { limit: 100, offset: 0 })).map((m) => m.memory)).toEqual([
+      'Remember the milk',
+      'My cat is Miso',
+      'I live in Porto',
+    ]);
   });
 
   it('keeps metadata without owner keys, and the agent and run a memory was stored with', async () => {
     const memory = new FakeMemoryService();
-    const [item] = await memory.add({ userId: 'dave', runId: 'run-1' }, { infer: false, messages: [{ role: 'user', content: 'x' }], metadata: { source: 't', user_id: 'eve' } });
+    const [item] = await memory.add(
+      { userId: 'dave', runId: 'run-1' },
+      { infer: false, messages: [{ role: 'user', content: 'x' }], metadata: { source: 't', user_id: 'eve' } },
+    );
     expect(item).toMatchObject({ user_id: 'dave', run_id: 'run-1', metadata: { source: 't' } });
     expect(item?.metadata).not.toHaveProperty('user_id');
     expect(item?.agent_id).toBeUndefined();
@@ -46,7 +58,8 @@ describe('FakeMemoryService', () => {
 
   it('searches by word overlap: best first, scored, within the threshold and the limit, only the scope’s memories', async () => {
     const memory = new FakeMemoryService();
-    for (const content of ['Noah plays the cello', 'Noah drinks oat milk', 'Lisbon is sunny']) await memory.add({ userId: 'noah' }, { infer: false, messages: [{ role: 'user', content }] });
+    for (const content of ['Noah plays the cello', 'Noah drinks oat milk', 'Lisbon is sunny'])
+      await memory.add({ userId: 'noah' }, { infer: false, messages: [{ role: 'user', content }] });
     await memory.add(bob, { infer: false, messages: [{ role: 'user', content: 'Noah plays the cello' }] });
     // The same words in another order and inflection score 1.
     const found = await memory.search({ userId: 'noah' }, 'the cello Noah played', { limit: 5 });
@@ -56,7 +69,10 @@ describe('FakeMemoryService', () => {
     expect(scores[1]).toBeGreaterThan(0);
     expect(scores[1]).toBeLessThan(scores[0] ?? 0);
     expect(scores[2]).toBe(0);
-    expect((await memory.search({ userId: 'noah' }, 'the cello Noah played', { limit: 5, threshold: 0.25 })).map((m) => m.memory)).toEqual(['Noah plays the cello', 'Noah drinks oat milk']);
+    expect((await memory.search({ userId: 'noah' }, 'the cello Noah played', { limit: 5, threshold: 0.25 })).map((m) => m.memory)).toEqual([
+      'Noah plays the cello',
+      'Noah drinks oat milk',
+    ]);
     expect((await memory.search({ userId: 'noah' }, 'cello', { limit: 1 })).length).toBe(1);
     expect((await memory.search(bob, 'cello', { limit: 5 })).every((m) => m.user_id === 'bob')).toBe(true);
   });
@@ -68,10 +84,14 @@ describe('FakeMemoryService', () => {
       await memory.add(alice, { infer: false, messages: [{ role: 'user', content: i % 2 === 0 ? `Even note ${i}` : `odd note ${i}` }] });
       time.advance(60_000);
     }
-    const page = (options: Parameters<FakeMemoryService['list']>[1]): Promise<string[]> => memory.list(alice, options).then((items) => items.map((m) => m.memory));
+    const page = (options: Parameters<FakeMemoryService['list']>[1]): Promise<string[]> =>
+      memory.list(alice, options).then((items) => items.map((m) => m.memory));
     expect(await page({ limit: 2, offset: 1 })).toEqual(['odd note 1', 'Even note 2']);
     expect(await page({ limit: 10, offset: 1, filter: { text: 'EVEN' } })).toEqual(['Even note 2', 'Even note 4']);
-    expect(await page({ limit: 10, offset: 0, filter: { since: '2026-01-01T00:01:00Z', until: '2026-01-01T00:03:00Z' } })).toEqual(['odd note 1', 'Even note 2']);
+    expect(await page({ limit: 10, offset: 0, filter: { since: '2026-01-01T00:01:00Z', until: '2026-01-01T00:03:00Z' } })).toEqual([
+      'odd note 1',
+      'Even note 2',
+    ]);
   });
 
   it('gets, updates and deletes only the caller’s own memories; deleteAll clears one scope', async () => {
@@ -84,7 +104,12 @@ describe('FakeMemoryService', () => {
     await expect(memory.update(bob, mine.id, 'stolen')).rejects.toBeInstanceOf(NotFoundError);
     await expect(memory.delete(bob, mine.id)).rejects.toBeInstanceOf(NotFoundError);
     time.advance(1000);
-    expect(await memory.update(alice, mine.id, 'Alice likes green tea')).toMatchObject({ id: mine.id, memory: 'Alice likes green tea', created_at: '2026-02-01T00:00:00.000Z', updated_at: '2026-02-01T00:00:01.000Z' });
+    expect(await memory.update(alice, mine.id, 'Alice likes green tea')).toMatchObject({
+      id: mine.id,
+      memory: 'Alice likes green tea',
+      created_at: '2026-02-01T00:00:00.000Z',
+      updated_at: '2026-02-01T00:00:01.000Z',
+    });
     expect((await memory.get(alice, mine.id))?.memory).toBe('Alice likes green tea');
     await memory.delete(alice, mine.id);
     await expect(memory.delete(alice, mine.id)).rejects.toBeInstanceOf(NotFoundError);

@@ -89,7 +89,12 @@ describe('fake OpenAI upstream', () => {
     const out = await client.chat.completions.create({
       model: 'm',
       messages: [{ role: 'user', content: 'weather?' }],
-      tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }],
+      tools: [
+        {
+          type: 'function',
+          function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } },
+        },
+      ],
     });
     const call = out.choices[0]?.message.tool_calls?.[0];
     expect(out.choices[0]?.finish_reason).toBe('tool_calls');
@@ -110,7 +115,12 @@ describe('fake OpenAI upstream', () => {
     expect(unrelated).toBeLessThan(0.2);
     expect(related).toBeGreaterThan(unrelated);
 
-    const asFloat = await client.embeddings.create({ model: 'text-embedding-3-small', input: texts[0] ?? '', encoding_format: 'float', dimensions: 256 });
+    const asFloat = await client.embeddings.create({
+      model: 'text-embedding-3-small',
+      input: texts[0] ?? '',
+      encoding_format: 'float',
+      dimensions: 256,
+    });
     const f = asFloat.data[0]?.embedding ?? [];
     expect(f).toHaveLength(256);
     const again = await client.embeddings.create({ model: 'text-embedding-3-small', input: texts[0] ?? '', dimensions: 256 });
@@ -144,7 +154,8 @@ describe('fake OpenAI upstream', () => {
   });
 
   test('mem0ai extraction prompt gets {"memory":[...]} facts', async () => {
-    const user = '## Summary\n\n## Existing Memories\n[]\n\n## New Messages\nuser: My name is Alice. The weather is nice. I live in Paris!\nassistant: Nice to meet you, my friend.\n\n## Observation Date\n2025-01-01\n\n# Output:';
+    const user =
+      '## Summary\n\n## Existing Memories\n[]\n\n## New Messages\nuser: My name is Alice. The weather is nice. I live in Paris!\nassistant: Nice to meet you, my friend.\n\n## Observation Date\n2025-01-01\n\n# Output:';
     const out = await client.chat.completions.create({
       model: 'gpt-5-mini',
       response_format: { type: 'json_object' },
@@ -162,7 +173,9 @@ describe('fake OpenAI upstream', () => {
   test('unknown paths get 404 in OpenAI error shape', async () => {
     const res = await rawPost('/v1/nope', {});
     expect(res.status).toBe(404);
-    expect(JSON.parse(res.text)).toEqual({ error: { message: 'Invalid URL (POST /v1/nope)', type: 'invalid_request_error', param: null, code: null } });
+    expect(JSON.parse(res.text)).toEqual({
+      error: { message: 'Invalid URL (POST /v1/nope)', type: 'invalid_request_error', param: null, code: null },
+    });
     const models = await client.models.list();
     expect(models.data.length).toBeGreaterThan(0);
   });
@@ -181,7 +194,9 @@ describe('fake OpenAI upstream', () => {
     const emb = await client.embeddings.create({ model: 'e', input: 'still works' });
     expect(emb.data).toHaveLength(1);
     for (let i = 0; i < 2; i++) {
-      await expect(client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] })).rejects.toBeInstanceOf(OpenAI.RateLimitError);
+      await expect(client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] })).rejects.toBeInstanceOf(
+        OpenAI.RateLimitError,
+      );
     }
     const ok = await client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }] });
     expect(ok.choices).toHaveLength(1);
@@ -266,7 +281,9 @@ describe('fake OpenAI upstream', () => {
       expect(found.results[0]?.memory).toBe('I love hiking in the mountains');
       const extraction = fake.requestsTo('/v1/chat/completions');
       expect(extraction).toHaveLength(1);
-      expect(fake.requestsTo('/v1/embeddings').every((r) => (r.json as { encoding_format?: string }).encoding_format === 'float')).toBe(true);
+      expect(fake.requestsTo('/v1/embeddings').every((r) => (r.json as { encoding_format?: string }).encoding_format === 'float')).toBe(
+        true,
+      );
     } finally {
       if (savedDir === undefined) delete process.env['MEM0_DIR'];
       else process.env['MEM0_DIR'] = savedDir;

@@ -7,7 +7,14 @@ import { BadRequestError, ForbiddenError } from '../../src/errors';
 import type { Caller } from '../../src/http/context';
 import { adminScope, chatScope, DEFAULT_CHAT_USER, memoryIdProblem } from '../../src/memory/scope';
 
-const caller = (over: Partial<Caller> = {}): Caller => ({ id: 'token', kind: 'token', userId: undefined, admin: true, limits: {}, ...over });
+const caller = (over: Partial<Caller> = {}): Caller => ({
+  id: 'token',
+  kind: 'token',
+  userId: undefined,
+  admin: true,
+  limits: {},
+  ...over,
+});
 const token = caller();
 const alice = caller({ id: 'app-alice', kind: 'key', userId: 'alice', admin: false });
 const ops = caller({ id: 'ops', kind: 'key', userId: undefined, admin: true });
@@ -64,7 +71,11 @@ describe('chatScope', () => {
   });
 
   it('reads agent and run from their headers', () => {
-    expect(chatScope(token, { 'x-mem0-agent-id': 'coder', 'x-mem0-run-id': 'r-7' }, 'u')).toEqual({ userId: 'u', agentId: 'coder', runId: 'r-7' });
+    expect(chatScope(token, { 'x-mem0-agent-id': 'coder', 'x-mem0-run-id': 'r-7' }, 'u')).toEqual({
+      userId: 'u',
+      agentId: 'coder',
+      runId: 'r-7',
+    });
   });
 
   it('keeps a bound caller on its own user, and refuses it naming another by header or body (403)', () => {

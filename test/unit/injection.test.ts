@@ -37,7 +37,14 @@ function conversation(): Record<string, unknown> {
       { role: 'system', content: 'You are helpful.' },
       { role: 'user', content: 'Hi, I am Alice.' },
       { role: 'assistant', content: 'Hello Alice!' },
-      { role: 'user', content: [{ type: 'text', text: 'What should I cook' }, { type: 'image_url', image_url: { url: 'data:x' } }, { type: 'text', text: 'tonight?' }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'What should I cook' },
+          { type: 'image_url', image_url: { url: 'data:x' } },
+          { type: 'text', text: 'tonight?' },
+        ],
+      },
     ],
     tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
     stream: true,
@@ -55,7 +62,12 @@ describe('lastUserText (chat)', () => {
   });
 
   it('ignores system and developer messages after the user message', () => {
-    const body = { messages: [{ role: 'user', content: 'q' }, { role: 'developer', content: 'be brief' }] };
+    const body = {
+      messages: [
+        { role: 'user', content: 'q' },
+        { role: 'developer', content: 'be brief' },
+      ],
+    };
     expect(lastUserText(body)).toBe('q');
   });
 
@@ -93,11 +105,25 @@ describe('lastUserInputText (Responses)', () => {
         input: [
           { role: 'user', content: 'first' },
           { role: 'assistant', content: 'ok' },
-          { type: 'message', role: 'user', content: [{ type: 'input_text', text: 'second' }, { type: 'input_image', image_url: 'x' }] },
+          {
+            type: 'message',
+            role: 'user',
+            content: [
+              { type: 'input_text', text: 'second' },
+              { type: 'input_image', image_url: 'x' },
+            ],
+          },
         ],
       }),
     ).toBe('second');
-    expect(lastUserInputText({ input: [{ role: 'user', content: 'plain' }, { role: 'system', content: 'sys' }] })).toBe('plain');
+    expect(
+      lastUserInputText({
+        input: [
+          { role: 'user', content: 'plain' },
+          { role: 'system', content: 'sys' },
+        ],
+      }),
+    ).toBe('plain');
   });
 
   it('treats a trailing function_call_output as a tool continuation', () => {
@@ -110,7 +136,9 @@ describe('lastUserInputText (Responses)', () => {
     };
     expect(lastUserInputText(body)).toBeUndefined();
     expect(lastUserInputText(body, { throughToolResults: true })).toBe('weather?');
-    expect(lastUserInputText({ input: [{ type: 'function_call_output', call_id: 'c', output: 'x' }] }, { throughToolResults: true })).toBeUndefined();
+    expect(
+      lastUserInputText({ input: [{ type: 'function_call_output', call_id: 'c', output: 'x' }] }, { throughToolResults: true }),
+    ).toBeUndefined();
   });
 
   it('is undefined without input', () => {
@@ -199,7 +227,13 @@ describe('sanitizeMemoryText against look-alike delimiters and chat-template tok
   });
 
   it('leaves ordinary text with brackets alone', () => {
-    for (const text of ['Uses <b>bold</b> and a [link](x) in notes', 'a | b || c', 'x < y > z', 'Café «au lait» and 〈angle〉 quotes', 'Likes Ελληνικά and русский']) {
+    for (const text of [
+      'Uses <b>bold</b> and a [link](x) in notes',
+      'a | b || c',
+      'x < y > z',
+      'Café «au lait» and 〈angle〉 quotes',
+      'Likes Ελληνικά and русский',
+    ]) {
       expect(sanitizeMemoryText(text)).toBe(text);
     }
   });
@@ -220,13 +254,19 @@ describe('injectChat', () => {
     const out1 = injectChat(turn1, BLOCK, 'before_last_user');
     const turn2 = frozen({
       ...conversation(),
-      messages: [...(conversation()['messages'] as unknown[]), { role: 'assistant', content: 'Pasta.' }, { role: 'user', content: 'And dessert?' }],
+      messages: [
+        ...(conversation()['messages'] as unknown[]),
+        { role: 'assistant', content: 'Pasta.' },
+        { role: 'user', content: 'And dessert?' },
+      ],
     });
     const out2 = injectChat(turn2, BLOCK, 'before_last_user');
     const original = turn1['messages'] as unknown[];
     const injected2 = out2['messages'] as unknown[];
     // Every message the caller sent before its last user message serialises exactly as sent.
-    expect(JSON.stringify(injected2.slice(0, original.length + 1))).toBe(JSON.stringify((turn2['messages'] as unknown[]).slice(0, original.length + 1)));
+    expect(JSON.stringify(injected2.slice(0, original.length + 1))).toBe(
+      JSON.stringify((turn2['messages'] as unknown[]).slice(0, original.length + 1)),
+    );
     // And the prefix before the first block of turn 1 is the prefix of turn 2's body.
     expect(JSON.stringify((out1['messages'] as unknown[]).slice(0, 3))).toBe(JSON.stringify(injected2.slice(0, 3)));
   });

@@ -73,7 +73,12 @@ describe('validation at start', () => {
       ]),
     );
     // Duplicates are checked once the entries are well-formed.
-    writeJson(file, { keys: [{ id: 'a', sha256: 'a'.repeat(64) }, { id: 'a', sha256: 'A'.repeat(64) }] });
+    writeJson(file, {
+      keys: [
+        { id: 'a', sha256: 'a'.repeat(64) },
+        { id: 'a', sha256: 'A'.repeat(64) },
+      ],
+    });
     expect(problemsOf(file)).toEqual(['keys.1.id: duplicate id "a"', 'keys.1.sha256: duplicate digest (two entries for one key)']);
   });
 
@@ -139,7 +144,12 @@ describe('reload', () => {
   it('applies a good file, keeps the old keys on a bad one (logging why), and revokes all when the file is gone', () => {
     const [a, b] = [newKey(), newKey()];
     const file = path.join(dir, 'keys.json');
-    writeJson(file, { keys: [{ id: 'a', sha256: keyDigestHex(a) }, { id: 'b', sha256: keyDigestHex(b) }] });
+    writeJson(file, {
+      keys: [
+        { id: 'a', sha256: keyDigestHex(a) },
+        { id: 'b', sha256: keyDigestHex(b) },
+      ],
+    });
     const registry = KeyRegistry.load({ file, logger });
     if (!registry) throw new Error('no registry');
 
@@ -170,7 +180,10 @@ describe('keys CLI', () => {
 
   it('adds a key: prints it once, stores only its digest, atomically with mode 0600', () => {
     const file = path.join(dir, 'sub', 'keys.json');
-    const added = run(['add', 'app-1', '--user', 'alice', '--limit', '/v1=120', '--limit', '/list=5', '--expires', '2031-01-01T00:00:00Z'], file);
+    const added = run(
+      ['add', 'app-1', '--user', 'alice', '--limit', '/v1=120', '--limit', '/list=5', '--expires', '2031-01-01T00:00:00Z'],
+      file,
+    );
     expect(added.code).toBe(0);
     const key = added.out.trim();
     runtimeSecrets.push(key);
@@ -179,7 +192,15 @@ describe('keys CLI', () => {
     const text = fs.readFileSync(file, 'utf8');
     expect(text).not.toContain(key);
     expect(JSON.parse(text)).toEqual({
-      keys: [{ id: 'app-1', sha256: keyDigestHex(key), user_id: 'alice', limits: { '/v1': 120, '/list': 5 }, expires_at: '2031-01-01T00:00:00Z' }],
+      keys: [
+        {
+          id: 'app-1',
+          sha256: keyDigestHex(key),
+          user_id: 'alice',
+          limits: { '/v1': 120, '/list': 5 },
+          expires_at: '2031-01-01T00:00:00Z',
+        },
+      ],
     });
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
     expect(fs.readdirSync(path.dirname(file))).toEqual(['keys.json']);

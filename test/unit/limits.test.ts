@@ -1,7 +1,8 @@
 import { MAX_RESULT_BYTES, capResults, resultBody } from '../../src/memory/limits';
 import type { MemoryItem } from '../../src/memory/types';
 
-const item = (i: number, chars: number): MemoryItem => ({ id: `m${i}`, memory: 'x'.repeat(chars), user_id: 'u', metadata: {} }) as unknown as MemoryItem;
+const item = (i: number, chars: number): MemoryItem =>
+  ({ id: `m${i}`, memory: 'x'.repeat(chars), user_id: 'u', metadata: {} }) as unknown as MemoryItem;
 
 describe('capResults: answers bounded by bytes', () => {
   it('keeps memories in order up to the byte budget and says when it left some off', () => {

@@ -12,7 +12,14 @@ function capture(debug: boolean): { logger: winston.Logger; lines: string[] } {
       cb();
     },
   });
-  return { logger: createLogger({ debug, secrets: [TEST_AUTH_TOKEN, TEST_OPENAI_KEY, TEST_DB_PASSWORD], transports: [new winston.transports.Stream({ stream })] }), lines };
+  return {
+    logger: createLogger({
+      debug,
+      secrets: [TEST_AUTH_TOKEN, TEST_OPENAI_KEY, TEST_DB_PASSWORD],
+      transports: [new winston.transports.Stream({ stream })],
+    }),
+    lines,
+  };
 }
 
 describe('redaction', () => {
@@ -27,7 +34,15 @@ describe('redaction', () => {
     });
     logger.debug('debug line', { note: `Bearer ${'z'.repeat(20)}` });
     const out = lines.join('\n');
-    for (const secret of [TEST_OPENAI_KEY, TEST_AUTH_TOKEN, TEST_DB_PASSWORD, 'whatever-key', 'hunter2hunter2', 'abc-def-ghi', 'z'.repeat(20)]) {
+    for (const secret of [
+      TEST_OPENAI_KEY,
+      TEST_AUTH_TOKEN,
+      TEST_DB_PASSWORD,
+      'whatever-key',
+      'hunter2hunter2',
+      'abc-def-ghi',
+      'z'.repeat(20),
+    ]) {
       expect(out).not.toContain(secret);
     }
     expect(out).toContain('***');

@@ -22,7 +22,13 @@ describe('messagesPromptText: the user prompt of an Anthropic request', () => {
   it('takes the prompt after a <system-reminder> block, ignoring a trailing system message', () => {
     const body = {
       messages: [
-        { role: 'user', content: [{ type: 'text', text: '<system-reminder>\nAs you answer, use this context.\n</system-reminder>' }, { type: 'text', text: 'Rename the config loader' }] },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: '<system-reminder>\nAs you answer, use this context.\n</system-reminder>' },
+            { type: 'text', text: 'Rename the config loader' },
+          ],
+        },
         { role: 'system', content: [{ type: 'text', text: '<env>cwd: /repo</env>', cache_control: { type: 'ephemeral' } }] },
       ],
     };
@@ -36,20 +42,47 @@ describe('messagesPromptText: the user prompt of an Anthropic request', () => {
         { role: 'assistant', content: 'first answer' },
         { role: 'user', content: [{ type: 'text', text: 'Why does the build fail?' }] },
         { role: 'system', content: 'env' },
-        { role: 'assistant', content: [{ type: 'text', text: 'Let me look.' }, { type: 'tool_use', id: 't1', name: 'Bash', input: { command: 'npm run build' } }] },
-        { role: 'user', content: [{ type: 'tool_result', tool_use_id: 't1', content: 'error TS2304: Cannot find name' }, { type: 'text', text: '<system-reminder>todo list is empty</system-reminder>' }] },
+        {
+          role: 'assistant',
+          content: [
+            { type: 'text', text: 'Let me look.' },
+            { type: 'tool_use', id: 't1', name: 'Bash', input: { command: 'npm run build' } },
+          ],
+        },
+        {
+          role: 'user',
+          content: [
+            { type: 'tool_result', tool_use_id: 't1', content: 'error TS2304: Cannot find name' },
+            { type: 'text', text: '<system-reminder>todo list is empty</system-reminder>' },
+          ],
+        },
       ],
     };
     expect(messagesPromptText(body)).toBe('Why does the build fail?');
   });
 
   it('removes reminders written inside the prompt text and joins several text blocks', () => {
-    const body = { messages: [{ role: 'user', content: [{ type: 'text', text: 'line one <system-reminder>hidden</system-reminder>' }, { type: 'image', source: {} }, { type: 'text', text: 'line two' }] }] };
+    const body = {
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'line one <system-reminder>hidden</system-reminder>' },
+            { type: 'image', source: {} },
+            { type: 'text', text: 'line two' },
+          ],
+        },
+      ],
+    };
     expect(messagesPromptText(body)).toBe('line one\nline two');
   });
 
   it('has nothing to search for without human text', () => {
-    expect(messagesPromptText({ messages: [{ role: 'user', content: [{ type: 'text', text: '<system-reminder>only context</system-reminder>' }] }] })).toBeUndefined();
+    expect(
+      messagesPromptText({
+        messages: [{ role: 'user', content: [{ type: 'text', text: '<system-reminder>only context</system-reminder>' }] }],
+      }),
+    ).toBeUndefined();
     expect(messagesPromptText({ messages: [{ role: 'assistant', content: 'hi' }] })).toBeUndefined();
     expect(messagesPromptText({ messages: 'not a list' })).toBeUndefined();
     expect(messagesPromptText({})).toBeUndefined();
@@ -58,36 +91,63 @@ describe('messagesPromptText: the user prompt of an Anthropic request', () => {
 
 describe('appendMemoryBlock: one text block after the last block, every byte before it unchanged', () => {
   it('appends to an array content, keeping the bytes up to the closing bracket', () => {
-    const raw = '{"system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"stream":true}';
+    const raw =
+      '{"system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"stream":true}';
     const result = splice(raw);
     expect(result).toBeDefined();
     const close = raw.lastIndexOf(']}]');
     expect(result?.out.slice(0, close)).toBe(raw.slice(0, close));
     expect(result?.parsed).toEqual({
       ...(JSON.parse(raw) as object),
-      messages: [{ role: 'user', content: [{ type: 'text', text: 'hi', cache_control: { type: 'ephemeral' } }, { type: 'text', text: BLOCK }] }],
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'hi', cache_control: { type: 'ephemeral' } },
+            { type: 'text', text: BLOCK },
+          ],
+        },
+      ],
     });
   });
 
   it('turns a string content into two text blocks, the original string byte for byte first', () => {
-    const raw = '{ "messages" : [ {"role":"user","content":"caf\\u00e9 \u{1F600} \\"quoted\\""} , { "content" : "env \\n string" , "role" : "system" } ] }';
+    const raw =
+      '{ "messages" : [ {"role":"user","content":"caf\\u00e9 \u{1F600} \\"quoted\\""} , { "content" : "env \\n string" , "role" : "system" } ] }';
     const result = splice(raw);
     const at = raw.indexOf('"env');
     expect(result?.out.slice(0, at)).toBe(raw.slice(0, at));
     expect(result?.out).toContain('[{"type":"text","text":"env \\n string"},{"type":"text","text":');
     const messages = result?.parsed['messages'] as Array<Record<string, unknown>>;
-    expect(messages[1]).toEqual({ role: 'system', content: [{ type: 'text', text: 'env \n string' }, { type: 'text', text: BLOCK }] });
+    expect(messages[1]).toEqual({
+      role: 'system',
+      content: [
+        { type: 'text', text: 'env \n string' },
+        { type: 'text', text: BLOCK },
+      ],
+    });
     expect(messages[0]).toEqual({ role: 'user', content: 'café \u{1F600} "quoted"' });
   });
 
   it('fills an empty content array without a leading comma', () => {
-    expect(splice('{"messages":[{"role":"user","content":[ ]}]}')?.parsed['messages']).toEqual([{ role: 'user', content: [{ type: 'text', text: BLOCK }] }]);
+    expect(splice('{"messages":[{"role":"user","content":[ ]}]}')?.parsed['messages']).toEqual([
+      { role: 'user', content: [{ type: 'text', text: BLOCK }] },
+    ]);
   });
 
   it('follows JSON.parse where a key is escaped or repeated', () => {
-    const raw = '{"messages":[{"role":"user","content":"old"}],"messa\\u0067es":[{"role":"user","content":["x"],"content":[{"type":"text","text":"new"}]}]}';
+    const raw =
+      '{"messages":[{"role":"user","content":"old"}],"messa\\u0067es":[{"role":"user","content":["x"],"content":[{"type":"text","text":"new"}]}]}';
     const result = splice(raw);
-    expect(result?.parsed['messages']).toEqual([{ role: 'user', content: [{ type: 'text', text: 'new' }, { type: 'text', text: BLOCK }] }]);
+    expect(result?.parsed['messages']).toEqual([
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'new' },
+          { type: 'text', text: BLOCK },
+        ],
+      },
+    ]);
   });
 
   it('leaves an assistant prefill, or a request without messages, alone', () => {
@@ -104,8 +164,15 @@ describe('appendMemoryBlock: one text block after the last block, every byte bef
       fc.record({ type: fc.constant('text'), text, cache_control: fc.constant({ type: 'ephemeral' }) }),
       fc.record({ type: fc.constant('tool_result'), tool_use_id: fc.string({ maxLength: 5 }), content: text }),
     );
-    const message = fc.record({ role: fc.constantFrom('user', 'system', 'assistant'), content: fc.oneof(text, fc.array(block, { maxLength: 3 })) });
-    const body = fc.record({ model: fc.string({ maxLength: 5 }), messages: fc.array(message, { minLength: 1, maxLength: 4 }), n: fc.double({ noNaN: true, noDefaultInfinity: true }) });
+    const message = fc.record({
+      role: fc.constantFrom('user', 'system', 'assistant'),
+      content: fc.oneof(text, fc.array(block, { maxLength: 3 })),
+    });
+    const body = fc.record({
+      model: fc.string({ maxLength: 5 }),
+      messages: fc.array(message, { minLength: 1, maxLength: 4 }),
+      n: fc.double({ noNaN: true, noDefaultInfinity: true }),
+    });
     fc.assert(
       fc.property(body, fc.integer({ min: 0, max: 2 }), (value, indent) => {
         const raw = Buffer.from(JSON.stringify(value, null, indent));
@@ -114,7 +181,10 @@ describe('appendMemoryBlock: one text block after the last block, every byte bef
         if (last?.role === 'assistant') return out === undefined;
         if (!out) return false;
         const content = typeof last?.content === 'string' ? [{ type: 'text', text: last.content }] : [...(last?.content ?? [])];
-        const expected = { ...value, messages: [...value.messages.slice(0, -1), { ...last, content: [...content, { type: 'text', text: BLOCK }] }] };
+        const expected = {
+          ...value,
+          messages: [...value.messages.slice(0, -1), { ...last, content: [...content, { type: 'text', text: BLOCK }] }],
+        };
         expect(JSON.parse(out.toString('utf8'))).toEqual(JSON.parse(JSON.stringify(expected)));
         // Nothing before the last message changed: where it starts, found with a stand-in for it.
         const standIn = JSON.stringify({ ...value, messages: [...value.messages.slice(0, -1), '__LAST__'] }, null, indent);

@@ -25,10 +25,12 @@ const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve)
 describe('chain', () => {
   it('runs the handlers in order, each once, then calls next without an error', async () => {
     const seen: string[] = [];
-    const step = (name: string): Handler => (_req, _res, next) => {
-      seen.push(name);
-      next();
-    };
+    const step =
+      (name: string): Handler =>
+      (_req, _res, next) => {
+        seen.push(name);
+        next();
+      };
     const { calls, done } = run(chain(step('a'), step('b'), step('c')));
     await done;
     expect(seen).toEqual(['a', 'b', 'c']);
@@ -39,8 +41,15 @@ describe('chain', () => {
     const seen: string[] = [];
     const { calls, done } = run(
       chain(
-        (_req, _res, next) => void setTimeout(() => { seen.push('slow'); next(); }, 10),
-        (_req, _res, next) => { seen.push('after'); next(); },
+        (_req, _res, next) =>
+          void setTimeout(() => {
+            seen.push('slow');
+            next();
+          }, 10),
+        (_req, _res, next) => {
+          seen.push('after');
+          next();
+        },
       ),
     );
     expect(seen).toEqual([]);
@@ -59,8 +68,18 @@ describe('chain', () => {
 
   it.each<[string, Handler]>([
     ['given to its next', (_req, _res, next) => next(new Error('boom'))],
-    ['thrown', () => { throw new Error('boom'); }],
-    ['from a rejected promise', async () => { throw new Error('boom'); }],
+    [
+      'thrown',
+      () => {
+        throw new Error('boom');
+      },
+    ],
+    [
+      'from a rejected promise',
+      async () => {
+        throw new Error('boom');
+      },
+    ],
   ])('hands an error %s to the chain’s next and skips the rest', async (_how, failing) => {
     const later = jest.fn();
     const { calls, done } = run(chain(failing, later));

@@ -113,7 +113,11 @@ describe('SaveQueue', () => {
     // Only the id is kept to ignore replays: the exchange's text is gone once it is saved.
     const db = new Database(dbPath(), { readonly: true });
     try {
-      expect(db.prepare(`SELECT state, messages, metadata FROM save_jobs WHERE id = 'old'`).get()).toEqual({ state: 'done', messages: '[]', metadata: '{}' });
+      expect(db.prepare(`SELECT state, messages, metadata FROM save_jobs WHERE id = 'old'`).get()).toEqual({
+        state: 'done',
+        messages: '[]',
+        metadata: '{}',
+      });
     } finally {
       db.close();
     }
@@ -184,7 +188,11 @@ describe('SaveQueue', () => {
     q.enqueue(job('fine-later'));
     await until(() => q.status('poison')?.state === 'dead');
     expect(calls).toBeGreaterThanOrEqual(3);
-    expect(q.status('poison')).toMatchObject({ state: 'dead', hardFailures: 3, lastError: expect.stringContaining('engine rejected it #') as unknown });
+    expect(q.status('poison')).toMatchObject({
+      state: 'dead',
+      hardFailures: 3,
+      lastError: expect.stringContaining('engine rejected it #') as unknown,
+    });
     expect(q.deadCount()).toBeGreaterThanOrEqual(1);
     expect(q.enqueue(job('poison'))).toBe(false);
     expect(logged).toContain('save queue gave up on a job (dead)');
@@ -301,7 +309,9 @@ describe('SaveQueue', () => {
        q.start();
        setInterval(() => {}, 1000);`,
     );
-    const child = spawn(process.execPath, ['--require', require.resolve('tsx/cjs'), script, dbPath()], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--require', require.resolve('tsx/cjs'), script, dbPath()], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     await new Promise<void>((resolve, reject) => {

@@ -76,11 +76,20 @@ describe('exact entity lookup by text', () => {
   it('fills the text keys of a file written before they existed, when it is opened', async () => {
     const dbPath = freshPath();
     const store = open(dbPath);
-    await store.insert([vec(0.1), vec(0.2)], ['a', 'b'], [{ data: 'Oslo', user_id: 'u1' }, { data: 'Anna', user_id: 'u1' }]);
+    await store.insert(
+      [vec(0.1), vec(0.2)],
+      ['a', 'b'],
+      [
+        { data: 'Oslo', user_id: 'u1' },
+        { data: 'Anna', user_id: 'u1' },
+      ],
+    );
     files.closeAll();
     // The previous version's file: no text_key column, no index, no marker.
     const raw = new Database(dbPath);
-    raw.exec("DROP INDEX evs_vectors_text_key; ALTER TABLE evs_vectors DROP COLUMN text_key; DELETE FROM evs_meta WHERE key = 'text_keys_version';");
+    raw.exec(
+      "DROP INDEX evs_vectors_text_key; ALTER TABLE evs_vectors DROP COLUMN text_key; DELETE FROM evs_meta WHERE key = 'text_keys_version';",
+    );
     raw.close();
     files = new EmbeddedStoreFiles();
     const reopened = open(dbPath);
@@ -162,7 +171,10 @@ describe('the memo in front of the part-of-speech tagger', () => {
       (text: string) => {
         built.push(text);
         const words = text.split(' ');
-        return { nouns: () => ({ out: (format: string) => (format === 'array' ? words.filter((w) => /^[A-Z]/.test(w)) : words.join('|')) }), text: () => text };
+        return {
+          nouns: () => ({ out: (format: string) => (format === 'array' ? words.filter((w) => /^[A-Z]/.test(w)) : words.join('|')) }),
+          text: () => text,
+        };
       },
       { version: 'test' } as Record<string, unknown>,
     );
@@ -214,9 +226,12 @@ describe('mem0 engine saves with the indexed lookup and one transaction', () => 
   function entitiesOf(dataDir: string, userId: string): Array<[string, string[]]> {
     const db = new Database(path.join(dataDir, 'vectors.db'), { readonly: true });
     const memoryText = new Map(
-      (db.prepare("SELECT id, json_extract(payload, '$.data') AS data FROM evs_vectors WHERE collection = 'memories'").all() as Array<{ id: string; data: string }>).map(
-        (r) => [r.id, r.data],
-      ),
+      (
+        db.prepare("SELECT id, json_extract(payload, '$.data') AS data FROM evs_vectors WHERE collection = 'memories'").all() as Array<{
+          id: string;
+          data: string;
+        }>
+      ).map((r) => [r.id, r.data]),
     );
     const rows = db
       .prepare("SELECT payload FROM evs_vectors WHERE collection = 'memories_entities' AND user_id = ? ORDER BY rowid")
@@ -237,7 +252,13 @@ describe('mem0 engine saves with the indexed lookup and one transaction', () => 
     const build = async (indexEntityLookups: boolean): Promise<{ service: MemoryService; dataDir: string }> => {
       const dataDir = fs.mkdtempSync(path.join(tmp, indexEntityLookups ? 'indexed-' : 'listing-'));
       const config = loadConfig({
-        env: { UPSTREAM_BASE_URL: fake.url, AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: dataDir, EMBEDDING_DIMS: '32' },
+        env: {
+          UPSTREAM_BASE_URL: fake.url,
+          AUTH_TOKEN: TEST_AUTH_TOKEN,
+          OPENAI_API_KEY: TEST_OPENAI_KEY,
+          DATA_DIR: dataDir,
+          EMBEDDING_DIMS: '32',
+        },
       });
       const service = await createMem0Service(config, captureLogger(config).logger, { indexEntityLookups });
       services.push(service);

@@ -18,7 +18,15 @@ beforeEach(() => {
 });
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const memory = (id: string, score: number): MemoryItem => ({ id, memory: `text of ${id}`, user_id: 'u', metadata: {}, created_at: null, updated_at: null, score });
+const memory = (id: string, score: number): MemoryItem => ({
+  id,
+  memory: `text of ${id}`,
+  user_id: 'u',
+  metadata: {},
+  created_at: null,
+  updated_at: null,
+  score,
+});
 
 function input(n: number, userId = 'u'): TraceInput {
   const recalled = [memory(`m${n}a`, 0.9), memory(`m${n}b`, 0.5)];
@@ -48,7 +56,17 @@ it('records ids and scores, not the prompt, unless told to keep text', () => {
   const plain = TraceStore.open(path.join(dir, 'a.db'), { max: 10, keepText: false, logger });
   plain.record(input(1));
   const [trace] = plain.query({ limit: 1 });
-  expect(trace).toMatchObject({ request_id: 'req-1', user_id: 'u', search_ms: 12.3, injected: ['m1a'], recalled: [{ id: 'm1a', score: 0.9 }, { id: 'm1b', score: 0.5 }], save: { status: 'none', memory_ids: [] } });
+  expect(trace).toMatchObject({
+    request_id: 'req-1',
+    user_id: 'u',
+    search_ms: 12.3,
+    injected: ['m1a'],
+    recalled: [
+      { id: 'm1a', score: 0.9 },
+      { id: 'm1b', score: 0.5 },
+    ],
+    save: { status: 'none', memory_ids: [] },
+  });
   expect(trace).not.toHaveProperty('prompt');
   expect(fs.readFileSync(path.join(dir, 'a.db')).includes('secret prompt')).toBe(false);
   plain.close();

@@ -227,10 +227,8 @@ export const api = {
   whoami: () => request<WhoAmI>('GET', '/whoami'),
   users: (body: { query?: string; limit?: number; offset?: number }) => request<UserList>('POST', '/users', body),
   list: (body: ListQuery) => request<MemoryList>('POST', '/list', body),
-  search: (user_id: string, query: string, limit: number) =>
-    request<MemoryList>('POST', '/search', { user_id, query, limit }),
-  update: (user_id: string, memory_id: string, memory: string) =>
-    request<MemoryList>('POST', '/update', { user_id, memory_id, memory }),
+  search: (user_id: string, query: string, limit: number) => request<MemoryList>('POST', '/search', { user_id, query, limit }),
+  update: (user_id: string, memory_id: string, memory: string) => request<MemoryList>('POST', '/update', { user_id, memory_id, memory }),
   forgetOne: (user_id: string, memory_id: string) =>
     request<{ success: boolean; message: string }>('POST', '/forget', { user_id, memory_id }),
   forgetMany: (user_id: string, memory_ids: string[]) =>
@@ -238,9 +236,7 @@ export const api = {
   forgetAll: (user_id: string) => request<{ success: boolean; message: string }>('POST', '/forget', { user_id }),
   /** The export document exactly as the server wrote it. */
   exportBlob: async (user_id: string): Promise<Blob> => (await send('POST', '/export', { user_id })).blob(),
-  preview: (body: { user_id: string; prompt: string; agent_id?: string; run_id?: string }) =>
-    request<Preview>('POST', '/preview', body),
-  traces: (body: { user_id?: string; request_id?: string; limit?: number }) =>
-    request<TraceList>('POST', '/traces', body),
+  preview: (body: { user_id: string; prompt: string; agent_id?: string; run_id?: string }) => request<Preview>('POST', '/preview', body),
+  traces: (body: { user_id?: string; request_id?: string; limit?: number }) => request<TraceList>('POST', '/traces', body),
   stats: () => request<Stats>('GET', '/stats'),
 };

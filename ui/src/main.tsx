@@ -60,10 +60,7 @@ function redirectFor(route: Route, who: WhoAmI): string | null {
   return route.view === 'home' ? '#/users' : null;
 }
 
-type Auth =
-  | { state: 'checking' }
-  | { state: 'signedOut'; message: string | null; attempt: number }
-  | { state: 'signedIn'; who: WhoAmI };
+type Auth = { state: 'checking' } | { state: 'signedOut'; message: string | null; attempt: number } | { state: 'signedIn'; who: WhoAmI };
 
 function App() {
   const [auth, setAuth] = useState<Auth>(() =>
@@ -88,9 +85,7 @@ function App() {
       api
         .whoami()
         .then((who) => setAuth({ state: 'signedIn', who }))
-        .catch((err: unknown) =>
-          signOut(err instanceof ApiError && err.status === 401 ? 'Token refused' : describeError(err)),
-        );
+        .catch((err: unknown) => signOut(err instanceof ApiError && err.status === 401 ? 'Token refused' : describeError(err)));
     }
     return () => setUnauthorizedHandler(null);
   }, []);
@@ -206,11 +201,7 @@ function Shell({
               <a href={userHref(bound)} data-testid="nav-user" aria-current={current('user')}>
                 Memories
               </a>
-              <a
-                href={tracesHref({ user: bound })}
-                data-testid="nav-traces"
-                aria-current={current('traces')}
-              >
+              <a href={tracesHref({ user: bound })} data-testid="nav-traces" aria-current={current('traces')}>
                 Requests
               </a>
             </>

@@ -65,8 +65,8 @@ export function PreviewPanel({ userId }: { userId: string }) {
       {result && (
         <div class="preview-result">
           <p class="caption" data-testid="preview-summary">
-            {result.injected} of {result.memories.length} recalled {result.memories.length === 1 ? 'memory' : 'memories'}{' '}
-            injected · top_k {result.top_k} · threshold {result.threshold} · max {result.max_chars} chars
+            {result.injected} of {result.memories.length} recalled {result.memories.length === 1 ? 'memory' : 'memories'} injected · top_k{' '}
+            {result.top_k} · threshold {result.threshold} · max {result.max_chars} chars
           </p>
           {result.block === null ? (
             <p class="empty" data-testid="preview-empty">

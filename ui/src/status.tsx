@@ -54,12 +54,7 @@ export function StatusPage() {
         <div class="cards">
           <Card title="Memory store">
             <Figure label="Backend" testid="status-backend" value={stats.memory.backend} />
-            <Figure
-              label="Available"
-              testid="status-available"
-              value={yesNo(stats.memory.available)}
-              bad={!stats.memory.available}
-            />
+            <Figure label="Available" testid="status-available" value={yesNo(stats.memory.available)} bad={!stats.memory.available} />
           </Card>
           <Card title="Save queue">
             {q === null && <div class="figure muted">No save queue: saves are not queued.</div>}
@@ -73,12 +68,7 @@ export function StatusPage() {
               bad={!!q && q.enqueue_failures > 0}
             />
             <Figure label="Writable" testid="status-writable" value={q ? yesNo(q.writable) : '—'} bad={!!q && !q.writable} />
-            <Figure
-              label="Last error"
-              testid="status-last-error"
-              value={q?.last_error ?? '—'}
-              bad={!!q && q.last_error !== null}
-            />
+            <Figure label="Last error" testid="status-last-error" value={q?.last_error ?? '—'} bad={!!q && q.last_error !== null} />
           </Card>
           <Card title="Memory search">
             <Figure label="Searches" testid="status-search-count" value={String(stats.search.count)} />

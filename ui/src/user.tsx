@@ -78,8 +78,7 @@ export function UserPage({ userId }: { userId: string }) {
   useEffect(() => {
     const current = begin();
     setLoading(true);
-    const load =
-      mode.kind === 'search' ? api.search(userId, mode.query, PAGE) : api.list(listQuery(userId, filters, offset));
+    const load = mode.kind === 'search' ? api.search(userId, mode.query, PAGE) : api.list(listQuery(userId, filters, offset));
     load
       .then((res) => {
         if (!current()) return;
@@ -229,20 +228,8 @@ export function UserPage({ userId }: { userId: string }) {
           <FilterInput label="Text" testid="filter-text" value={form.text} onInput={(v) => setForm({ ...form, text: v })} />
           <FilterInput label="Agent" testid="filter-agent" value={form.agent} onInput={(v) => setForm({ ...form, agent: v })} />
           <FilterInput label="Run" testid="filter-run" value={form.run} onInput={(v) => setForm({ ...form, run: v })} />
-          <FilterInput
-            label="From"
-            type="date"
-            testid="filter-since"
-            value={form.since}
-            onInput={(v) => setForm({ ...form, since: v })}
-          />
-          <FilterInput
-            label="To"
-            type="date"
-            testid="filter-until"
-            value={form.until}
-            onInput={(v) => setForm({ ...form, until: v })}
-          />
+          <FilterInput label="From" type="date" testid="filter-since" value={form.since} onInput={(v) => setForm({ ...form, since: v })} />
+          <FilterInput label="To" type="date" testid="filter-until" value={form.until} onInput={(v) => setForm({ ...form, until: v })} />
           <button type="submit" data-testid="filter-apply">
             Apply filters
           </button>
@@ -329,13 +316,7 @@ export function UserPage({ userId }: { userId: string }) {
   );
 }
 
-function FilterInput(props: {
-  label: string;
-  testid: string;
-  value: string;
-  type?: 'text' | 'date';
-  onInput: (value: string) => void;
-}) {
+function FilterInput(props: { label: string; testid: string; value: string; type?: 'text' | 'date'; onInput: (value: string) => void }) {
   return (
     <label class="field">
       <span>{props.label}</span>
@@ -436,12 +417,7 @@ function MemoryTable(props: {
                     >
                       Save
                     </button>
-                    <button
-                      type="button"
-                      data-testid="memory-edit-cancel"
-                      disabled={edit.saving}
-                      onClick={() => setEditing(null)}
-                    >
+                    <button type="button" data-testid="memory-edit-cancel" disabled={edit.saving} onClick={() => setEditing(null)}>
                       Cancel
                     </button>
                   </div>

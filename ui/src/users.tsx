@@ -99,7 +99,12 @@ export function UsersPage() {
         </tbody>
       </table>
       <div class="pager">
-        <button type="button" data-testid="users-prev" disabled={offset === 0 || loading} onClick={() => setOffset(Math.max(0, offset - PAGE))}>
+        <button
+          type="button"
+          data-testid="users-prev"
+          disabled={offset === 0 || loading}
+          onClick={() => setOffset(Math.max(0, offset - PAGE))}
+        >
           ‹ Prev
         </button>
         <span data-testid="users-range">{data ? rangeText(offset, users.length, total) : loading ? 'Loading…' : ''}</span>

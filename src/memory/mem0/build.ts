@@ -108,7 +108,8 @@ function indexEntityLookups(memory: Memory, internals: EngineInternals, logger: 
     return;
   }
   internals._existingEntitiesByText = (entityStore: unknown, filters: Record<string, unknown>): Promise<EntityLookup> => {
-    if (!(entityStore instanceof EmbeddedVectorStore)) return (listing as (s: unknown, f: unknown) => Promise<EntityLookup>).call(memory, entityStore, filters);
+    if (!(entityStore instanceof EmbeddedVectorStore))
+      return (listing as (s: unknown, f: unknown) => Promise<EntityLookup>).call(memory, entityStore, filters);
     const lookup: EntityLookup = {
       get: (key) => entityStore.findByTextKey(filters, key),
       has: (key) => entityStore.findByTextKey(filters, key) !== undefined,
@@ -244,7 +245,9 @@ function userDirectory(backend: Mem0ServiceOptions['backend'], stores: RecallSto
       await pg.initialize?.();
       const match = `payload->>'user_id' IS NOT NULL AND ($1 = '' OR strpos(lower(payload->>'user_id'), lower($1)) > 0)`;
       const query = options.query ?? '';
-      const counted = await pg.client.query(`SELECT COUNT(DISTINCT payload->>'user_id')::int AS n FROM ${pg.col()} WHERE ${match}`, [query]);
+      const counted = await pg.client.query(`SELECT COUNT(DISTINCT payload->>'user_id')::int AS n FROM ${pg.col()} WHERE ${match}`, [
+        query,
+      ]);
       const grouped = await pg.client.query(
         `SELECT payload->>'user_id' AS user_id, COUNT(*)::int AS memories,
                 MAX(COALESCE(payload->>'updatedAt', payload->>'createdAt')) AS last
@@ -253,7 +256,11 @@ function userDirectory(backend: Mem0ServiceOptions['backend'], stores: RecallSto
       );
       return {
         total: Number(counted.rows[0]?.['n'] ?? 0),
-        users: grouped.rows.map((r) => ({ user_id: String(r['user_id']), memories: Number(r['memories']), last_activity: typeof r['last'] === 'string' ? r['last'] : null })),
+        users: grouped.rows.map((r) => ({
+          user_id: String(r['user_id']),
+          memories: Number(r['memories']),
+          last_activity: typeof r['last'] === 'string' ? r['last'] : null,
+        })),
       };
     }
     return scanUserDirectory(store as VectorStore, options);

@@ -80,10 +80,19 @@ function vectorStoreConfig(config: Config, logger: Logger, files: EmbeddedStoreF
     case 'qdrant':
       return {
         provider: 'qdrant',
-        config: { ...common, embeddingModelDims: m.embeddingDims, url: m.qdrantUrl, onDisk: true, ...(m.qdrantApiKey ? { apiKey: m.qdrantApiKey } : {}) },
+        config: {
+          ...common,
+          embeddingModelDims: m.embeddingDims,
+          url: m.qdrantUrl,
+          onDisk: true,
+          ...(m.qdrantApiKey ? { apiKey: m.qdrantApiKey } : {}),
+        },
       };
     default:
-      return { provider: 'embedded', config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), preloadImages: true, logger, files } };
+      return {
+        provider: 'embedded',
+        config: { ...common, dbPath: path.join(config.dataDir, 'vectors.db'), preloadImages: true, logger, files },
+      };
   }
 }
 
@@ -91,7 +100,12 @@ function vectorStoreConfig(config: Config, logger: Logger, files: EmbeddedStoreF
  * mem0's configuration from ours. One provider serves extraction (LLM) and embeddings. `files`:
  * the open files the embedded store's stores (memories and entities) join.
  */
-export function buildMem0Config(config: Config, logger: Logger, tuning: Pick<GuardTuning, 'writeTimeoutMs'>, files: EmbeddedStoreFiles): MemoryConfig {
+export function buildMem0Config(
+  config: Config,
+  logger: Logger,
+  tuning: Pick<GuardTuning, 'writeTimeoutMs'>,
+  files: EmbeddedStoreFiles,
+): MemoryConfig {
   const m = config.memory;
   const provider = m.provider.toLowerCase();
   const apiKey = config.openaiApiKey !== undefined ? { apiKey: config.openaiApiKey } : {};

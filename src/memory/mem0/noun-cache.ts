@@ -46,7 +46,8 @@ export function memoizeNouns(nlp: Nlp): Nlp {
       if (found === undefined) {
         const d = doc();
         const out = isDoc(d) ? d.nouns().out('array') : undefined;
-        if (!Array.isArray(out) || !out.every((n) => typeof n === 'string')) throw new Error('compromise: nouns().out("array") is not a list of strings');
+        if (!Array.isArray(out) || !out.every((n) => typeof n === 'string'))
+          throw new Error('compromise: nouns().out("array") is not a list of strings');
         found = out;
         memo.set(text, found);
       }

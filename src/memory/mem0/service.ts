@@ -49,7 +49,11 @@ function scopeFilters(scope: MemoryScope): ScopeFilters {
 
 /** mem0 OSS refuses ids with whitespace; say so as a 400 instead of failing inside the engine. */
 function checkScope(scope: MemoryScope): void {
-  for (const [name, value] of [['user_id', scope.userId], ['agent_id', scope.agentId], ['run_id', scope.runId]] as const) {
+  for (const [name, value] of [
+    ['user_id', scope.userId],
+    ['agent_id', scope.agentId],
+    ['run_id', scope.runId],
+  ] as const) {
     if (value !== undefined && /\s/.test(value)) {
       throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
     }
@@ -191,7 +195,9 @@ export class Mem0MemoryService implements MemoryService {
       for (const message of input.messages) {
         if (message.role === 'system') continue;
         const result = await this.call('write', 'add', 'all', () =>
-          this.asOneSave(() => this.engine().add([{ role: message.role, content: message.content }], { ...base, metadata: { ...metadata }, infer: false })),
+          this.asOneSave(() =>
+            this.engine().add([{ role: message.role, content: message.content }], { ...base, metadata: { ...metadata }, infer: false }),
+          ),
         );
         added.push(...result.results);
       }

@@ -44,7 +44,18 @@ import { EmbeddedStoreFiles } from './embedded/files';
 import { asFilters, isPlainObject, matchesFilters, type Filters } from './embedded/filters';
 import { keywordQuery, tokenize } from './embedded/keywords';
 import { entityTextKey, isEntityCollection } from './embedded/text-keys';
-import { hasResidualFilter, normalizePayload, parsePayload, pickScope, scopeColumns, scopeKey, scopeKeysOf, SCOPE_FIELDS, type Scope, type ScopeField } from './embedded/scope';
+import {
+  hasResidualFilter,
+  normalizePayload,
+  parsePayload,
+  pickScope,
+  scopeColumns,
+  scopeKey,
+  scopeKeysOf,
+  SCOPE_FIELDS,
+  type Scope,
+  type ScopeField,
+} from './embedded/scope';
 import type { CollectionState, SharedDb } from './embedded/shared-db';
 import { blobOf, clampScore, cosineToUnit, normalized, quantizeVector, toFloat32, vectorFromBlob } from './embedded/vectors';
 
@@ -94,7 +105,17 @@ export class EmbeddedVectorStore implements VectorStore {
 
   constructor(config: EmbeddedVectorStoreConfig) {
     if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
-    const { collectionName = 'memories', dimension, dbPath, synchronous = 'FULL', maxCacheBytes, kernel = 'auto', preloadImages = false, logger, files } = config;
+    const {
+      collectionName = 'memories',
+      dimension,
+      dbPath,
+      synchronous = 'FULL',
+      maxCacheBytes,
+      kernel = 'auto',
+      preloadImages = false,
+      logger,
+      files,
+    } = config;
     if (typeof collectionName !== 'string' || collectionName === '') {
       throw new Error('EmbeddedVectorStore: collectionName must be a non-empty string');
     }
@@ -209,7 +230,12 @@ export class EmbeddedVectorStore implements VectorStore {
    * The scope's quantized partition picks `candidateCount(k)` candidates; their float32 vectors
    * are read from SQLite and rescored exactly, so every returned score is the exact cosine.
    */
-  async searchAbove(query: number[], topK: number | undefined, filters: Record<string, unknown> | undefined, minScore: number): Promise<VectorStoreResult[]> {
+  async searchAbove(
+    query: number[],
+    topK: number | undefined,
+    filters: Record<string, unknown> | undefined,
+    minScore: number,
+  ): Promise<VectorStoreResult[]> {
     this.assertOpen();
     const q = toFloat32(query, this.dimension, 'search');
     const k = normalizeTopK(topK, 10);
@@ -283,9 +309,9 @@ export class EmbeddedVectorStore implements VectorStore {
 
   async get(vectorId: string): Promise<VectorStoreResult | null> {
     this.assertOpen();
-    const row = this.shared.stmt('SELECT id, payload FROM evs_vectors WHERE collection = ? AND id = ?').get(this.collectionName, vectorId) as
-      | RowForList
-      | undefined;
+    const row = this.shared
+      .stmt('SELECT id, payload FROM evs_vectors WHERE collection = ? AND id = ?')
+      .get(this.collectionName, vectorId) as RowForList | undefined;
     return row ? { id: row.id, payload: parsePayload(row.payload) } : null;
   }
 
@@ -304,7 +330,17 @@ export class EmbeddedVectorStore implements VectorStore {
         .stmt(
           'UPDATE evs_vectors SET user_id = ?, agent_id = ?, run_id = ?, vector = ?, qvector = ?, payload = ?, text_key = ? WHERE collection = ? AND id = ?',
         )
-        .run(cols[0], cols[1], cols[2], blobOf(v), encodeQuantized(quantized, this.dimension), json, this.textKeyOf(parsed), this.collectionName, vectorId);
+        .run(
+          cols[0],
+          cols[1],
+          cols[2],
+          blobOf(v),
+          encodeQuantized(quantized, this.dimension),
+          json,
+          this.textKeyOf(parsed),
+          this.collectionName,
+          vectorId,
+        );
     });
     if (!old) {
       // The built-in store silently ignores updates of missing ids; mem0 checks existence first.
@@ -344,12 +380,16 @@ export class EmbeddedVectorStore implements VectorStore {
     if (!residual) {
       // Scope equalities only: SQLite counts and pages through the index.
       const total = (this.shared.stmt(`SELECT COUNT(*) AS n FROM evs_vectors WHERE ${where}`).get(...params) as { n: number }).n;
-      const rows = this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid LIMIT ?`).all(...params, k) as RowForList[];
+      const rows = this.shared
+        .stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid LIMIT ?`)
+        .all(...params, k) as RowForList[];
       return [rows.map((r) => ({ id: r.id, payload: parsePayload(r.payload) })), total];
     }
     const results: VectorStoreResult[] = [];
     let total = 0;
-    for (const row of this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid`).iterate(...params) as IterableIterator<RowForList>) {
+    for (const row of this.shared
+      .stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} ORDER BY rowid`)
+      .iterate(...params) as IterableIterator<RowForList>) {
       const payload = parsePayload(row.payload);
       if (!matchesFilters(payload, f)) continue;
       total++;
@@ -369,7 +409,9 @@ export class EmbeddedVectorStore implements VectorStore {
     if (!this.entityCollection) throw new Error(`findByTextKey: "${this.collectionName}" is not an entity collection`);
     const f = asFilters(filters);
     const { where, params, residual } = this.sqlScope(f);
-    const rows = this.shared.stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} AND text_key = ? ORDER BY rowid`).iterate(...params, key);
+    const rows = this.shared
+      .stmt(`SELECT id, payload FROM evs_vectors WHERE ${where} AND text_key = ? ORDER BY rowid`)
+      .iterate(...params, key);
     for (const row of rows as IterableIterator<RowForList>) {
       const payload = parsePayload(row.payload);
       if (!residual || matchesFilters(payload, f)) return { id: row.id, payload };
@@ -386,14 +428,18 @@ export class EmbeddedVectorStore implements VectorStore {
     this.assertOpen();
     const match = "collection = ? AND user_id IS NOT NULL AND (? = '' OR instr(lower(user_id), lower(?)) > 0)";
     const params = [this.collectionName, query, query];
-    const total = (this.shared.stmt(`SELECT COUNT(DISTINCT user_id) AS n FROM evs_vectors WHERE ${match}`).get(...params) as { n: number }).n;
+    const total = (this.shared.stmt(`SELECT COUNT(DISTINCT user_id) AS n FROM evs_vectors WHERE ${match}`).get(...params) as { n: number })
+      .n;
     const rows = this.shared
       .stmt(
         `SELECT user_id, COUNT(*) AS memories, MAX(COALESCE(json_extract(payload, '$.updatedAt'), json_extract(payload, '$.createdAt'))) AS last
          FROM evs_vectors WHERE ${match} GROUP BY user_id ORDER BY user_id LIMIT ? OFFSET ?`,
       )
       .all(...params, limit, offset) as { user_id: string; memories: number; last: unknown }[];
-    return { users: rows.map((r) => ({ user_id: r.user_id, memories: r.memories, last_activity: typeof r.last === 'string' ? r.last : null })), total };
+    return {
+      users: rows.map((r) => ({ user_id: r.user_id, memories: r.memories, last_activity: typeof r.last === 'string' ? r.last : null })),
+      total,
+    };
   }
 
   async getUserId(): Promise<string> {
@@ -456,13 +502,18 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   private readScope(id: string): ScopeRow | undefined {
-    return this.shared.stmt('SELECT user_id, agent_id, run_id FROM evs_vectors WHERE collection = ? AND id = ?').get(this.collectionName, id) as
-      | ScopeRow
-      | undefined;
+    return this.shared
+      .stmt('SELECT user_id, agent_id, run_id FROM evs_vectors WHERE collection = ? AND id = ?')
+      .get(this.collectionName, id) as ScopeRow | undefined;
   }
 
   /** Keeps loaded partitions in step with a committed write (new* null = deleted). */
-  private applyToPartitions(id: string, old: ScopeRow | undefined, newCols: readonly (string | null)[] | null, quantized: Quantized | null): void {
+  private applyToPartitions(
+    id: string,
+    old: ScopeRow | undefined,
+    newCols: readonly (string | null)[] | null,
+    quantized: Quantized | null,
+  ): void {
     const partitions = this.state.partitions;
     if (partitions.size === 0) return;
     const newKeys = newCols ? scopeKeysOf(newCols) : [];
@@ -536,7 +587,9 @@ export class EmbeddedVectorStore implements VectorStore {
     })();
     if (version === undefined) return false;
     if (version === null) {
-      this.logger?.warn('EmbeddedVectorStore: a partition image does not fit; its rows are read instead', { collection: this.collectionName });
+      this.logger?.warn('EmbeddedVectorStore: a partition image does not fit; its rows are read instead', {
+        collection: this.collectionName,
+      });
       return false;
     }
     shared.imageVersions.set(partition, version);
@@ -548,7 +601,9 @@ export class EmbeddedVectorStore implements VectorStore {
     const shared = this.shared;
     // The compact int8 column only; the float32 vector just for a row some older writer left without it.
     const rows = shared
-      .stmt(`SELECT id, qvector, CASE WHEN qvector IS NULL THEN vector END AS vector FROM evs_vectors WHERE collection = ? AND ${scope.field} = ?`)
+      .stmt(
+        `SELECT id, qvector, CASE WHEN qvector IS NULL THEN vector END AS vector FROM evs_vectors WHERE collection = ? AND ${scope.field} = ?`,
+      )
       .iterate(this.collectionName, scope.value) as IterableIterator<RowForPartition>;
     for (const row of rows) {
       const q = row.qvector ? decodeQuantized(row.qvector, this.dimension) : undefined;
@@ -579,7 +634,9 @@ export class EmbeddedVectorStore implements VectorStore {
   private iterateRows(filters: Filters | undefined, withVectors: boolean): IterableIterator<RowForLoad | RowForList> {
     const { where, params } = this.sqlScope(filters);
     const columns = withVectors ? 'id, vector, payload' : 'id, payload';
-    return this.shared.stmt(`SELECT ${columns} FROM evs_vectors WHERE ${where}`).iterate(...params) as IterableIterator<RowForLoad | RowForList>;
+    return this.shared.stmt(`SELECT ${columns} FROM evs_vectors WHERE ${where}`).iterate(...params) as IterableIterator<
+      RowForLoad | RowForList
+    >;
   }
 
   private rowMatches(id: string, f: Filters | undefined): boolean {

@@ -37,10 +37,14 @@ class ParentTransport extends Transport {
  * they become log lines instead, so they pass the serving thread's redaction and level.
  */
 function routeConsole(logger: winston.Logger): void {
-  const line = (level: string) => (...args: unknown[]) => {
-    const text = args.map((a) => (a instanceof Error ? `${a.name}: ${a.message}` : typeof a === 'string' ? a : JSON.stringify(a))).join(' ');
-    logger.log(level, `memory engine: ${text.slice(0, 2000)}`);
-  };
+  const line =
+    (level: string) =>
+    (...args: unknown[]) => {
+      const text = args
+        .map((a) => (a instanceof Error ? `${a.name}: ${a.message}` : typeof a === 'string' ? a : JSON.stringify(a)))
+        .join(' ');
+      logger.log(level, `memory engine: ${text.slice(0, 2000)}`);
+    };
   Object.assign(console, { log: line('debug'), info: line('debug'), debug: line('debug'), warn: line('warn'), error: line('warn') });
 }
 
@@ -92,10 +96,15 @@ async function main(): Promise<void> {
   const unavailableReason = service instanceof UnavailableMemoryService ? service.reason : undefined;
   // The state the engine starts in (a remote store down at start: unavailable), observed without a
   // probe of its own, before any change is pushed.
-  const available = service instanceof Mem0MemoryService ? service.knownAvailability() : unavailableReason === undefined ? undefined : false;
+  const available =
+    service instanceof Mem0MemoryService ? service.knownAvailability() : unavailableReason === undefined ? undefined : false;
   send({ type: 'ready', backend: service.backend, unavailableReason, available });
 }
 
 void main().catch((err: unknown) => {
-  send({ type: 'ready', backend: data.config.memory.backend, unavailableReason: `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}` });
+  send({
+    type: 'ready',
+    backend: data.config.memory.backend,
+    unavailableReason: `the memory engine failed to start: ${err instanceof Error ? err.message : String(err)}`,
+  });
 });

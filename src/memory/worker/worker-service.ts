@@ -106,7 +106,10 @@ export class WorkerMemoryService implements MemoryService {
     return service;
   }
 
-  private static waitReady(worker: Worker, logger: Logger): Promise<{ backend: string; unavailableReason?: string | undefined; available?: boolean | undefined }> {
+  private static waitReady(
+    worker: Worker,
+    logger: Logger,
+  ): Promise<{ backend: string; unavailableReason?: string | undefined; available?: boolean | undefined }> {
     return new Promise((resolve) => {
       const onMessage = (message: FromWorker): void => {
         if (message.type === 'log') forwardLog(logger, message);

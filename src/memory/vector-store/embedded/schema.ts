@@ -53,8 +53,15 @@ function addQuantizedColumn(db: Database.Database): void {
   if (!columns.some((c) => c.name === 'qvector')) db.exec('ALTER TABLE evs_vectors ADD COLUMN qvector BLOB');
   const missing = db.prepare('SELECT 1 FROM evs_vectors WHERE qvector IS NULL LIMIT 1').get();
   if (!missing) return;
-  const dims = new Map((db.prepare('SELECT name, dimension FROM evs_collections').all() as Array<{ name: string; dimension: number }>).map((c) => [c.name, c.dimension]));
-  const batch = db.prepare('SELECT rowid AS rowid, collection, vector FROM evs_vectors WHERE qvector IS NULL AND rowid > ? ORDER BY rowid LIMIT 1000');
+  const dims = new Map(
+    (db.prepare('SELECT name, dimension FROM evs_collections').all() as Array<{ name: string; dimension: number }>).map((c) => [
+      c.name,
+      c.dimension,
+    ]),
+  );
+  const batch = db.prepare(
+    'SELECT rowid AS rowid, collection, vector FROM evs_vectors WHERE qvector IS NULL AND rowid > ? ORDER BY rowid LIMIT 1000',
+  );
   const fill = db.prepare('UPDATE evs_vectors SET qvector = ? WHERE rowid = ?');
   db.transaction(() => {
     for (let after = -Infinity; ; ) {

@@ -142,19 +142,19 @@ export class SharedDb {
 
   /** The version of a scope's rows (0 before any write since the triggers existed). */
   scopeVersion(collection: string, field: ScopeField, value: string): number {
-    const row = this.stmt('SELECT version FROM evs_scope_versions WHERE collection = ? AND field = ? AND value = ?').get(collection, field, value) as
-      | { version: number }
-      | undefined;
+    const row = this.stmt('SELECT version FROM evs_scope_versions WHERE collection = ? AND field = ? AND value = ?').get(
+      collection,
+      field,
+      value,
+    ) as { version: number } | undefined;
     return row?.version ?? 0;
   }
 
   /** The parts of a scope's image at `version`, in order; the iteration stops early at a part of another version. */
   *imageParts(collection: string, field: ScopeField, value: string, version: number): Generator<Buffer> {
-    const rows = this.stmt('SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part').iterate(
-      collection,
-      field,
-      value,
-    ) as IterableIterator<{ part: number; version: number; data: Buffer }>;
+    const rows = this.stmt(
+      'SELECT part, version, data FROM evs_images WHERE collection = ? AND field = ? AND value = ? ORDER BY part',
+    ).iterate(collection, field, value) as IterableIterator<{ part: number; version: number; data: Buffer }>;
     let expected = 0;
     for (const row of rows) {
       if (row.part !== expected++ || row.version !== version) return;
@@ -163,7 +163,14 @@ export class SharedDb {
   }
 
   hasImage(collection: string, field: ScopeField, value: string, version: number): boolean {
-    return this.stmt('SELECT 1 FROM evs_images WHERE collection = ? AND field = ? AND value = ? AND part = 0 AND version = ?').get(collection, field, value, version) !== undefined;
+    return (
+      this.stmt('SELECT 1 FROM evs_images WHERE collection = ? AND field = ? AND value = ? AND part = 0 AND version = ?').get(
+        collection,
+        field,
+        value,
+        version,
+      ) !== undefined
+    );
   }
 
   /**
@@ -178,7 +185,8 @@ export class SharedDb {
       for (const [collection, state] of this.collections) {
         for (const partition of state.partitions.values()) {
           const [field, value] = splitScopeKey(partition.key);
-          if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value)) continue;
+          if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value))
+            continue;
           const image = partition.toImage(IMAGE_PART_BYTES);
           this.db
             .transaction(() => {

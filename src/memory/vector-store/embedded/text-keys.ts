@@ -30,7 +30,9 @@ export function createTextKeyIndex(db: Database.Database): void {
   db.exec('CREATE INDEX IF NOT EXISTS evs_vectors_text_key ON evs_vectors (collection, text_key) WHERE text_key IS NOT NULL');
   const version = db.prepare("SELECT value FROM evs_meta WHERE key = 'text_keys_version'").get() as { value: string } | undefined;
   if (version?.value === '1') return;
-  const rows = db.prepare(`SELECT rowid AS rowid, collection, json_extract(payload, '$.data') AS data FROM evs_vectors WHERE text_key IS NULL`);
+  const rows = db.prepare(
+    `SELECT rowid AS rowid, collection, json_extract(payload, '$.data') AS data FROM evs_vectors WHERE text_key IS NULL`,
+  );
   const fill = db.prepare('UPDATE evs_vectors SET text_key = ? WHERE rowid = ?');
   db.transaction(() => {
     const pending: Array<[string, number]> = [];

@@ -16,7 +16,8 @@ const IMAGE_HEADER_BYTES = 16;
 
 /** Part 0 of an image (see `Partition.toImage`), or undefined when it is not one for `stride`. */
 function readImageHead(part: Buffer, stride: number): { ids: string[]; scales: Float64Array } | undefined {
-  if (part.byteLength < IMAGE_HEADER_BYTES || part.toString('latin1', 0, 4) !== IMAGE_MAGIC || part.readUInt32LE(4) !== stride) return undefined;
+  if (part.byteLength < IMAGE_HEADER_BYTES || part.toString('latin1', 0, 4) !== IMAGE_MAGIC || part.readUInt32LE(4) !== stride)
+    return undefined;
   const n = part.readUInt32LE(8);
   const idsBytes = part.readUInt32LE(12);
   const scalesAt = IMAGE_HEADER_BYTES + Math.ceil(idsBytes / 8) * 8;
@@ -40,7 +41,10 @@ export class Partition {
   private readonly blocks: number[] = [];
   private readonly rowOf = new Map<string, number>();
 
-  constructor(readonly key: string, readonly arena: Int8Arena) {}
+  constructor(
+    readonly key: string,
+    readonly arena: Int8Arena,
+  ) {}
 
   get count(): number {
     return this.ids.length;
@@ -227,7 +231,8 @@ export class Partition {
       for (let s = 0; s < rows; s++) {
         const dot = dots[s];
         const scale = scales[first + s];
-        if (dot === undefined || scale === undefined) throw new RangeError(`partition ${this.key}: no score or scale for row ${first + s} of ${n}`);
+        if (dot === undefined || scale === undefined)
+          throw new RangeError(`partition ${this.key}: no score or scale for row ${first + s} of ${n}`);
         const score = dot * query.scale * scale;
         if (score <= top.floor) continue;
         if (accept && !accept(first + s)) continue;
