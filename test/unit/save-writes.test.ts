@@ -1,8 +1,7 @@
 /**
  * What makes a save cheap on the embedded store, each against what it replaces: exact entity
  * lookups from an index (text-keys.ts) instead of mem0's listing of the scope's entities, a
- * save's writes in one transaction (EmbeddedStoreFiles.unit) instead of one commit per row, and
- * the per-save memo in front of mem0's part-of-speech tagger (noun-cache.ts).
+ * save's writes in one transaction (EmbeddedStoreFiles.unit) instead of one commit per row.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,7 +9,6 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../../src/config';
 import { createMem0Service } from '../../src/memory/mem0/build';
-import { memoizeNouns, withNounMemo } from '../../src/memory/mem0/noun-cache';
 import type { MemoryService } from '../../src/memory/types';
 import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../../src/memory/vector-store/embedded-store';
 import { entityTextKey } from '../../src/memory/vector-store/embedded/text-keys';
@@ -160,57 +158,6 @@ describe('a save as one transaction', () => {
     await save;
     expect(ids()).toEqual(['in-unit', 'in-unit-later', 'outside']);
     other.close();
-  });
-});
-
-describe('the memo in front of the part-of-speech tagger', () => {
-  /** A stand-in for compromise: counts the documents it builds. */
-  function countingNlp(): { nlp: ((text: string) => unknown) & Record<string, unknown>; built: string[] } {
-    const built: string[] = [];
-    const nlp = Object.assign(
-      (text: string) => {
-        built.push(text);
-        const words = text.split(' ');
-        return {
-          nouns: () => ({ out: (format: string) => (format === 'array' ? words.filter((w) => /^[A-Z]/.test(w)) : words.join('|')) }),
-          text: () => text,
-        };
-      },
-      { version: 'test' } as Record<string, unknown>,
-    );
-    return { nlp, built };
-  }
-
-  type Tagged = { nouns(): { out(f: string): string[] | string } };
-  const nounsOf = (memo: (text: string) => unknown, text: string): string[] => (memo(text) as Tagged).nouns().out('array') as string[];
-
-  it('tags each text once within a save and answers the same nouns again', async () => {
-    const { nlp, built } = countingNlp();
-    const memo = memoizeNouns(nlp);
-    await withNounMemo(async () => {
-      expect(nounsOf(memo, 'I met Anna in Oslo')).toEqual(['I', 'Anna', 'Oslo']);
-      await new Promise((resolve) => setImmediate(resolve)); // the save goes on after I/O
-      const again = nounsOf(memo, 'I met Anna in Oslo');
-      expect(again).toEqual(['I', 'Anna', 'Oslo']);
-      again.push('mutated by the caller');
-      expect(nounsOf(memo, 'I met Anna in Oslo')).toEqual(['I', 'Anna', 'Oslo']);
-    });
-    expect(built).toEqual(['I met Anna in Oslo']);
-    expect(memo['version']).toBe('test');
-  });
-
-  it('keeps nothing outside a save or from one save to the next, and builds the real document for any other use', async () => {
-    const { nlp, built } = countingNlp();
-    const memo = memoizeNouns(nlp);
-    nounsOf(memo, 'Anna');
-    nounsOf(memo, 'Anna');
-    await withNounMemo(async () => nounsOf(memo, 'Anna'));
-    await withNounMemo(async () => nounsOf(memo, 'Anna'));
-    await withNounMemo(async () => {
-      expect((memo('Hello World') as { text(): string }).text()).toBe('Hello World');
-      expect((memo('Hello World') as Tagged).nouns().out('text')).toBe('Hello|World');
-    });
-    expect(built).toEqual(['Anna', 'Anna', 'Anna', 'Anna', 'Hello World', 'Hello World']);
   });
 });
 

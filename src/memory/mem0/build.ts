@@ -27,7 +27,6 @@ import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../vector-store/embedde
 import { registerEmbeddedVectorStore } from '../vector-store/register';
 import { buildMem0Config, mem0Preconditions } from './engine-config';
 import { loadMem0Oss } from './load';
-import { withNounMemo } from './noun-cache';
 import { Mem0MemoryService, type Mem0ServiceOptions } from './service';
 
 /** The private parts of mem0's `Memory` we touch: HTTP client settings at start, stores at close. */
@@ -378,8 +377,8 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     tuning: options.tuning,
     onAvailabilityChange: options.onAvailabilityChange,
     afterSuccess: backend === 'pgvector' ? guardConnectionErrors(internals, logger) : undefined,
-    // One save: its store writes in one transaction, its texts tagged once.
-    perSave: (fn) => files.unit(() => withNounMemo(fn)),
+    // One save: its store writes in one transaction.
+    perSave: (fn) => files.unit(fn),
     batching,
     recall,
     maxPerUser: config.memory.maxPerUser,

@@ -1,11 +1,9 @@
 /**
  * The one door to mem0ai. It reads MEM0_TELEMETRY once, when first loaded (off here unless the
  * operator turned it on; on, it calls home on every add and search), so each loader sets it from
- * the configuration before requiring the package. The OSS engine also gets its part-of-speech
- * tagger through a memo (noun-cache.ts), which must be in place before mem0ai loads.
+ * the configuration before requiring the package.
  */
 import type { Config } from '../../config';
-import { installNounCache } from './noun-cache';
 
 function setTelemetry(config: Config): void {
   process.env.MEM0_TELEMETRY = config.memory.telemetry ? 'true' : 'false';
@@ -14,7 +12,6 @@ function setTelemetry(config: Config): void {
 /** mem0ai's OSS engine (`Memory`, its stores and factories). */
 export function loadMem0Oss(config: Config): typeof import('mem0ai/oss') {
   setTelemetry(config);
-  installNounCache();
   return require('mem0ai/oss') as typeof import('mem0ai/oss');
 }
 

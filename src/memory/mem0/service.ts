@@ -76,8 +76,8 @@ export interface Mem0ServiceOptions {
   /** Called after every successful engine call (pgvector: guard new connections). */
   afterSuccess?: (() => void) | undefined;
   /**
-   * Runs one engine `add` as one save: its embedded-store writes commit together and its texts are
-   * tagged once (build.ts); without it each write commits alone.
+   * Runs one engine `add` as one save: its embedded-store writes commit together (build.ts);
+   * without it each write commits alone.
    */
   perSave?: (<T>(fn: () => Promise<T>) => Promise<T>) | undefined;
   /** The engine's embedder, when it batches an operation's embeddings into one request. */
