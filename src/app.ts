@@ -26,7 +26,7 @@ import { requestId } from './http/request-id';
 import { requestLog } from './http/request-log';
 import { sameOrigin } from './http/same-origin';
 import { securityHeaders } from './http/security-headers';
-import { chain, pathOf, type Handler } from './http/pipeline';
+import { chainReporting, pathOf, type Handler } from './http/pipeline';
 import type { Logger } from './logger';
 import type { Metrics } from './metrics';
 import type { ChatMemory } from './memory/chat-memory';
@@ -87,6 +87,11 @@ export function createApp(deps: AppDeps): RequestListener {
   app.set('etag', false);
   app.set('trust proxy', config.server.trustProxy);
 
+  // A handler that fails after passing the request on has a bug: the request goes on, the error is logged.
+  const reportLate = (err: unknown, req: IncomingMessage): void => {
+    logger.error('a request handler failed after passing the request on', { err, request_id: req.id, route: req.routeLabel });
+  };
+  const chain = (...handlers: Handler[]): Handler => chainReporting(reportLate, ...handlers);
   // The steps every request takes: identified, logged, checked for origin, then authenticated.
   const identified = chain(
     requestId(),

@@ -11,17 +11,29 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 export type Next = (err?: unknown) => void;
 export type Handler = (req: IncomingMessage, res: ServerResponse, next: Next) => unknown;
 
+/** Told of an error a handler raised after it had already passed the request on (a bug in that handler). */
+export type LateErrorReporter = (err: unknown, req: IncomingMessage) => void;
+
 /**
  * Runs handlers in order as one (errors, thrown or from a rejected promise, go to `next`).
  * Each handler's `next` counts once: a handler that calls it twice, or calls it and then throws or
- * rejects, would otherwise run the rest of the chain again and answer one request twice.
+ * rejects, would otherwise run the rest of the chain again and answer one request twice. Such a
+ * late error goes to `reportLate` (chainReporting) instead of being lost.
  */
 export function chain(...handlers: Handler[]): Handler {
+  return chainReporting(undefined, ...handlers);
+}
+
+/** `chain`, with late errors (see above) handed to `reportLate`. */
+export function chainReporting(reportLate: LateErrorReporter | undefined, ...handlers: Handler[]): Handler {
   return (req, res, next) => {
     const stepFrom = (i: number): Next => {
       let called = false;
       return (err) => {
-        if (called) return;
+        if (called) {
+          if (err !== undefined && err !== null) reportLate?.(err, req);
+          return;
+        }
         called = true;
         if (err !== undefined && err !== null) {
           next(err);

@@ -1,9 +1,10 @@
 /**
  * `chain`, the middleware runner both the Express app and the `/v1/*` hot path use: handlers run
- * in order, an error (passed, thrown or rejected) skips the rest, and a handler's `next` counts once.
+ * in order, an error (passed, thrown or rejected) skips the rest, and a handler's `next` counts once
+ * (a later error goes to the late-error reporter).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { chain, pathOf, type Handler, type Next } from '../../src/http/pipeline';
+import { chain, chainReporting, pathOf, type Handler, type Next } from '../../src/http/pipeline';
 
 const req = (url?: string): IncomingMessage => ({ url }) as IncomingMessage;
 const res = {} as ServerResponse;
@@ -122,6 +123,41 @@ describe('chain', () => {
     await tick();
     expect(later).toHaveBeenCalledTimes(1);
     expect(calls).toEqual([[]]);
+  });
+
+  it('hands an error raised after next to the late-error reporter, thrown or rejected, and runs the rest once', async () => {
+    const reported: Array<[string, string | undefined]> = [];
+    const report = (err: unknown, r: IncomingMessage): void => {
+      reported.push([(err as Error).message, r.url]);
+    };
+    const later = jest.fn((_req: IncomingMessage, _res: ServerResponse, next: Next) => next());
+    const { calls, done } = run(
+      chainReporting(
+        report,
+        (_req, _res, next) => {
+          next();
+          throw new Error('thrown late');
+        },
+        async (_req, _res, next) => {
+          next();
+          throw new Error('rejected late');
+        },
+        (_req, _res, next) => {
+          next();
+          next(new Error('passed late'));
+        },
+        later,
+      ),
+    );
+    await done;
+    await tick();
+    expect(later).toHaveBeenCalledTimes(1);
+    expect(calls).toEqual([[]]);
+    expect(reported.sort()).toEqual([
+      ['passed late', '/'],
+      ['rejected late', '/'],
+      ['thrown late', '/'],
+    ]);
   });
 
   it('calls next at once for an empty chain', () => {
