@@ -29,6 +29,24 @@ export function memoryIdProblem(value: string): string | undefined {
   return undefined;
 }
 
+/**
+ * What a memory service checks of a scope it is handed (whoever built it): mem0 OSS refuses ids
+ * with whitespace, and vector stores read `*` as "any value", so either is a 400 here instead of a
+ * failure inside the engine or a scope that reaches every user.
+ */
+export function checkScopeIds(scope: MemoryScope): void {
+  for (const [name, value] of [
+    ['user_id', scope.userId],
+    ['agent_id', scope.agentId],
+    ['run_id', scope.runId],
+  ] as const) {
+    if (value !== undefined && /\s/.test(value)) {
+      throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
+    }
+    if (value === '*') throw new BadRequestError(`${name} must not be "*"`, [{ field: name, message: 'must not be "*"' }]);
+  }
+}
+
 function checkId(name: string, value: string | undefined): string | undefined {
   const problem = value === undefined ? undefined : memoryIdProblem(value);
   if (problem !== undefined) throw new BadRequestError(`${name} ${problem}`, [{ field: name, message: problem }]);

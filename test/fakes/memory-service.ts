@@ -22,7 +22,7 @@
  * itself down (`setAvailable`), and read what was called (`calls`).
  */
 import crypto from 'node:crypto';
-import { BadRequestError, MemoryUnavailableError, NotFoundError } from '../../src/errors';
+import { MemoryUnavailableError, NotFoundError } from '../../src/errors';
 import type {
   AddInput,
   ListOptions,
@@ -35,6 +35,7 @@ import type {
   UsersPage,
 } from '../../src/memory/types';
 import type { Config } from '../../src/config';
+import { checkScopeIds } from '../../src/memory/scope';
 import { defaultExtract, wordStems } from './openai-upstream';
 
 export type MemoryOperation = 'search' | 'list' | 'add' | 'get' | 'update' | 'users' | 'delete' | 'deleteAll';
@@ -199,7 +200,7 @@ export class FakeMemoryService implements MemoryService {
 
   /** Scope checks, the call record, then an injected failure or latency, as the engine's guard orders them. */
   private async enter(op: MemoryOperation, scope?: MemoryScope): Promise<void> {
-    if (scope) checkScope(scope);
+    if (scope) checkScopeIds(scope);
     this.calls.push(scope ? { op, scope } : { op });
     if (this.closed) throw new MemoryUnavailableError(true);
     const failure = this.failures.find((f) => f.op === op || f.op === '*');
@@ -263,19 +264,6 @@ function copy(item: MemoryItem): MemoryItem {
 
 function notFound(): NotFoundError {
   return new NotFoundError('Memory not found', 'No memory with this id for this user');
-}
-
-function checkScope(scope: MemoryScope): void {
-  for (const [name, value] of [
-    ['user_id', scope.userId],
-    ['agent_id', scope.agentId],
-    ['run_id', scope.runId],
-  ] as const) {
-    if (value !== undefined && /\s/.test(value)) {
-      throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
-    }
-    if (value === '*') throw new BadRequestError(`${name} must not be "*"`, [{ field: name, message: 'must not be "*"' }]);
-  }
 }
 
 /** For buildTestApp's `memory` option: a fresh fake named after the configured backend. */

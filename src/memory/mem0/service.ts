@@ -6,10 +6,11 @@
  * `unknown` into the contract's MemoryItem; a memory is only ever returned to, or deleted for,
  * the user it belongs to.
  */
-import { BadRequestError, MemoryLimitError, MemoryUnavailableError } from '../../errors';
+import { MemoryLimitError, MemoryUnavailableError } from '../../errors';
 import type { Logger } from '../../logger';
 import type { BatchingEmbedder } from '../batching-embedder';
 import type { Recall } from '../recall';
+import { checkScopeIds } from '../scope';
 import { EngineGuard, withTimeout, type GuardTuning } from '../resilience';
 import type { AddInput, ListOptions, MemoryItem, MemoryScope, MemoryService, SearchOptions, UsersOptions, UsersPage } from '../types';
 import { engineItemOwner, isMemoryId, matchesListFilter, memoryNotFound, toMemoryItem, toUserItems } from './results';
@@ -45,21 +46,6 @@ function scopeFilters(scope: MemoryScope): ScopeFilters {
     ...(scope.agentId !== undefined ? { agent_id: scope.agentId } : {}),
     ...(scope.runId !== undefined ? { run_id: scope.runId } : {}),
   };
-}
-
-/** mem0 OSS refuses ids with whitespace; say so as a 400 instead of failing inside the engine. */
-function checkScope(scope: MemoryScope): void {
-  for (const [name, value] of [
-    ['user_id', scope.userId],
-    ['agent_id', scope.agentId],
-    ['run_id', scope.runId],
-  ] as const) {
-    if (value !== undefined && /\s/.test(value)) {
-      throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
-    }
-    // Vector stores read "*" as "any value": as a scope it would reach every user.
-    if (value === '*') throw new BadRequestError(`${name} must not be "*"`, [{ field: name, message: 'must not be "*"' }]);
-  }
 }
 
 /** A user nobody has: the probe and the start-up check read its (empty) partition. */
@@ -137,7 +123,7 @@ export class Mem0MemoryService implements MemoryService {
   }
 
   async search(scope: MemoryScope, query: string, options: SearchOptions): Promise<MemoryItem[]> {
-    checkScope(scope);
+    checkScopeIds(scope);
     const config = {
       filters: scopeFilters(scope),
       topK: options.limit,
@@ -153,7 +139,7 @@ export class Mem0MemoryService implements MemoryService {
   }
 
   async list(scope: MemoryScope, options: ListOptions): Promise<MemoryItem[]> {
-    checkScope(scope);
+    checkScopeIds(scope);
     const end = options.offset + options.limit;
     const filter = options.filter;
     if (filter && (filter.text !== undefined || filter.since !== undefined || filter.until !== undefined)) {
@@ -184,7 +170,7 @@ export class Mem0MemoryService implements MemoryService {
   }
 
   async add(scope: MemoryScope, input: AddInput): Promise<MemoryItem[]> {
-    checkScope(scope);
+    checkScopeIds(scope);
     const metadata = input.metadata ?? {};
     const base = { ...entityOptions(scope) };
     const added: unknown[] = [];
@@ -230,7 +216,7 @@ export class Mem0MemoryService implements MemoryService {
   }
 
   async get(scope: MemoryScope, id: string): Promise<MemoryItem | undefined> {
-    checkScope(scope);
+    checkScopeIds(scope);
     if (!isMemoryId(id)) return undefined;
     const raw = await this.call('read', 'get', 'part', () => this.engine().get(id));
     if (raw === null || raw === undefined || engineItemOwner(raw) !== scope.userId) return undefined;
@@ -251,7 +237,7 @@ export class Mem0MemoryService implements MemoryService {
   }
 
   async deleteAll(scope: MemoryScope): Promise<void> {
-    checkScope(scope);
+    checkScopeIds(scope);
     await this.call('write', 'deleteAll', 'part', () => this.engine().deleteAll(entityOptions(scope)));
   }
 
