@@ -277,7 +277,7 @@ async function batchEmbeddings(
   memory: Memory,
   internals: EngineInternals,
   logger: Logger,
-): Promise<{ batching?: BatchingEmbedder; recall?: Recall; oracle?: EntityOracle }> {
+): Promise<{ batching?: BatchingEmbedder; recall?: Recall }> {
   const inner = internals.embedder;
   if (!isEmbedder(inner)) return {};
   const oracle = await EntityOracle.create(oss);
@@ -287,24 +287,7 @@ async function batchEmbeddings(
   }
   const batching = new BatchingEmbedder(inner, oracle, logger);
   internals.embedder = batching;
-  return { batching, recall: new Recall(oracle, inner, engineStores(memory, internals), logger), oracle };
-}
-
-/** A query with a name, a place and a topic, so every step of mem0's query analysis runs once. */
-const WARM_UP_QUERY = 'Does my sister Anna still live in Oslo and drink green tea?';
-
-/**
- * The first query analysis of a process costs ~100 ms more than the next (the part-of-speech
- * tagger builds its lexicon and the code is compiled on first use), which the first search of a
- * user would otherwise pay. One analysis at start, on the engine's own code with no store and no
- * network (entity-oracle.ts), pays it before the service reports ready.
- */
-async function warmUp(oracle: EntityOracle | undefined, logger: Logger): Promise<void> {
-  try {
-    await oracle?.analyse(WARM_UP_QUERY);
-  } catch (err) {
-    logger.warn('memory engine: the warm-up query analysis failed', { err });
-  }
+  return { batching, recall: new Recall(oracle, inner, engineStores(memory, internals), logger) };
 }
 
 export interface CreateMem0Options {
@@ -357,7 +340,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   journalHistoryAhead(internals.db, logger);
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
-  const { batching, recall, oracle } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
+  const { batching, recall } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
 
   const release = async (): Promise<void> => {
     // The stores are reference-counted per file, so closing our own instances (not every store
@@ -394,6 +377,5 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   if (failure) {
     logger.warn('memory store not reachable at start; mem0 retries on the next call', { backend, err: failure });
   }
-  await warmUp(oracle, logger);
   return service;
 }
