@@ -24,6 +24,11 @@ function header(headers: IncomingHttpHeaders, name: string): string | undefined 
  */
 export function memoryIdProblem(value: string): string | undefined {
   if (value.length > MAX_ID_CHARS) return `must be at most ${MAX_ID_CHARS} characters`;
+  return engineIdProblem(value);
+}
+
+/** What the engine itself cannot take as an id (the part of `memoryIdProblem` without the length). */
+function engineIdProblem(value: string): string | undefined {
   if (/\s/.test(value)) return 'must not contain whitespace';
   if (value === '*') return 'must not be "*"';
   return undefined;
@@ -40,10 +45,8 @@ export function checkScopeIds(scope: MemoryScope): void {
     ['agent_id', scope.agentId],
     ['run_id', scope.runId],
   ] as const) {
-    if (value !== undefined && /\s/.test(value)) {
-      throw new BadRequestError(`${name} must not contain whitespace`, [{ field: name, message: 'must not contain whitespace' }]);
-    }
-    if (value === '*') throw new BadRequestError(`${name} must not be "*"`, [{ field: name, message: 'must not be "*"' }]);
+    const problem = value === undefined ? undefined : engineIdProblem(value);
+    if (problem !== undefined) throw new BadRequestError(`${name} ${problem}`, [{ field: name, message: problem }]);
   }
 }
 
