@@ -6,6 +6,8 @@ module.exports = {
   transform: {
     '^.+\\.ts$': ['ts-jest', { diagnostics: false }],
   },
+  // src/ transpiled once into .test-build/ for child processes and engine threads (test/helpers/built.ts).
+  globalSetup: '<rootDir>/test/setup/build-source.ts',
   setupFiles: ['<rootDir>/test/helpers/env.ts'],
   setupFilesAfterEnv: ['<rootDir>/test/helpers/log-scan.ts'],
   testTimeout: 20000,

@@ -20,6 +20,8 @@ export interface MemoryServiceOptions {
   metrics?: Metrics | undefined;
   /** Deadlines, retries and health-cache times (tests shorten them). */
   tuning?: Partial<GuardTuning> | undefined;
+  /** The mem0 engine thread's script (WorkerServiceOptions.threadScript). */
+  threadScript?: string | undefined;
 }
 
 export async function createMemoryService(config: Config, logger: Logger, options: MemoryServiceOptions = {}): Promise<MemoryService> {
@@ -35,7 +37,7 @@ export async function createMemoryService(config: Config, logger: Logger, option
     service =
       backend === 'platform'
         ? await createPlatformService(config, logger, common)
-        : await WorkerMemoryService.start(config, logger, common);
+        : await WorkerMemoryService.start(config, logger, { ...common, threadScript: options.threadScript });
   } catch (err) {
     // Anything unforeseen while building must not stop the process: /v1/* still works.
     service = new UnavailableMemoryService(

@@ -12,6 +12,7 @@ import type { Logger } from '../../src/logger';
 import { createMemoryService } from '../../src/memory/factory';
 import type { SaveQueueOptions } from '../../src/memory/save-queue';
 import type { MemoryService } from '../../src/memory/types';
+import { startEngine } from './engine';
 import { buildTestApp, serve, type Served, type TestApp } from './app';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from './secrets';
 
@@ -41,6 +42,8 @@ export interface MemoryProxyOptions {
   /** Another memory service instead of the real engine (the fake, for tests about the chat path around it). */
   memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
   startQueue?: boolean;
+  /** Start the engine thread from the .ts sources through tsx, as `npm run dev` does (default: this run's transpiled copy). */
+  engineFromSource?: boolean;
   /** Save-queue options over the short test backoffs. */
   queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
 }
@@ -60,9 +63,10 @@ export async function startMemoryProxy(options: MemoryProxyOptions): Promise<Mem
     {
       memory: async (config, logger) => {
         if (options.memory) return options.memory(config, logger);
-        const real = await createMemoryService(config, logger, {
-          tuning: { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 },
-        });
+        const tuning = { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 };
+        const real = options.engineFromSource
+          ? await createMemoryService(config, logger, { tuning })
+          : await startEngine(config, logger, { tuning });
         return options.wrap ? options.wrap(real) : real;
       },
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000, ...options.queueOptions },

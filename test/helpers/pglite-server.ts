@@ -7,7 +7,8 @@
  * It runs in a child Node process: PGlite loads its WebAssembly with dynamic `import()`, which
  * Jest's CommonJS sandbox refuses (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING_FLAG), and a separate
  * process is what a real database is anyway. The child exits when asked, or when the parent goes
- * away (its stdin closes).
+ * away (its stdin closes). It starts from the data directory the run's global setup made
+ * (test/setup/pglite-template.cjs) rather than running initdb again.
  *
  * PGlite is a single-session database. pglite-socket multiplexes several client connections onto
  * it by queueing protocol messages (`maxConnections`, default 1 there, raised here): each mem0
@@ -16,6 +17,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { PGLITE_TEMPLATE } from './built';
 import { TEST_DB_PASSWORD } from './secrets';
 
 /** The child: plain CommonJS, run with `node -e` from the repository root (so `require` finds node_modules). */
@@ -23,9 +25,20 @@ const CHILD_SCRIPT = `
 const { PGlite } = require('@electric-sql/pglite');
 const { vector } = require('@electric-sql/pglite-pgvector');
 const { PGLiteSocketServer } = require('@electric-sql/pglite-socket');
+const fs = require('node:fs');
+// The run's template data directory, once the global setup has made it (a fresh initdb without it).
+async function template() {
+  const base = process.env.PGLITE_TEMPLATE;
+  for (let waited = 0; base && waited < 30000; waited += 50) {
+    if (fs.existsSync(base + '.tar')) return { loadDataDir: new Blob([fs.readFileSync(base + '.tar')]) };
+    if (fs.existsSync(base + '.error')) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {};
+}
 (async () => {
   const maxConnections = Number(process.env.PGLITE_MAX_CONNECTIONS || '16');
-  const db = await PGlite.create({ extensions: { vector } });
+  const db = await PGlite.create({ extensions: { vector }, ...(await template()) });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
   let server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections });
   await server.start();
@@ -75,7 +88,7 @@ export interface PgliteServer {
 export interface PgliteServerOptions {
   /** Concurrent client connections allowed (default 16). */
   maxConnections?: number;
-  /** How long to wait for PGlite to start (default 60 s; it takes a few seconds: WebAssembly start-up and initdb). */
+  /** How long to wait for PGlite to start (default 60 s; about a second from the run's template, five or more with initdb). */
   startTimeoutMs?: number;
 }
 
@@ -97,7 +110,7 @@ function exited(child: ChildProcess): Promise<void> {
 export async function startPgliteServer(options: PgliteServerOptions = {}): Promise<PgliteServer> {
   const child = spawn(process.execPath, ['-e', CHILD_SCRIPT], {
     cwd: path.resolve(__dirname, '../..'),
-    env: { PATH: process.env.PATH ?? '', PGLITE_MAX_CONNECTIONS: String(options.maxConnections ?? 16) },
+    env: { PATH: process.env.PATH ?? '', PGLITE_MAX_CONNECTIONS: String(options.maxConnections ?? 16), PGLITE_TEMPLATE },
     stdio: ['pipe', 'ignore', 'pipe', 'ipc'],
   });
   let stderr = '';

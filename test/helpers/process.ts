@@ -1,13 +1,10 @@
 /**
- * The proxy as a real child process (`node --import tsx src/index.ts`), for the tests that need
- * signals, restarts or several processes: only PATH, HOME (the working folder) and the test's
+ * The proxy as a real child process (`node .test-build/index.js`, src/ as this run transpiled it),
+ * for the tests that need signals, restarts or several processes: only PATH, HOME (the working folder) and the test's
  * variables in its environment, its output kept for the secret scan and for the listening port.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import path from 'node:path';
-
-const ROOT = path.resolve(__dirname, '..', '..');
-const TSX = require.resolve('tsx');
+import { BUILT_ENTRY } from './built';
 
 export interface ProxyProcess {
   child: ChildProcessWithoutNullStreams;
@@ -18,7 +15,7 @@ export interface ProxyProcess {
 }
 
 export function startProxyProcess(env: Record<string, string>, cwd: string): ProxyProcess {
-  const child = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
+  const child = spawn(process.execPath, [BUILT_ENTRY], {
     cwd,
     env: { PATH: process.env.PATH ?? '', HOME: cwd, MEM0_TELEMETRY: 'false', ...env },
   });

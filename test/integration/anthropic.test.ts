@@ -15,7 +15,7 @@ import path from 'node:path';
 import Anthropic from 'anthropic-sdk-v1';
 import request from 'supertest';
 import { keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeAnthropic, type FakeAnthropic, type RecordedRequest } from '../fakes/anthropic-upstream';
 import { FakeMemoryService, fakeMemory } from '../fakes/memory-service';
@@ -681,7 +681,7 @@ describe('a key bound to one user', () => {
     ({ app } = await buildKeyedTestApp(env, {
       dir,
       keys: [{ id: 'frank-laptop', sha256: keyDigestHex(key), user_id: 'frank' }],
-      memory: (config, logger) => createMemoryService(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+      memory: (config, logger) => startEngine(config, logger, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
     }));
     served = await serve(app.app);

@@ -34,7 +34,8 @@ async function search(user: string, query: string): Promise<Array<{ memory: stri
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'engine-thread-'));
-  proxy = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: tmp });
+  // From the sources through tsx, as `npm run dev` runs it (the other suites use the transpiled copy).
+  proxy = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: tmp, engineFromSource: true });
 });
 
 afterAll(async () => {

@@ -257,10 +257,12 @@ describe('memory engine faults', () => {
         elapsed.push(Date.now() - started);
         expect(data.choices[0]?.message.content).toContain('Fake reply');
         expect(response.headers.get('x-mem0-memories')).toBe('0');
-        expect(Number(response.headers.get('x-mem0-overhead-ms'))).toBeLessThan(budget + 150);
+        // Far below the embedding's 3000 ms; the margin allows for the full suite sharing two
+        // cores with this process (a 200 ms stall was seen there once at +150).
+        expect(Number(response.headers.get('x-mem0-overhead-ms'))).toBeLessThan(budget + 250);
       }
       // The fake answers chats at once, so all of this is the budget plus the proxy's own work.
-      expect(Math.max(...elapsed)).toBeLessThan(budget + 300);
+      expect(Math.max(...elapsed)).toBeLessThan(budget + 400);
     } finally {
       fake.clearFaults();
       await p.close();

@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { keyDigestHex } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { serve, type Served, type TestApp } from '../helpers/app';
 import { buildKeyedTestApp, newTestKey } from '../helpers/keyed-app';
@@ -60,7 +60,7 @@ beforeAll(async () => {
       { id: 'old', sha256: keyDigestHex(KEY.expired), expires_at: '2001-01-01T00:00:00Z' },
     ],
     token: TEST_AUTH_TOKEN,
-    memory: (config, l) => createMemoryService(config, l),
+    memory: (config, l) => startEngine(config, l),
     queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
   }));
   served = await serve(app.app);

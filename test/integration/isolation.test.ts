@@ -13,7 +13,7 @@ import request from 'supertest';
 import { combinedAuthenticator } from '../../src/keys/authenticator';
 import { writeKeysFile } from '../../src/keys/file';
 import { keyDigestHex, type KeyEntryJson, type KeyRegistry } from '../../src/keys/registry';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import type { MemoryItem } from '../../src/memory/types';
 import { FakeMemoryService } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
@@ -227,7 +227,7 @@ describe('credentials upstream', () => {
       },
       {
         authenticator: combinedAuthenticator(undefined, registry),
-        memory: (config, l) => createMemoryService(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
+        memory: (config, l) => startEngine(config, l, { tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000 } }),
         queueOptions: { baseDelayMs: 50, maxDelayMs: 200 },
       },
     );

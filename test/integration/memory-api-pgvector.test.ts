@@ -8,7 +8,6 @@
  * second instance running at the same time sees the same memories.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import path from 'node:path';
 import type { MemoryItem } from '../../src/memory/types';
 import { capturedLogLines } from '../helpers/app';
 import {
@@ -25,9 +24,7 @@ import {
 } from '../helpers/memory-api-suite';
 import { startPgliteServer, type PgliteServer } from '../helpers/pglite-server';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
-
-const ROOT = path.resolve(__dirname, '..', '..');
-const TSX = require.resolve('tsx');
+import { BUILT_ENTRY } from '../helpers/built';
 
 let pg: PgliteServer;
 
@@ -71,7 +68,7 @@ async function startApp(dataDir: string = fixture.freshDataDir()): Promise<Insta
     OPENAI_API_KEY: TEST_OPENAI_KEY,
     ...MEMORY_API_LIMITS,
   };
-  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
+  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [BUILT_ENTRY], {
     cwd: dataDir,
     env,
   });

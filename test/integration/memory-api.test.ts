@@ -7,7 +7,7 @@
  * process), and an engine that was never initialised.
  */
 import request from 'supertest';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import type { GuardTuning } from '../../src/memory/resilience';
 import { buildTestApp, type TestApp } from '../helpers/app';
 import {
@@ -38,7 +38,7 @@ async function startApp(
     ...(options.auth === false ? {} : { AUTH_TOKEN: TEST_AUTH_TOKEN, OPENAI_API_KEY: TEST_OPENAI_KEY }),
     ...options.env,
   };
-  return buildTestApp(env, { memory: (config, logger) => createMemoryService(config, logger, { tuning: options.tuning }) });
+  return buildTestApp(env, { memory: (config, logger) => startEngine(config, logger, { tuning: options.tuning }) });
 }
 
 /** A test app as the shared scenarios see an instance. */

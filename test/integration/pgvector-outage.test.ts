@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import type { MemoryItem } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, type TestApp } from '../helpers/app';
@@ -44,7 +44,7 @@ beforeAll(async () => {
     },
     {
       memory: (config, logger) =>
-        createMemoryService(config, logger, {
+        startEngine(config, logger, {
           tuning: { readTimeoutMs: 3000, writeTimeoutMs: 3000, baseDelayMs: 20, maxDelayMs: 100, unhealthyTtlMs: 200, healthyTtlMs: 200 },
         }),
       queueOptions: { baseDelayMs: 100, maxDelayMs: 500, pollMs: 100 },

@@ -3,7 +3,7 @@
  * server unreachable the proxy must still start, pass /v1 through, and answer 503 on memory.
  */
 import request from 'supertest';
-import { createMemoryService } from '../../src/memory/factory';
+import { startEngine } from '../helpers/engine';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, type TestApp } from '../helpers/app';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
@@ -25,7 +25,7 @@ beforeAll(async () => {
     },
     {
       memory: (config, logger) =>
-        createMemoryService(config, logger, { tuning: { readTimeoutMs: 1000, writeTimeoutMs: 1000, attempts: 1, probeTimeoutMs: 500 } }),
+        startEngine(config, logger, { tuning: { readTimeoutMs: 1000, writeTimeoutMs: 1000, attempts: 1, probeTimeoutMs: 500 } }),
     },
   );
 });

@@ -8,9 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { SLOW_SSE_EVENTS, startSlowSseUpstream } from '../fakes/slow-sse-upstream';
-
-const ROOT = path.resolve(__dirname, '..', '..');
-const TSX = require.resolve('tsx');
+import { BUILT_ENTRY } from '../helpers/built';
 
 function connectRefused(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -36,7 +34,7 @@ afterEach(() => {
 it('on SIGTERM stops accepting, finishes the in-flight stream, and exits 0', async () => {
   const upstream = await startSlowSseUpstream();
   try {
-    const proc = spawn(process.execPath, ['--import', TSX, path.join(ROOT, 'src', 'index.ts')], {
+    const proc = spawn(process.execPath, [BUILT_ENTRY], {
       cwd: dir,
       env: {
         PATH: process.env.PATH ?? '',

@@ -25,6 +25,11 @@ export interface WorkerServiceOptions {
   onAvailabilityChange?: ((available: boolean) => void) | undefined;
   startupTimeoutMs?: number | undefined;
   batchEmbeddings?: boolean | undefined;
+  /**
+   * The engine thread's script, when not the one beside this file (the tests run a copy of src/
+   * transpiled once per run, instead of loading the sources through tsx in every thread).
+   */
+  threadScript?: string | undefined;
 }
 
 interface Pending {
@@ -37,10 +42,11 @@ const CLOSE_TIMEOUT_MS = 10_000;
 const AVAILABILITY_REFRESH_MS = 1000;
 
 /**
- * Starts a worker thread on engine-thread: the compiled `.js` next to this file, or the `.ts`
- * source through tsx when running from source (tests, `npm run dev`).
+ * Starts a worker thread on engine-thread: the given script, else the compiled `.js` next to this
+ * file, or the `.ts` source through tsx when running from source (`npm run dev`).
  */
-function spawnEngineThread(data: EngineWorkerData): Worker {
+function spawnEngineThread(data: EngineWorkerData, script: string | undefined): Worker {
+  if (script !== undefined) return new Worker(script, { workerData: data });
   const ext = path.extname(__filename);
   const entry = path.join(__dirname, `engine-thread${ext}`);
   if (ext === '.ts') {
@@ -94,7 +100,7 @@ export class WorkerMemoryService implements MemoryService {
       batchEmbeddings: options.batchEmbeddings,
       startupTimeoutMs: options.startupTimeoutMs,
     };
-    const worker = spawnEngineThread(data);
+    const worker = spawnEngineThread(data, options.threadScript);
     const ready = await WorkerMemoryService.waitReady(worker, logger);
     if (ready.unavailableReason !== undefined) {
       await worker.terminate();
@@ -248,7 +254,7 @@ export class WorkerMemoryService implements MemoryService {
 
   private restart(): void {
     if (this.closing) return;
-    const worker = spawnEngineThread(this.data);
+    const worker = spawnEngineThread(this.data, this.options.threadScript);
     void WorkerMemoryService.waitReady(worker, this.logger).then((ready) => {
       if (this.closing) {
         void worker.terminate();
