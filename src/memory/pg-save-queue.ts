@@ -14,7 +14,8 @@
  *   fence it), so a late answer from an expired claim cannot overwrite a newer one.
  * - Backoff with jitter, the outage pause (two different jobs failing transiently in a row pause
  *   this instance's claiming; the first success makes every waiting job due again), 'dead' after
- *   `maxFailures` hard failures or at once for a permanent one: as in save-queue.ts.
+ *   `maxFailures` hard failures or at once for a permanent one: the rule both queues share
+ *   (save-retry.ts).
  * - `depth` is the shared number of pending jobs, refreshed on every poll; `failures` is this
  *   instance's.
  * - The database may be down when the proxy starts or later: the schema is created once it
@@ -26,12 +27,10 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { Pool, type PoolClient } from 'pg';
-import { jitteredBackoff } from '../util/backoff';
 import { waitAtMost, withDeadline } from '../util/deadline';
 import {
   SaveQueue,
   SaveTimeoutError,
-  errorText,
   queueTuning,
   type ExchangeQueue,
   type QueueTuning,
@@ -40,6 +39,7 @@ import {
   type SaveJobStatus,
   type SaveQueueOptions,
 } from './save-queue';
+import { errorText, SaveRetries } from './save-retry';
 import type { ChatMessage, MemoryScope } from './types';
 
 export interface PostgresSaveQueueOptions extends Omit<SaveQueueOptions, 'path' | 'synchronous' | 'maxBytes'> {
@@ -100,16 +100,13 @@ export class PostgresSaveQueue implements ExchangeQueue {
   private schemaReady = false;
   private pending = 0;
   private dead = 0;
-  private failureCount = 0;
+  private readonly retries: SaveRetries;
   private running = false;
   private closed = false;
   private pumping = false;
   private pumpAgain = false;
   private readonly inFlight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
-  private consecutiveTransient = 0;
-  private readonly transientJobs = new Set<string>();
-  private pausedUntil = 0;
   private lastPrune = 0;
   /** The local queue exchanges are kept in while the database is down (opened on first need). */
   private spool: SaveQueue | undefined;
@@ -124,6 +121,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
     this.table = table;
     this.instanceId = options.instanceId ?? randomUUID();
     this.tuning = queueTuning(options);
+    this.retries = new SaveRetries(this.tuning, options);
     this.leaseMs = Math.max(100, options.leaseMs ?? 60_000);
     this.pollMs = Math.max(10, options.pollMs ?? 1000);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 2000;
@@ -213,7 +211,7 @@ export class PostgresSaveQueue implements ExchangeQueue {
 
   /** Failed save attempts on this instance since it started. */
   get failures(): number {
-    return this.failureCount;
+    return this.retries.failures;
   }
 
   /** Dead jobs of every instance, as of the last poll. */
@@ -407,8 +405,9 @@ export class PostgresSaveQueue implements ExchangeQueue {
     try {
       if (!this.schemaReady) await this.ready;
       const now = Date.now();
-      if (now < this.pausedUntil) {
-        next = this.pausedUntil - now;
+      const paused = this.retries.pausedFor(now);
+      if (paused > 0) {
+        next = paused;
         return;
       }
       if (now - this.lastPrune >= PRUNE_EVERY_MS) {
@@ -517,11 +516,8 @@ export class PostgresSaveQueue implements ExchangeQueue {
         job_id: id,
       });
     this.emitDepth();
-    if (this.consecutiveTransient > 0) {
-      // The service is back: whatever waits for its backoff is due now.
-      this.consecutiveTransient = 0;
-      this.transientJobs.clear();
-      this.pausedUntil = 0;
+    if (this.retries.succeeded()) {
+      // The service is back after an outage: whatever waits for its backoff is due now.
       await this.pool.query(
         `UPDATE ${this.table} SET next_attempt_at = now(), updated_at = now() WHERE state = 'pending' AND next_attempt_at > now() AND leased_by IS NULL`,
       );
@@ -529,42 +525,28 @@ export class PostgresSaveQueue implements ExchangeQueue {
   }
 
   private async recordFailure(claimed: Claimed, err: unknown): Promise<void> {
-    this.failureCount++;
-    try {
-      this.options.onFailure?.(err);
-    } catch {
-      // A metrics hook must not break the queue.
-    }
     const { id, attempt } = claimed.job;
-    const permanent = this.tuning.isPermanent(err);
-    const transient = !permanent && this.tuning.isTransient(err);
-    const hardFailures = claimed.hardFailures + (transient ? 0 : 1);
-    const message = errorText(err);
-    if (transient) {
-      this.consecutiveTransient++;
-      this.transientJobs.add(id);
-      // One job failing alone backs off by itself; two different ones in a row look like an outage.
-      if (this.transientJobs.size >= 2) this.pausedUntil = Date.now() + this.backoff(this.consecutiveTransient);
-    }
+    const verdict = this.retries.failed({ id, attempt, hardFailures: claimed.hardFailures }, err);
     if (this.closed) return;
-    if (permanent || (!transient && hardFailures >= this.tuning.maxFailures)) {
-      if (await this.finish(id, attempt, 'dead', { error: message, hardFailures })) {
+    if (verdict.outcome === 'dead') {
+      if (await this.finish(id, attempt, 'dead', { error: verdict.error, hardFailures: verdict.hardFailures })) {
         this.pending = Math.max(0, this.pending - 1);
         this.dead++;
         this.emitDepth();
-        try {
-          this.options.onDead?.(id, message);
-        } catch {
-          // A metrics hook must not break the queue.
-        }
+        this.retries.dead(id, verdict.error);
       }
-      this.options.logger?.warn('save queue gave up on a job (dead)', { job_id: id, attempts: attempt, permanent, error: message });
+      this.options.logger?.warn('save queue gave up on a job (dead)', {
+        job_id: id,
+        attempts: attempt,
+        permanent: verdict.permanent,
+        error: verdict.error,
+      });
       return;
     }
     await this.pool.query(
       `UPDATE ${this.table} SET next_attempt_at = now() + $1 * interval '1 millisecond', last_error = $2, hard_failures = $3, lease_until = NULL, leased_by = NULL, updated_at = now()
        WHERE id = $4 AND leased_by = $5 AND attempts = $6 AND state = 'pending'`,
-      [this.backoff(attempt), message, hardFailures, id, this.instanceId, attempt],
+      [verdict.retryInMs, verdict.error, verdict.hardFailures, id, this.instanceId, attempt],
     );
   }
 
@@ -600,10 +582,6 @@ export class PostgresSaveQueue implements ExchangeQueue {
     this.pending = row.pending;
     this.dead = row.dead;
     if (changed) this.emitDepth();
-  }
-
-  private backoff(n: number): number {
-    return jitteredBackoff(n, this.tuning.baseDelayMs, this.tuning.maxDelayMs, this.tuning.random);
   }
 
   private emitDepth(): void {

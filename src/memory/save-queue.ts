@@ -14,7 +14,8 @@
  *   last error (never deleted) for an operator to look at; a permanent failure (the engine's model
  *   refused the content, or the user is at MEMORY_MAX_PER_USER) makes it dead at once. One job
  *   failing again and again never pauses the others: the queue pauses only once transient
- *   failures come from two different jobs in a row.
+ *   failures come from two different jobs in a row. (That rule, shared with the PostgreSQL queue,
+ *   is save-retry.ts.)
  * - "In flight" is never stored: a claim increments `attempts` and moves `next_attempt_at` to the
  *   time of its retry in one write, and only memory knows the job runs. A process killed mid-save
  *   leaves a pending job that the next start picks up once that (short) backoff has passed. Saves
@@ -35,8 +36,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MemoryLimitError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
-import { jitteredBackoff } from '../util/backoff';
 import { waitAtMost, withDeadline } from '../util/deadline';
+import { errorText, SaveRetries } from './save-retry';
 import type { ChatMessage, MemoryScope } from './types';
 
 /** An exchange to save. `id` is the request id: the same id is only ever saved once. */
@@ -232,15 +233,8 @@ CREATE INDEX IF NOT EXISTS save_jobs_due ON save_jobs (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS save_jobs_updated ON save_jobs (state, updated_at);
 `;
 
-const MAX_ERROR_CHARS = 2000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const PRUNE_EVERY_MS = 60 * 60 * 1000;
-
-/** An error as one bounded line for `last_error` and logs. */
-export function errorText(err: unknown): string {
-  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-  return text.length > MAX_ERROR_CHARS ? `${text.slice(0, MAX_ERROR_CHARS)}…` : text;
-}
 
 export class SaveQueue implements ExchangeQueue {
   private readonly db: Database.Database;
@@ -262,23 +256,20 @@ export class SaveQueue implements ExchangeQueue {
 
   /** Pending jobs (in flight included), kept in step with every write of this process. */
   private pending: number;
-  private failureCount = 0;
+  private readonly retries: SaveRetries;
   private running = false;
   private closed = false;
   /** Jobs whose save runs now, with the promise that settles after their bookkeeping. */
   private readonly inFlight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
-  /** Transient failures in a row, the jobs they came from, and the pause they imposed on the whole queue. */
-  private consecutiveTransient = 0;
-  private readonly transientJobs = new Set<string>();
-  private pausedUntil = 0;
   private lastPrune = 0;
   private waiters: Array<() => void> = [];
 
   constructor(private readonly options: SaveQueueOptions) {
     this.save = options.save;
     this.tuning = queueTuning(options);
+    this.retries = new SaveRetries(this.tuning, options);
 
     fs.mkdirSync(path.dirname(path.resolve(options.path)), { recursive: true });
     this.db = new Database(options.path);
@@ -393,7 +384,7 @@ export class SaveQueue implements ExchangeQueue {
 
   /** Failed save attempts since this queue was created. */
   get failures(): number {
-    return this.failureCount;
+    return this.retries.failures;
   }
 
   /** Jobs in the dead-letter state. */
@@ -445,8 +436,9 @@ export class SaveQueue implements ExchangeQueue {
   private pump(): void {
     if (!this.running || this.closed) return;
     const now = Date.now();
-    if (now < this.pausedUntil) {
-      this.wakeAt(this.pausedUntil);
+    const paused = this.retries.pausedFor(now);
+    if (paused > 0) {
+      this.wakeAt(now + paused);
       return;
     }
     try {
@@ -479,7 +471,7 @@ export class SaveQueue implements ExchangeQueue {
           const row = this.stmt.due.get(now, this.inFlightJson());
           if (!row) return undefined;
           const attempt = row.attempts + 1;
-          this.stmt.claim.run(now + this.backoff(attempt), now, row.id);
+          this.stmt.claim.run(now + this.retries.backoff(attempt), now, row.id);
           const parsed = this.parseRow(row);
           if (parsed) return { job: { ...parsed, attempt }, hardFailures: row.hard_failures };
           // A row we cannot read will never save: dead at once, keep looking.
@@ -536,13 +528,8 @@ export class SaveQueue implements ExchangeQueue {
         this.pending = Math.max(0, this.pending - 1);
         this.emitDepth();
       }
-      if (this.consecutiveTransient > 0) {
-        // The service is back: whatever waits for its backoff is due now.
-        this.consecutiveTransient = 0;
-        this.transientJobs.clear();
-        this.pausedUntil = 0;
-        this.stmt.pullForward.run(now, now, now, this.inFlightJson());
-      }
+      // The service is back after an outage: whatever waits for its backoff is due now.
+      if (this.retries.succeeded()) this.stmt.pullForward.run(now, now, now, this.inFlightJson());
     } catch (err) {
       // Not recorded: the job stays pending and is saved again later (at-least-once).
       this.options.logger?.warn('save queue could not record a completed save', { job_id: claimed.job.id, error: errorText(err) });
@@ -550,51 +537,33 @@ export class SaveQueue implements ExchangeQueue {
   }
 
   private recordFailure(claimed: Claimed, err: unknown): void {
-    this.failureCount++;
-    try {
-      this.options.onFailure?.(err);
-    } catch {
-      // A metrics hook must not break the queue.
-    }
-    if (this.closed) return;
     const now = Date.now();
-    const permanent = this.tuning.isPermanent(err);
-    const transient = !permanent && this.tuning.isTransient(err);
-    const hardFailures = claimed.hardFailures + (transient ? 0 : 1);
-    const message = errorText(err);
     const { id, attempt } = claimed.job;
+    const verdict = this.retries.failed({ id, attempt, hardFailures: claimed.hardFailures }, err, now);
+    if (this.closed) return;
     try {
-      if (permanent || (!transient && hardFailures >= this.tuning.maxFailures)) {
-        if (this.stmt.dead.run(message, hardFailures, now, id).changes > 0) {
+      if (verdict.outcome === 'dead') {
+        if (this.stmt.dead.run(verdict.error, verdict.hardFailures, now, id).changes > 0) {
           this.pending = Math.max(0, this.pending - 1);
           this.emitDepth();
-          try {
-            this.options.onDead?.(id, message);
-          } catch {
-            // A metrics hook must not break the queue.
-          }
+          this.retries.dead(id, verdict.error);
         }
-        this.options.logger?.warn('save queue gave up on a job (dead)', { job_id: id, attempts: attempt, permanent, error: message });
+        this.options.logger?.warn('save queue gave up on a job (dead)', {
+          job_id: id,
+          attempts: attempt,
+          permanent: verdict.permanent,
+          error: verdict.error,
+        });
       } else {
-        this.stmt.retry.run(now + this.backoff(attempt), message, hardFailures, now, id);
+        this.stmt.retry.run(now + verdict.retryInMs, verdict.error, verdict.hardFailures, now, id);
       }
     } catch (dbErr) {
       this.options.logger?.warn('save queue could not record a failed save', { job_id: id, error: errorText(dbErr) });
-    }
-    if (transient) {
-      this.consecutiveTransient++;
-      this.transientJobs.add(id);
-      // One job failing alone backs off by itself; two different ones in a row look like an outage.
-      if (this.transientJobs.size >= 2) this.pausedUntil = now + this.backoff(this.consecutiveTransient);
     }
   }
 
   private withTimeout(promise: Promise<unknown>): Promise<unknown> {
     return withDeadline(promise, this.tuning.saveTimeoutMs, () => new SaveTimeoutError(this.tuning.saveTimeoutMs));
-  }
-
-  private backoff(n: number): number {
-    return jitteredBackoff(n, this.tuning.baseDelayMs, this.tuning.maxDelayMs, this.tuning.random);
   }
 
   /** Arms the one timer for `at` unless it already fires earlier. */
