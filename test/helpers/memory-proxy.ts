@@ -7,13 +7,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
-import type { Config } from '../../src/config';
+import { loadConfig, type Config } from '../../src/config';
 import type { Logger } from '../../src/logger';
 import { createMemoryService } from '../../src/memory/factory';
 import type { SaveQueueOptions } from '../../src/memory/save-queue';
 import type { MemoryService } from '../../src/memory/types';
 import { startEngine } from './engine';
-import { buildTestApp, serve, type Served, type TestApp } from './app';
+import { buildTestApp, captureLogger, serve, type Served, type TestApp } from './app';
 import { TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from './secrets';
 
 export const GENEROUS_LIMITS: Readonly<Record<string, string>> = {
@@ -39,6 +39,11 @@ export interface MemoryProxyOptions {
   env?: Record<string, string>;
   /** Wraps the real memory service (a deliberately slow search or save). */
   wrap?: (memory: MemoryService) => MemoryService;
+  /**
+   * A running engine to use instead of starting one (`startSharedEngine`): several proxies of one
+   * file share it, each with its own users; closing the proxy leaves it running.
+   */
+  engine?: SharedEngine;
   /** Another memory service instead of the real engine (the fake, for tests about the chat path around it). */
   memory?: (config: Config, logger: Logger) => MemoryService | Promise<MemoryService>;
   startQueue?: boolean;
@@ -46,6 +51,38 @@ export interface MemoryProxyOptions {
   engineFromSource?: boolean;
   /** Save-queue options over the short test backoffs. */
   queueOptions?: Partial<Omit<SaveQueueOptions, 'path' | 'save'>>;
+}
+
+/** Short engine deadlines and backoffs, so fault tests are fast. */
+const ENGINE_TUNING = { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 };
+
+export interface SharedEngine {
+  memory: MemoryService;
+  close(): Promise<void>;
+}
+
+/**
+ * One real engine (its own temp DATA_DIR) for the proxies of a test file that do not need a fresh
+ * one: starting an engine costs a second or more of CPU, and a file starts many proxies.
+ */
+export async function startSharedEngine(upstreamUrl: string): Promise<SharedEngine> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shared-engine-'));
+  const config = loadConfig({
+    env: { DEBUG: 'true', UPSTREAM_BASE_URL: upstreamUrl, OPENAI_API_KEY: TEST_OPENAI_KEY, DATA_DIR: dataDir, EMBEDDING_DIMS: '64' },
+  });
+  const memory = await startEngine(config, captureLogger(config).logger, { tuning: ENGINE_TUNING });
+  return {
+    memory,
+    close: async () => {
+      await memory.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The shared engine as one proxy sees it: every call goes to it, closing does not. */
+function borrowed(memory: MemoryService): MemoryService {
+  return Object.assign(Object.create(memory) as MemoryService, { close: async () => undefined });
 }
 
 export async function startMemoryProxy(options: MemoryProxyOptions): Promise<MemoryProxy> {
@@ -63,10 +100,11 @@ export async function startMemoryProxy(options: MemoryProxyOptions): Promise<Mem
     {
       memory: async (config, logger) => {
         if (options.memory) return options.memory(config, logger);
-        const tuning = { readTimeoutMs: 2000, writeTimeoutMs: 2000, baseDelayMs: 10, maxDelayMs: 50 };
-        const real = options.engineFromSource
-          ? await createMemoryService(config, logger, { tuning })
-          : await startEngine(config, logger, { tuning });
+        const real = options.engine
+          ? borrowed(options.engine.memory)
+          : options.engineFromSource
+            ? await createMemoryService(config, logger, { tuning: ENGINE_TUNING })
+            : await startEngine(config, logger, { tuning: ENGINE_TUNING });
         return options.wrap ? options.wrap(real) : real;
       },
       queueOptions: { baseDelayMs: 50, maxDelayMs: 200, stopTimeoutMs: 1000, ...options.queueOptions },

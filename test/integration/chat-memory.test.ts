@@ -12,27 +12,37 @@ import OpenAI from 'openai';
 import request from 'supertest';
 import type { MemoryItem, MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../fakes/openai-upstream';
-import { startMemoryProxy, type MemoryProxy, type MemoryProxyOptions } from '../helpers/memory-proxy';
+import { startMemoryProxy, startSharedEngine, type MemoryProxy, type MemoryProxyOptions, type SharedEngine } from '../helpers/memory-proxy';
 import { TEST_AUTH_TOKEN } from '../helpers/secrets';
 import { memoriesOf, waitFor } from '../helpers/wait';
 
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
 let tmp: string;
+/** The engine the proxies of this file share (each test has its own users), unless a test needs its own. */
+let engine: SharedEngine;
 
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-memory-'));
+  engine = await startSharedEngine(fake.url);
 });
 afterAll(async () => {
+  await engine.close();
   await fake.close();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 type Proxy = MemoryProxy;
 
-function startProxy(options: Omit<MemoryProxyOptions, 'upstreamUrl'> = {}): Promise<Proxy> {
-  return startMemoryProxy({ upstreamUrl: fake.url, dataDir: options.dataDir ?? fs.mkdtempSync(path.join(tmp, 'data-')), ...options });
+function startProxy(options: Omit<MemoryProxyOptions, 'upstreamUrl' | 'engine'> & { ownEngine?: boolean } = {}): Promise<Proxy> {
+  const { ownEngine, ...rest } = options;
+  return startMemoryProxy({
+    upstreamUrl: fake.url,
+    dataDir: options.dataDir ?? fs.mkdtempSync(path.join(tmp, 'data-')),
+    ...(ownEngine ? {} : { engine }),
+    ...rest,
+  });
 }
 
 /** The chat requests the proxy forwarded (not the memory engine's own extraction calls). */
@@ -271,7 +281,8 @@ describe('saving exchanges', () => {
 
   it('saves an exchange sent during an engine outage after recovery, across a restart', async () => {
     const dataDir = fs.mkdtempSync(path.join(tmp, 'data-'));
-    const first = await startProxy({ dataDir });
+    // Its own engine: the outage and the restart are the whole proxy's.
+    const first = await startProxy({ dataDir, ownEngine: true });
     fake.failNext(500, { times: Infinity, path: '/v1/embeddings' });
     const { response } = await first.client.chat.completions
       .create({ model: 'm', messages: [{ role: 'user', content: 'My garden has tomatoes.' }], user: 'gus' })
@@ -283,7 +294,7 @@ describe('saving exchanges', () => {
     await first.close();
 
     fake.clearFaults();
-    const second = await startProxy({ dataDir });
+    const second = await startProxy({ dataDir, ownEngine: true });
     try {
       const items = await waitForMemories(second, 'gus');
       expect(items.map((m) => m.memory).join('\n')).toContain('garden has tomatoes');

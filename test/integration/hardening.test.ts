@@ -13,7 +13,7 @@ import { createHttpServer } from '../../src/http/server';
 import { fakeMemory } from '../fakes/memory-service';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { buildTestApp, serve, type Served, type TestApp } from '../helpers/app';
-import { startMemoryProxy, type MemoryProxy } from '../helpers/memory-proxy';
+import { startMemoryProxy, startSharedEngine, type MemoryProxy, type MemoryProxyOptions, type SharedEngine } from '../helpers/memory-proxy';
 import { rawRequest } from '../helpers/raw-http';
 import { TEST_ANTHROPIC_KEY, TEST_AUTH_TOKEN, TEST_OPENAI_KEY } from '../helpers/secrets';
 import { memoriesOf, waitFor } from '../helpers/wait';
@@ -21,18 +21,34 @@ import { memoriesOf, waitFor } from '../helpers/wait';
 const auth = { Authorization: `Bearer ${TEST_AUTH_TOKEN}` };
 let fake: FakeUpstream;
 let tmp: string;
+/** The engine the proxies of this file share (each test has its own users), unless one needs its own settings. */
+let engine: SharedEngine;
 
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hardening-'));
+  engine = await startSharedEngine(fake.url);
 });
 afterAll(async () => {
+  await engine.close();
   await fake.close();
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-const startProxy = (env: Record<string, string> = {}): Promise<MemoryProxy> =>
-  startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), env });
+/** A proxy on the shared engine; `own: true` starts its own (for engine settings in `env`). */
+const startProxy = (
+  env: Record<string, string> = {},
+  options: Partial<MemoryProxyOptions> & { own?: boolean } = {},
+): Promise<MemoryProxy> => {
+  const { own, ...rest } = options;
+  return startMemoryProxy({
+    upstreamUrl: fake.url,
+    dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
+    env,
+    ...(own ? {} : { engine }),
+    ...rest,
+  });
+};
 
 /** mem0's extraction calls to the fake (one per exchange saved). */
 const extractions = (): number =>
@@ -125,12 +141,7 @@ describe('tool loops keep their memory', () => {
 describe('a save queue that cannot be written', () => {
   it('answers the chats, and counts and shows every exchange it could not queue (/health degraded, /metrics)', async () => {
     // The queue file capped at a few pages fails its writes exactly as a full disk does (SQLITE_FULL).
-    const p = await startMemoryProxy({
-      upstreamUrl: fake.url,
-      dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
-      startQueue: false,
-      queueOptions: { maxBytes: 64 * 1024 },
-    });
+    const p = await startProxy({}, { startQueue: false, queueOptions: { maxBytes: 64 * 1024 } });
     try {
       const long = `My notes say: ${'the quick brown fox jumps over the lazy dog. '.repeat(400)}`;
       let answered = 0;
@@ -259,7 +270,7 @@ describe('a deeply nested chat body', () => {
 
 describe("an exchange the memory engine's model refuses", () => {
   it("goes dead at once (400 context_length_exceeded is never retried) while other users' exchanges are saved", async () => {
-    const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
+    const p = await startProxy({}, { startQueue: false });
     try {
       fake.reset();
       await p.client.chat.completions.create(
@@ -485,7 +496,7 @@ describe('memory size', () => {
 
 describe('an oversized exchange', () => {
   it('is queued with its user text cut to 100,000 characters', async () => {
-    const p = await startMemoryProxy({ upstreamUrl: fake.url, dataDir: fs.mkdtempSync(path.join(tmp, 'data-')), startQueue: false });
+    const p = await startProxy({}, { startQueue: false });
     try {
       const huge = `My document: ${'lorem ipsum '.repeat(100_000)}`;
       await p.client.chat.completions.create(
@@ -510,7 +521,8 @@ describe('an oversized exchange', () => {
 describe('memories per user (MEMORY_MAX_PER_USER)', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
-    p = await startProxy({ MEMORY_MAX_PER_USER: '3', RATE_LIMIT_MCP: '100000' });
+    // Its own engine: the per-user limit is the engine's setting.
+    p = await startProxy({ MEMORY_MAX_PER_USER: '3', RATE_LIMIT_MCP: '100000' }, { own: true });
   });
   afterAll(() => p.close());
   beforeEach(() => fake.reset());
