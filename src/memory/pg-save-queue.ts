@@ -526,21 +526,17 @@ export class PostgresSaveQueue implements ExchangeQueue {
 
   private async recordFailure(claimed: Claimed, err: unknown): Promise<void> {
     const { id, attempt } = claimed.job;
-    const verdict = this.retries.failed({ id, attempt, hardFailures: claimed.hardFailures }, err);
+    const failed = { id, attempt, hardFailures: claimed.hardFailures };
+    const verdict = this.retries.failed(failed, err);
     if (this.closed) return;
     if (verdict.outcome === 'dead') {
-      if (await this.finish(id, attempt, 'dead', { error: verdict.error, hardFailures: verdict.hardFailures })) {
+      const recorded = await this.finish(id, attempt, 'dead', { error: verdict.error, hardFailures: verdict.hardFailures });
+      if (recorded) {
         this.pending = Math.max(0, this.pending - 1);
         this.dead++;
         this.emitDepth();
-        this.retries.dead(id, verdict.error);
       }
-      this.options.logger?.warn('save queue gave up on a job (dead)', {
-        job_id: id,
-        attempts: attempt,
-        permanent: verdict.permanent,
-        error: verdict.error,
-      });
+      this.retries.gaveUp(failed, verdict, recorded);
       return;
     }
     await this.pool.query(

@@ -37,7 +37,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MemoryLimitError, MemoryRejectedError, MemoryUnavailableError } from '../errors';
 import { waitAtMost, withDeadline } from '../util/deadline';
-import { errorText, SaveRetries } from './save-retry';
+import { errorText, SaveRetries, type RetryRule } from './save-retry';
 import type { ChatMessage, MemoryScope } from './types';
 
 /** An exchange to save. `id` is the request id: the same id is only ever saved once. */
@@ -140,18 +140,12 @@ export function isTransientSaveError(err: unknown): boolean {
   return err instanceof MemoryUnavailableError || err instanceof SaveTimeoutError;
 }
 
-/** The scheduling settings both queues share, with their defaults (see `SaveQueueOptions`). */
-export interface QueueTuning {
+/** The scheduling settings both queues share, with their defaults (see `SaveQueueOptions`); the retry rule's among them. */
+export interface QueueTuning extends RetryRule {
   readonly concurrency: number;
-  readonly baseDelayMs: number;
-  readonly maxDelayMs: number;
-  readonly maxFailures: number;
   readonly saveTimeoutMs: number;
   readonly stopTimeoutMs: number;
   readonly retentionMs: number;
-  readonly isTransient: (err: unknown) => boolean;
-  readonly isPermanent: (err: unknown) => boolean;
-  readonly random: () => number;
 }
 
 export function queueTuning(options: Omit<SaveQueueOptions, 'path' | 'save'>): QueueTuning {
@@ -538,22 +532,18 @@ export class SaveQueue implements ExchangeQueue {
 
   private recordFailure(claimed: Claimed, err: unknown): void {
     const now = Date.now();
-    const { id, attempt } = claimed.job;
-    const verdict = this.retries.failed({ id, attempt, hardFailures: claimed.hardFailures }, err, now);
+    const failed = { id: claimed.job.id, attempt: claimed.job.attempt, hardFailures: claimed.hardFailures };
+    const { id } = failed;
+    const verdict = this.retries.failed(failed, err, now);
     if (this.closed) return;
     try {
       if (verdict.outcome === 'dead') {
-        if (this.stmt.dead.run(verdict.error, verdict.hardFailures, now, id).changes > 0) {
+        const recorded = this.stmt.dead.run(verdict.error, verdict.hardFailures, now, id).changes > 0;
+        if (recorded) {
           this.pending = Math.max(0, this.pending - 1);
           this.emitDepth();
-          this.retries.dead(id, verdict.error);
         }
-        this.options.logger?.warn('save queue gave up on a job (dead)', {
-          job_id: id,
-          attempts: attempt,
-          permanent: verdict.permanent,
-          error: verdict.error,
-        });
+        this.retries.gaveUp(failed, verdict, recorded);
       } else {
         this.stmt.retry.run(now + verdict.retryInMs, verdict.error, verdict.hardFailures, now, id);
       }

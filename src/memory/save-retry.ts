@@ -29,6 +29,8 @@ export interface RetryHooks {
   onFailure?: ((err: unknown) => void) | undefined;
   /** Every job that went dead (metrics counter). */
   onDead?: ((jobId: string, error: string) => void) | undefined;
+  /** Where a job that goes dead is reported (never with message text). */
+  logger?: { warn(message: string, meta?: object): void } | undefined;
 }
 
 /** A claimed job's attempt that failed. */
@@ -41,9 +43,13 @@ export interface FailedAttempt {
 }
 
 /** What the queue writes for a failed attempt. */
-export type RetryVerdict =
-  | { outcome: 'dead'; error: string; hardFailures: number; permanent: boolean }
-  | { outcome: 'retry'; error: string; hardFailures: number; retryInMs: number };
+export type RetryVerdict = DeadVerdict | { outcome: 'retry'; error: string; hardFailures: number; retryInMs: number };
+export interface DeadVerdict {
+  outcome: 'dead';
+  error: string;
+  hardFailures: number;
+  permanent: boolean;
+}
 
 const MAX_ERROR_CHARS = 2000;
 
@@ -110,12 +116,23 @@ export class SaveRetries {
     return true;
   }
 
-  /** The queue recorded a job as dead. */
-  dead(jobId: string, error: string): void {
-    try {
-      this.hooks.onDead?.(jobId, error);
-    } catch {
-      // A metrics hook must not break the queue.
+  /**
+   * The queue wrote a dead verdict down: logged, and counted by `onDead` when `recorded` (this
+   * write ended the job; false when it had already ended elsewhere).
+   */
+  gaveUp(attempt: FailedAttempt, verdict: DeadVerdict, recorded: boolean): void {
+    if (recorded) {
+      try {
+        this.hooks.onDead?.(attempt.id, verdict.error);
+      } catch {
+        // A metrics hook must not break the queue.
+      }
     }
+    this.hooks.logger?.warn('save queue gave up on a job (dead)', {
+      job_id: attempt.id,
+      attempts: attempt.attempt,
+      permanent: verdict.permanent,
+      error: verdict.error,
+    });
   }
 }

@@ -68,9 +68,11 @@ describe('SaveRetries', () => {
     expect(retries.pausedFor(NOW)).toBe(0);
   });
 
-  it('calls the hooks, and a hook that throws changes nothing', () => {
+  it('calls the hooks and logs a job it gives up on; a hook that throws changes nothing', () => {
     const seen: string[] = [];
+    const warnings: object[] = [];
     const retries = new SaveRetries(rule, {
+      logger: { warn: (message, meta) => warnings.push({ message, ...meta }) },
       onFailure: (err) => {
         seen.push(`failure ${errorText(err)}`);
         throw new Error('metrics broke');
@@ -80,9 +82,18 @@ describe('SaveRetries', () => {
         throw new Error('metrics broke');
       },
     });
-    expect(retries.failed({ id: 'a', attempt: 1, hardFailures: 0 }, new MemoryRejectedError(), NOW).outcome).toBe('dead');
-    retries.dead('a', 'why');
-    expect(seen).toEqual(['failure MemoryRejectedError: The memory engine could not process this content', 'dead a why']);
+    const attempt = { id: 'a', attempt: 1, hardFailures: 0 };
+    const verdict = retries.failed(attempt, new MemoryRejectedError(), NOW);
+    if (verdict.outcome !== 'dead') throw new Error('expected a dead verdict');
+    retries.gaveUp(attempt, verdict, true);
+    // Ended elsewhere already (another instance): logged, not counted again.
+    retries.gaveUp(attempt, verdict, false);
+    const error = 'MemoryRejectedError: The memory engine could not process this content';
+    expect(seen).toEqual([`failure ${error}`, `dead a ${error}`]);
+    expect(warnings).toEqual([
+      { message: 'save queue gave up on a job (dead)', job_id: 'a', attempts: 1, permanent: true, error },
+      { message: 'save queue gave up on a job (dead)', job_id: 'a', attempts: 1, permanent: true, error },
+    ]);
   });
 
   it('keeps error text to one bounded line', () => {
