@@ -404,7 +404,11 @@ export async function startOurProxyChild(
     MEMORY_BACKEND: 'embedded',
     ...extraEnv,
   });
-  const args = runtime === 'dist' ? [path.join(root, 'dist', 'index.js')] : ['--import', TSX_IMPORT, path.join(root, 'src', 'index.ts')];
+  // BENCH_PROXY_NODE_ARGS: node flags for the proxy alone, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+  // (a profile per thread, the engine's included; NODE_OPTIONS refuses --cpu-prof).
+  const nodeArgs = (process.env.BENCH_PROXY_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const entry = runtime === 'dist' ? [path.join(root, 'dist', 'index.js')] : ['--import', TSX_IMPORT, path.join(root, 'src', 'index.ts')];
+  const args = [...nodeArgs, ...entry];
   // cwd = the temp dir, so a developer's .env in the project root is never read.
   const child = spawnNode('our-proxy', args, { env, cwd: dataDir, logFile: path.join(dataDir, 'proxy.log') });
   const origin = `http://${HOST}:${port}`;
