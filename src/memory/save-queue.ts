@@ -532,8 +532,8 @@ export class SaveQueue implements ExchangeQueue {
 
   private recordFailure(claimed: Claimed, err: unknown): void {
     const now = Date.now();
-    const failed = { id: claimed.job.id, attempt: claimed.job.attempt, hardFailures: claimed.hardFailures };
-    const { id } = failed;
+    const { id, attempt } = claimed.job;
+    const failed = { id, attempt, hardFailures: claimed.hardFailures };
     const verdict = this.retries.failed(failed, err, now);
     if (this.closed) return;
     try {

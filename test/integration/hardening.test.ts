@@ -35,17 +35,17 @@ afterAll(async () => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-/** A proxy on the shared engine; `own: true` starts its own (for engine settings in `env`). */
+/** A proxy on the shared engine; `ownEngine: true` starts its own (for engine settings in `env`). */
 const startProxy = (
   env: Record<string, string> = {},
-  options: Partial<MemoryProxyOptions> & { own?: boolean } = {},
+  options: Partial<MemoryProxyOptions> & { ownEngine?: boolean } = {},
 ): Promise<MemoryProxy> => {
-  const { own, ...rest } = options;
+  const { ownEngine, ...rest } = options;
   return startMemoryProxy({
     upstreamUrl: fake.url,
     dataDir: fs.mkdtempSync(path.join(tmp, 'data-')),
     env,
-    ...(own ? {} : { engine }),
+    ...(ownEngine ? {} : { engine }),
     ...rest,
   });
 };
@@ -522,7 +522,7 @@ describe('memories per user (MEMORY_MAX_PER_USER)', () => {
   let p: MemoryProxy;
   beforeAll(async () => {
     // Its own engine: the per-user limit is the engine's setting.
-    p = await startProxy({ MEMORY_MAX_PER_USER: '3', RATE_LIMIT_MCP: '100000' }, { own: true });
+    p = await startProxy({ MEMORY_MAX_PER_USER: '3', RATE_LIMIT_MCP: '100000' }, { ownEngine: true });
   });
   afterAll(() => p.close());
   beforeEach(() => fake.reset());
