@@ -62,6 +62,22 @@ function hasSearchAbove(store: VectorStore): store is VectorStore & SearchAbove 
   return typeof (store as Partial<SearchAbove>).searchAbove === 'function';
 }
 
+/** A store that can get a scope ready for its next search (the embedded store loads the scope's index). */
+interface PrepareSearch {
+  prepareSearch(filters: Record<string, unknown>): void;
+}
+
+/** Gets the scope of `filters` ready in a store that can (a failure is left for the search itself to report). */
+function prepareSearch(store: VectorStore, filters: RecallFilters): void {
+  const prepare = (store as Partial<PrepareSearch>).prepareSearch;
+  if (typeof prepare !== 'function') return;
+  try {
+    prepare.call(store, { ...filters });
+  } catch {
+    // The search that follows meets the same failure and reports it.
+  }
+}
+
 /** Sigmoid midpoint and steepness for a query of this many (lemmatized) terms. */
 function bm25Curve(lemmatized: string): [number, number] {
   const terms = lemmatized.trim().split(/\s+/).filter(Boolean).length || 1;
@@ -130,12 +146,30 @@ export class Recall {
     const analysis = await this.oracle.analyse(query);
     if (!analysis) throw new Error('recall: the query could not be analysed');
     const texts = [query, ...analysis.entities];
-    const vectors = await this.embedder.embedBatch(texts, 'search');
+    const embedding = this.embedder.embedBatch(texts, 'search');
+    // Awaited below; this only keeps a failure from counting as unhandled while the local work runs.
+    embedding.catch(() => undefined);
+    const limit = Math.max(topK * 4, 60);
+
+    // While the embedding request is on the network, the work that does not need its vectors:
+    // the keyword ranking and, on a store's first search since a start, loading the scope's index.
+    // The request is written to its socket first (a turn of the event loop), so this local work
+    // overlaps the round trip instead of delaying it.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const memories = await this.stores.memories();
+    const keywordScores = this.keywordScores(memories, query, analysis.lemmatized, limit, options.filters);
+    prepareSearch(memories, options.filters);
+    if (analysis.entities.length > 0) {
+      try {
+        prepareSearch(await this.stores.entities(), options.filters);
+      } catch {
+        // An entity store that cannot be reached is reported by entityBoosts below.
+      }
+    }
+
+    const vectors = await embedding;
     const queryVector = vectors[0];
     if (!queryVector || vectors.length !== texts.length) throw new Error(`recall: ${vectors.length} embeddings for ${texts.length} texts`);
-
-    const limit = Math.max(topK * 4, 60);
-    const memories = await this.stores.memories();
     // Hits below the threshold are dropped below anyway; a store that can skip them (ours) does,
     // and spares reading and rescoring their vectors.
     const semanticSearch = hasSearchAbove(memories)
@@ -143,7 +177,7 @@ export class Recall {
       : memories.search(queryVector, limit, { ...options.filters });
     const [semantic, keyword, boosts] = await Promise.all([
       semanticSearch,
-      this.keywordScores(memories, query, analysis.lemmatized, limit, options.filters),
+      keywordScores,
       this.entityBoosts(vectors.slice(1), options.filters),
     ]);
 

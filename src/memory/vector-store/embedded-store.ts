@@ -277,6 +277,23 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   /**
+   * Loads the index of the scope `filters` select, if it is not loaded yet, so that the next
+   * search of that scope starts scanning at once (recall calls this while the query's embedding
+   * is on the network). Filters without a scope, or an index that does not fit, leave the search
+   * to do what it would have done.
+   */
+  prepareSearch(filters: Record<string, unknown> | undefined): void {
+    this.assertOpen();
+    const scope = pickScope(asFilters(filters));
+    if (!scope) return;
+    try {
+      this.partitionFor(scope);
+    } catch (err) {
+      if (!(err instanceof ArenaFullError)) throw err;
+    }
+  }
+
+  /**
    * BM25 from the FTS5 index (SQLite's bm25(): k1 1.2, b 0.75, statistics over the whole file),
    * negated so that higher is better, as mem0 expects. Only matching rows are read: no scan of the
    * scope. Scope columns narrow in SQL; other filters are checked on the matching rows, best first.
