@@ -87,6 +87,9 @@ describe('embedding round trips', () => {
     });
     expect(requests).toHaveLength(1);
     expect(requests[0]).toEqual([query, 'Maria Lopez']);
+    // Through the engine's own embedder (http-embedder.ts): vectors as base64, not JSON numbers.
+    const sent = JSON.parse(fake.requestsTo(EMBEDDINGS).at(-1)?.body.toString() ?? '{}') as { encoding_format?: string };
+    expect(sent.encoding_format).toBe('base64');
 
     let expected: typeof got = [];
     const controlRequests = await embeddingRequestsDuring(async () => {

@@ -19,6 +19,7 @@ import type { Config } from '../../config';
 import type { Logger } from '../../logger';
 import { BatchingEmbedder, type EmbedderLike } from '../batching-embedder';
 import { EntityOracle } from '../entity-oracle';
+import { HttpEmbedder } from '../http-embedder';
 import { Recall, type RecallStores } from '../recall';
 import { DEFAULT_GUARD_TUNING, type GuardTuning } from '../resilience';
 import type { MemoryService, UserSummary, UsersOptions, UsersPage } from '../types';
@@ -57,6 +58,25 @@ function tuneHttpClient(holder: unknown, timeoutMs: number): void {
     client['maxRetries'] = 0;
     client['timeout'] = timeoutMs;
   }
+}
+
+/**
+ * For OpenAI-compatible servers, our embedder (http-embedder.ts) takes the place of mem0's: the
+ * same requests, with less CPU per request and base64 vectors. It is put where mem0 keeps its
+ * embedder, so every embedding of the engine (saves, recall, the health probe) goes through it.
+ */
+function ownEmbedder(config: Config, internals: EngineInternals, timeoutMs: number): HttpEmbedder | undefined {
+  if (!isEmbedder(internals.embedder)) return undefined;
+  const m = config.memory;
+  const embedder = new HttpEmbedder({
+    baseURL: m.embedderBaseUrl,
+    apiKey: config.openaiApiKey,
+    model: m.embeddingModel,
+    dimensions: m.embeddingDims,
+    timeoutMs,
+  });
+  internals.embedder = embedder;
+  return embedder;
 }
 
 async function closeQuietly(target: unknown, logger: Logger, what: string): Promise<void> {
@@ -338,6 +358,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   const internals = memory as unknown as EngineInternals;
   if (options.indexEntityLookups !== false) indexEntityLookups(memory, internals, logger);
   journalHistoryAhead(internals.db, logger);
+  const httpEmbedder = config.memory.provider.toLowerCase() === 'openai' ? ownEmbedder(config, internals, readTimeoutMs) : undefined;
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
   const { batching, recall } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
@@ -351,6 +372,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     // Last sweep: any embedded store file of this engine still open (nothing, once both stores
     // above are closed) is closed with it.
     files.closeAll();
+    httpEmbedder?.close();
   };
   const service = new Mem0MemoryService({
     backend,
