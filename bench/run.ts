@@ -399,6 +399,11 @@ const TABLES: TableEntry[] = [
     optionalModule: { file: 'chat-memory.ts', exportName: 'runChatMemoryBench' },
   },
   {
+    name: 'embedder',
+    description: "the engine's embedding client against mem0's, per request",
+    optionalModule: { file: 'embedder.ts', exportName: 'runEmbedderBench' },
+  },
+  {
     name: 'abuse',
     description: '/health latency and RSS under slow-body, deep-nested and MCP-batch attacks',
     optionalModule: { file: 'abuse.ts', exportName: 'runAbuseBench' },
