@@ -23,7 +23,13 @@ export async function runEmbedderBench(): Promise<{ bars: Array<{ name: string; 
   process.env.MEM0_TELEMETRY = 'false';
   const { OpenAIEmbedder } = require('mem0ai/oss') as typeof import('mem0ai/oss');
   const fake = await startFakeUpstreamChild();
-  const ours = new HttpEmbedder({ baseURL: fake.url, apiKey: 'bench', model: 'text-embedding-3-small', dimensions: 1536, timeoutMs: 10_000 });
+  const ours = new HttpEmbedder({
+    baseURL: fake.url,
+    apiKey: 'bench',
+    model: 'text-embedding-3-small',
+    dimensions: 1536,
+    timeoutMs: 10_000,
+  });
   const mem0 = new OpenAIEmbedder({ apiKey: 'bench', baseURL: fake.url, model: 'text-embedding-3-small', embeddingDims: 1536 });
   const clients: Client[] = [
     { name: "mem0's (openai v4 + node-fetch, float)", embedBatch: (t) => mem0.embedBatch(t) },

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig } from '../../src/config';
-import { createMem0Service } from '../../src/memory/mem0/build';
+import { createMem0Service, WARM_UP_QUERY } from '../../src/memory/mem0/build';
 import type { MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { captureLogger } from '../helpers/app';
@@ -58,6 +58,29 @@ afterAll(async () => {
   await control?.close();
   await fake?.close();
   fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('warm-up at start', () => {
+  it('each engine ran one warm-up search (one embedding request) before it was handed out; none when turned off', async () => {
+    const warmUps = (): number => fake.requestsTo(EMBEDDINGS).filter((r) => inputsOf(r.body)[0] === WARM_UP_QUERY).length;
+    // beforeAll started two engines; the control one runs mem0's own search (no recall to warm).
+    expect(warmUps()).toBe(1);
+    const config = loadConfig({
+      env: {
+        UPSTREAM_BASE_URL: fake.url,
+        AUTH_TOKEN: TEST_AUTH_TOKEN,
+        OPENAI_API_KEY: TEST_OPENAI_KEY,
+        DATA_DIR: dataDir,
+        EMBEDDING_DIMS: '64',
+      },
+    });
+    const cold = await createMem0Service(config, captureLogger(config).logger, { warmUp: false });
+    try {
+      expect(warmUps()).toBe(1);
+    } finally {
+      await cold.close();
+    }
+  });
 });
 
 describe('embedding round trips', () => {

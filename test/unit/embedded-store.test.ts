@@ -973,11 +973,13 @@ describe('partition images (a fast first search after a restart)', () => {
     const tight = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, maxCacheBytes: 1000, files });
     await turns();
     expect(tight.cacheStats()).toMatchObject({ partitions: 0, loads: { images: 0, rows: 0 } });
+    expect(await tight.whenPreloaded()).toEqual([]);
     tight.close();
 
     const preloaded = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', preloadImages: true, files });
     expect(preloaded.cacheStats().partitions).toBe(0); // not during the constructor
-    await turns();
+    // The preload's end is awaitable, and says which scopes it loaded.
+    expect(await preloaded.whenPreloaded()).toEqual([{ user_id: 'u' }]);
     expect(preloaded.cacheStats()).toMatchObject({ partitions: 1, rows: 1498, loads: { images: 1, rows: 0 } });
     expect(await topIds(preloaded)).toEqual(fromRows);
     expect(preloaded.cacheStats().loads).toEqual({ images: 1, rows: 0 });

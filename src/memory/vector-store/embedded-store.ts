@@ -102,6 +102,8 @@ export class EmbeddedVectorStore implements VectorStore {
   private readonly logger: EmbeddedStoreLogger | undefined;
   private readonly files: EmbeddedStoreFiles;
   private closed = false;
+  private preloading: Promise<void> = Promise.resolve();
+  private readonly preloadedScopes: Scope[] = [];
 
   constructor(config: EmbeddedVectorStoreConfig) {
     if (!isPlainObject(config)) throw new Error('EmbeddedVectorStore: config object is required');
@@ -168,7 +170,25 @@ export class EmbeddedVectorStore implements VectorStore {
     this.shared = shared;
     this.state = shared.collection(collectionName);
     this.registerCollection();
-    if (preloadImages === true) setImmediate(() => this.preloadImages());
+    if (preloadImages === true) {
+      this.preloading = new Promise((resolve) =>
+        setImmediate(() => {
+          try {
+            this.preloadImages(resolve);
+          } catch {
+            resolve(); // The first searches load what they need.
+          }
+        }),
+      );
+    }
+  }
+
+  /**
+   * Resolves when the preload of partition images (`preloadImages`) has ended, with the filters
+   * of the scopes it loaded, most recently written first (none without a preload).
+   */
+  whenPreloaded(): Promise<Array<Record<string, string>>> {
+    return this.preloading.then(() => this.preloadedScopes.map((scope) => ({ [scope.field]: scope.value })));
   }
 
   /** Which dot-product kernel this store's searches use. */
@@ -565,8 +585,11 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   /** See `preloadImages` in the config. A partition that fails to load is left for its first search. */
-  private preloadImages(): void {
-    if (this.closed) return;
+  private preloadImages(done: () => void): void {
+    if (this.closed) {
+      done();
+      return;
+    }
     const scopes = this.shared
       .stmt(
         `SELECT i.field AS field, i.value AS value,
@@ -579,14 +602,16 @@ export class EmbeddedVectorStore implements VectorStore {
     let next = 0;
     const step = (): void => {
       const scope = scopes[next++];
-      if (this.closed || !scope || this.shared.cachedBytes() + scope.bytes > this.shared.maxCacheBytes / 2) return;
+      if (this.closed || !scope || this.shared.cachedBytes() + scope.bytes > this.shared.maxCacheBytes / 2) {
+        done();
+        return;
+      }
       const key = scopeKey(scope.field, scope.value);
-      if (!this.state.partitions.has(key)) {
-        try {
-          this.partitionFor({ field: scope.field, value: scope.value, key });
-        } catch {
-          // Loaded (or reported) by its first search instead.
-        }
+      try {
+        if (!this.state.partitions.has(key)) this.partitionFor({ field: scope.field, value: scope.value, key });
+        this.preloadedScopes.push({ field: scope.field, value: scope.value, key });
+      } catch {
+        // Loaded (or reported) by its first search instead.
       }
       setImmediate(step);
     };
