@@ -153,9 +153,11 @@ export class Recall {
 
     // While the embedding request is on the network, the work that does not need its vectors:
     // the keyword ranking and, on a store's first search since a start, loading the scope's index.
-    // The request is written to its socket first (a turn of the event loop), so this local work
-    // overlaps the round trip instead of delaying it.
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    // The request is written to its kept-alive socket first (node:http writes it on the next tick,
+    // checked against a server in another process), so this local work overlaps the round trip
+    // instead of delaying it. A tick rather than a turn of the event loop, so that the recall does
+    // not queue behind every other pending callback of a busy engine.
+    await new Promise<void>((resolve) => process.nextTick(resolve));
     const memories = await this.stores.memories();
     const keywordScores = this.keywordScores(memories, query, analysis.lemmatized, limit, options.filters);
     prepareSearch(memories, options.filters);
