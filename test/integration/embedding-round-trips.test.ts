@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../../src/config';
+import { type Config, loadConfig } from '../../src/config';
 import { createMem0Service, WARM_UP_QUERY } from '../../src/memory/mem0/build';
 import type { MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
@@ -18,6 +18,7 @@ const EMBEDDINGS = '/v1/embeddings';
 
 let fake: FakeUpstream;
 let dataDir: string;
+let config: Config;
 let batched: MemoryService;
 let control: MemoryService;
 
@@ -39,7 +40,7 @@ async function embeddingRequestsDuring(fn: () => Promise<unknown>): Promise<stri
 beforeAll(async () => {
   fake = await startFakeUpstream({ embeddingDimensions: 64 });
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'round-trips-'));
-  const config = loadConfig({
+  config = loadConfig({
     env: {
       UPSTREAM_BASE_URL: fake.url,
       AUTH_TOKEN: TEST_AUTH_TOKEN,
@@ -65,15 +66,6 @@ describe('warm-up at start', () => {
     const warmUps = (): number => fake.requestsTo(EMBEDDINGS).filter((r) => inputsOf(r.body)[0] === WARM_UP_QUERY).length;
     // beforeAll started two engines; the control one runs mem0's own search (no recall to warm).
     expect(warmUps()).toBe(1);
-    const config = loadConfig({
-      env: {
-        UPSTREAM_BASE_URL: fake.url,
-        AUTH_TOKEN: TEST_AUTH_TOKEN,
-        OPENAI_API_KEY: TEST_OPENAI_KEY,
-        DATA_DIR: dataDir,
-        EMBEDDING_DIMS: '64',
-      },
-    });
     const cold = await createMem0Service(config, captureLogger(config).logger, { warmUp: false });
     try {
       expect(warmUps()).toBe(1);

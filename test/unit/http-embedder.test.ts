@@ -3,9 +3,9 @@
  * fake upstream and, for what the fake does not do, small node:http servers on port 0.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { EmbeddingHttpError, HttpEmbedder } from '../../src/memory/http-embedder';
 import { isContentRefusal, isTransientError } from '../../src/memory/resilience';
+import { startFakeHttpServer } from '../fakes/exchange';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 
 const EMBEDDINGS = '/v1/embeddings';
@@ -38,19 +38,16 @@ async function floatsFromFake(texts: string[]): Promise<number[][]> {
   return (JSON.parse(answer) as { data: Array<{ embedding: number[] }> }).data.map((d) => d.embedding);
 }
 
-/** A server that answers every request with `handler`; resolves to its /v1 base URL. */
-async function serve(handler: http.RequestListener): Promise<{ url: string; close: () => Promise<void> }> {
-  const server = http.createServer(handler);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}/v1`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+/** A server on port 0 that answers every request with `handle`; resolves to its /v1 base URL. */
+async function serve(
+  handle: (req: http.IncomingMessage, res: http.ServerResponse) => Promise<void> | void,
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = await startFakeHttpServer({
+    host: '127.0.0.1',
+    handle: async (req, res) => handle(req, res),
+    crashReply: (err) => ({ headers: {}, body: JSON.stringify({ error: { message: String(err) } }) }),
+  });
+  return { url: `http://127.0.0.1:${server.port}/v1`, close: () => server.close() };
 }
 
 function bodyOf(req: http.IncomingMessage): Promise<Record<string, unknown>> {
