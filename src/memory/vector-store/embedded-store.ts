@@ -306,6 +306,10 @@ export class EmbeddedVectorStore implements VectorStore {
     this.assertOpen();
     const scope = pickScope(asFilters(filters));
     if (!scope) return;
+    // A partition already loaded (and still current) is left to the search: its LRU touch and
+    // budget check happen there, once per search, not twice.
+    this.shared.syncWithOtherWriters();
+    if (this.state.partitions.has(scope.key)) return;
     try {
       this.partitionFor(scope);
     } catch (err) {
