@@ -62,6 +62,15 @@ function hasSearchAbove(store: VectorStore): store is VectorStore & SearchAbove 
   return typeof (store as Partial<SearchAbove>).searchAbove === 'function';
 }
 
+/** A store that can rank keyword hits without reading their payloads (the embedded store). */
+interface KeywordScores {
+  keywordScores(query: string, topK: number, filters: Record<string, unknown>): Promise<Array<{ id: string; score: number }>>;
+}
+
+function hasKeywordScores(store: VectorStore): store is VectorStore & KeywordScores {
+  return typeof (store as Partial<KeywordScores>).keywordScores === 'function';
+}
+
 /** A store that can get a scope ready for its next search (the embedded store loads the scope's index). */
 interface PrepareSearch {
   prepareSearch(filters: Record<string, unknown>): void;
@@ -212,9 +221,11 @@ export class Recall {
     filters: RecallFilters,
   ): Promise<Map<string, number>> {
     const scores = new Map<string, number>();
-    let hits: VectorStoreResult[] | null = null;
+    let hits: Array<{ id: unknown; score?: number | undefined }> | null = null;
     try {
-      hits = (await store.keywordSearch?.(lemmatized, limit, { ...filters })) ?? null;
+      hits = hasKeywordScores(store)
+        ? await store.keywordScores(lemmatized, limit, { ...filters })
+        : ((await store.keywordSearch?.(lemmatized, limit, { ...filters })) ?? null);
     } catch (err) {
       this.logger?.debug('recall: keyword search failed; ranking without it', { err });
     }

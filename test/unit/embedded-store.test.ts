@@ -986,3 +986,121 @@ describe('partition images (a fast first search after a restart)', () => {
     preloaded.close();
   });
 });
+
+describe('EmbeddedVectorStore keyword search from the in-memory index', () => {
+  const WORDS = ['hike', 'sushi', 'anna', 'paris', 'monday', 'cook', 'sister', 'guitar', 'red', 'tokyo', 'ramen', 'chess'];
+  const next = seededRandom(4242);
+  const pick = (): string => WORDS[Math.floor(next() * WORDS.length)]!;
+  const sentence = (): string => Array.from({ length: 2 + Math.floor(next() * 7) }, pick).join(' ');
+  const QUERIES = [
+    'hike',
+    'anna sister monday',
+    'cook ramen tokyo red',
+    'chess guitar',
+    'sushi paris hike anna',
+    'nothing',
+    'hike 2024',
+    "anna's hike",
+  ];
+
+  /** The same file through another connection that loads no partitions, so FTS5 ranks every answer. */
+  const reference = (dbPath: string): { store: EmbeddedVectorStore; files: EmbeddedStoreFiles } => {
+    const other = new EmbeddedStoreFiles();
+    return { store: new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files: other }), files: other };
+  };
+  const answers = async (store: EmbeddedVectorStore, k: number): Promise<unknown[]> => {
+    const out: unknown[] = [];
+    for (const q of QUERIES) out.push(await store.keywordSearch(q, k, { user_id: 'u' }));
+    return out;
+  };
+  /** Turns of the event loop until the scope's index is built (its answers come from memory). */
+  const untilInMemory = async (store: EmbeddedVectorStore): Promise<void> => {
+    for (let i = 0; i < 100; i++) {
+      const before = store.keywordSearches.memory;
+      await store.keywordSearch('hike', 1, { user_id: 'u' });
+      if (store.keywordSearches.memory > before) return;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    throw new Error('the keyword index was never built');
+  };
+  const rows = (n: number, user: string, prefix: string): [number[][], string[], Record<string, unknown>[]] => [
+    Array.from({ length: n }, () => [next(), next(), next()]),
+    Array.from({ length: n }, (_, i) => `${prefix}${i}`),
+    Array.from({ length: n }, (_, i) =>
+      // Every fifth row has no lemmatized text, so FTS5 indexes `data` (punctuation, capitals, digits).
+      i % 5 === 0 ? { user_id: user, data: `${sentence()}, ANNA's Hike-2024!` } : { user_id: user, data: 'x', textLemmatized: sentence() },
+    ),
+  ];
+
+  it('answers with FTS5 scores and order (ties by rowid) while rows are written, replaced and deleted', async () => {
+    const dbPath = freshPath();
+    const store = new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', files });
+    await store.insert(...rows(6_000, 'u', 'a'));
+    await store.insert(...rows(1_500, 'v', 'b')); // another user's rows count in the file-wide statistics
+    const ref = reference(dbPath);
+    store.prepareSearch({ user_id: 'u' });
+    await untilInMemory(store);
+
+    const before = { ...store.keywordSearches };
+    for (const k of [5, 60, 20_000]) expect(await answers(store, k)).toEqual(await answers(ref.store, k));
+    // Each query from memory but the one with a term FTS5 reads as a phrase of two tokens ("anna's").
+    expect(store.keywordSearches.memory - before.memory).toBe((QUERIES.length - 1) * 3);
+    expect(ref.store.keywordSearches.memory).toBe(0);
+    // The ranking alone, as recall reads it: the same ids and scores without payloads.
+    for (const q of QUERIES) {
+      const full = (await ref.store.keywordSearch(q, 60, { user_id: 'u' }))!;
+      expect(await store.keywordScores(q, 60, { user_id: 'u' })).toEqual(full.map((h) => ({ id: h.id, score: h.score })));
+    }
+
+    // Writes of this process reach the index: new rows, a replaced id (new rowid), a changed text, deletions.
+    await store.insert(...rows(50, 'u', 'c'));
+    await store.insert([[1, 0, 0]], ['a7'], [{ user_id: 'u', data: 'x', textLemmatized: 'hike hike hike anna' }]);
+    await store.update('a8', [0, 1, 0], { user_id: 'u', data: 'x', textLemmatized: 'chess chess' });
+    await store.update('a9', [0, 1, 0], { user_id: 'v', data: 'x', textLemmatized: 'chess chess' }); // leaves the scope
+    for (const id of ['a1', 'a2', 'a3', 'c4']) await store.delete(id);
+    const memoryBefore = store.keywordSearches.memory;
+    for (const k of [5, 60, 20_000]) expect(await answers(store, k)).toEqual(await answers(ref.store, k));
+    expect(store.keywordSearches.memory).toBeGreaterThan(memoryBefore);
+    ref.store.close();
+    ref.files.closeAll();
+    store.close();
+  });
+
+  it('leaves a scope with text FTS5 tokenizes by other rules, a write transaction and another writer to FTS5', async () => {
+    const dbPath = freshPath();
+    const store = new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', files });
+    await store.insert(...rows(500, 'u', 'a'));
+    const ref = reference(dbPath);
+    store.prepareSearch({ user_id: 'u' });
+    await untilInMemory(store);
+
+    // A row in another script: unicode61's folding is not repeated in memory, so FTS5 answers while it exists.
+    await store.insert([[1, 0, 0]], ['greek'], [{ user_id: 'u', data: 'x', textLemmatized: 'hike Ωμέγα café' }]);
+    let fts = store.keywordSearches.fts;
+    expect(await answers(store, 60)).toEqual(await answers(ref.store, 60));
+    expect(store.keywordSearches.fts - fts).toBe(QUERIES.length);
+    expect(await store.keywordSearch('cafe', 5, { user_id: 'u' })).toEqual(await ref.store.keywordSearch('cafe', 5, { user_id: 'u' }));
+    await store.delete('greek');
+    await untilInMemory(store);
+    expect(await answers(store, 60)).toEqual(await answers(ref.store, 60));
+
+    // Inside a save's unit the connection holds uncommitted rows (and FTS5 newer totals): FTS5 answers, and sees them.
+    await files.unit(async () => {
+      await store.insert([[1, 0, 0]], ['pending'], [{ user_id: 'u', data: 'x', textLemmatized: 'zebra' }]);
+      fts = store.keywordSearches.fts;
+      expect((await store.keywordSearch('zebra', 5, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['pending']);
+      expect(store.keywordSearches.fts).toBe(fts + 1);
+    });
+
+    // Another connection commits: this one's index is dropped with its partitions and rebuilt.
+    await ref.store.insert([[0, 0, 1]], ['elsewhere'], [{ user_id: 'u', data: 'x', textLemmatized: 'zebra zebra' }]);
+    expect((await store.keywordSearch('zebra', 5, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['elsewhere', 'pending']);
+    store.prepareSearch({ user_id: 'u' });
+    await untilInMemory(store);
+    expect(await store.keywordSearch('zebra', 5, { user_id: 'u' })).toEqual(await ref.store.keywordSearch('zebra', 5, { user_id: 'u' }));
+    expect(await answers(store, 60)).toEqual(await answers(ref.store, 60));
+    ref.store.close();
+    ref.files.closeAll();
+    store.close();
+  });
+});

@@ -42,7 +42,8 @@ import { TopK } from './quantized/top-k';
 import type { EmbeddedStoreLogger, EmbeddedVectorStoreConfig } from './embedded/config';
 import { EmbeddedStoreFiles } from './embedded/files';
 import { asFilters, isPlainObject, matchesFilters, type Filters } from './embedded/filters';
-import { keywordQuery, tokenize } from './embedded/keywords';
+import { isSingleAsciiToken, type KeywordHit, KeywordPartition, keywordText } from './embedded/keyword-partition';
+import { keywordQuery, keywordTextSql, tokenize } from './embedded/keywords';
 import { entityTextKey, isEntityCollection } from './embedded/text-keys';
 import {
   hasResidualFilter,
@@ -79,12 +80,24 @@ interface RowForList {
   payload: string;
 }
 interface ScopeRow {
+  rowid: number;
   user_id: string | null;
   agent_id: string | null;
   run_id: string | null;
 }
 
 const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
+/** Rows read per turn of the event loop while a scope's keyword index is built. */
+const KEYWORD_BUILD_ROWS = 5000;
+
+/** What a committed write did to a row, for the in-memory indexes (null fields: the row is gone). */
+interface RowChange {
+  id: string;
+  rowid: number;
+  cols: readonly (string | null)[] | null;
+  quantized: Quantized | null;
+  text: string | undefined;
+}
 
 function normalizeTopK(topK: number | undefined | null, fallback: number): number {
   if (topK === undefined || topK === null) return fallback;
@@ -102,6 +115,7 @@ export class EmbeddedVectorStore implements VectorStore {
   private readonly logger: EmbeddedStoreLogger | undefined;
   private readonly files: EmbeddedStoreFiles;
   private closed = false;
+  private keywordRead: ((scope: Scope, terms: readonly string[], k: number) => KeywordHit[] | null) | undefined;
   private preloading: Promise<void> = Promise.resolve();
   private readonly preloadedScopes: Scope[] = [];
 
@@ -217,7 +231,16 @@ export class EmbeddedVectorStore implements VectorStore {
       const payload = normalizePayload(isPlainObject(rawPayload) ? rawPayload : {});
       const json = JSON.stringify(payload);
       const parsed = parsePayload(json);
-      return { id, vector, quantized: quantizeVector(vector), json, cols: scopeColumns(parsed), textKey: this.textKeyOf(parsed) };
+      return {
+        id,
+        vector,
+        quantized: quantizeVector(vector),
+        json,
+        cols: scopeColumns(parsed),
+        textKey: this.textKeyOf(parsed),
+        text: keywordText(parsed),
+        rowid: 0,
+      };
     });
     const trackOld = this.state.partitions.size > 0;
     const oldScopes = new Map<string, ScopeRow | undefined>();
@@ -230,12 +253,13 @@ export class EmbeddedVectorStore implements VectorStore {
         // The scope before this batch (an id repeated within the batch must not see its own first write).
         if (trackOld && !oldScopes.has(r.id)) oldScopes.set(r.id, this.readScope(r.id));
         const quantized = encodeQuantized(r.quantized, this.dimension);
-        upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), quantized, r.json, r.textKey);
+        const info = upsert.run(this.collectionName, r.id, r.cols[0], r.cols[1], r.cols[2], blobOf(r.vector), quantized, r.json, r.textKey);
+        r.rowid = Number(info.lastInsertRowid);
       }
     });
     if (trackOld) {
       const finalRows = new Map(rows.map((r) => [r.id, r])); // last write of an id wins, as in SQLite
-      for (const r of finalRows.values()) this.applyToPartitions(r.id, oldScopes.get(r.id), r.cols, r.quantized);
+      for (const r of finalRows.values()) this.applyToPartitions(oldScopes.get(r.id), r);
     }
   }
 
@@ -309,18 +333,23 @@ export class EmbeddedVectorStore implements VectorStore {
     // A partition already loaded (and still current) is left to the search: its LRU touch and
     // budget check happen there, once per search, not twice.
     this.shared.syncWithOtherWriters();
-    if (this.state.partitions.has(scope.key)) return;
-    try {
-      this.partitionFor(scope);
-    } catch (err) {
-      if (!(err instanceof ArenaFullError)) throw err;
+    if (!this.state.partitions.has(scope.key)) {
+      try {
+        this.partitionFor(scope);
+      } catch (err) {
+        if (!(err instanceof ArenaFullError)) throw err;
+        return;
+      }
     }
+    if (!this.entityCollection) this.buildKeywords(scope);
   }
 
   /**
    * BM25 from the FTS5 index (SQLite's bm25(): k1 1.2, b 0.75, statistics over the whole file),
    * negated so that higher is better, as mem0 expects. Only matching rows are read: no scan of the
    * scope. Scope columns narrow in SQL; other filters are checked on the matching rows, best first.
+   * A scope filter alone, on a scope whose keyword index is in memory, is answered from that index
+   * with the same scores and order (keyword-partition.ts).
    */
   async keywordSearch(query: string, topK?: number, filters?: Record<string, unknown>): Promise<VectorStoreResult[] | null> {
     this.assertOpen();
@@ -330,6 +359,10 @@ export class EmbeddedVectorStore implements VectorStore {
     const tokens = tokenize(query);
     if (k === 0 || tokens.length === 0) return [];
     const scope = pickScope(f);
+    if (scope && !hasResidualFilter(f, scope.field)) {
+      const fromMemory = this.keywordHitsInMemory(scope, [...new Set(tokens)], k);
+      if (fromMemory) return this.withPayloads(fromMemory);
+    }
     const scopeSql = scope ? ` AND v.${scope.field} = ?` : '';
     const params: unknown[] = [keywordQuery(tokens), this.collectionName, ...(scope ? [scope.value] : [])];
     const rows = this.shared
@@ -388,7 +421,7 @@ export class EmbeddedVectorStore implements VectorStore {
       this.logger?.warn('embedded vector store: update of a missing id ignored', { collection: this.collectionName, id: vectorId });
       return;
     }
-    this.applyToPartitions(vectorId, old, cols, quantized);
+    this.applyToPartitions(old, { id: vectorId, rowid: old.rowid, cols, quantized, text: keywordText(parsed) });
   }
 
   async delete(vectorId: string): Promise<void> {
@@ -398,7 +431,7 @@ export class EmbeddedVectorStore implements VectorStore {
       old = this.readScope(vectorId);
       if (old) this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ? AND id = ?').run(this.collectionName, vectorId);
     });
-    if (old) this.applyToPartitions(vectorId, old, null, null);
+    if (old) this.applyToPartitions(old, { id: vectorId, rowid: old.rowid, cols: null, quantized: null, text: undefined });
   }
 
   /** Deletes every row of this collection (other collections in the file are untouched). */
@@ -517,7 +550,114 @@ export class EmbeddedVectorStore implements VectorStore {
     return { partitions, rows, bytes: this.shared.cachedBytes(), loads: { ...this.shared.loads } };
   }
 
+  /**
+   * `keywordSearch`'s ids and scores, in its order, without reading payloads (recall needs no
+   * more, and a scope's in-memory index answers without touching the rows).
+   */
+  async keywordScores(query: string, topK?: number, filters?: Record<string, unknown>): Promise<Array<{ id: string; score: number }>> {
+    this.assertOpen();
+    const k = normalizeTopK(topK, 10);
+    const f = asFilters(filters);
+    const scope = pickScope(f);
+    const tokens = typeof query === 'string' ? tokenize(query) : [];
+    if (k > 0 && tokens.length > 0 && scope && !hasResidualFilter(f, scope.field)) {
+      const fromMemory = this.keywordHitsInMemory(scope, [...new Set(tokens)], k);
+      if (fromMemory) return fromMemory.map(({ id, score }) => ({ id, score }));
+    }
+    return ((await this.keywordSearch(query, topK, filters)) ?? []).map((hit) => ({ id: String(hit.id), score: hit.score ?? 0 }));
+  }
+
+  /** Keyword searches this store answered from in memory and from FTS5 (diagnostics, tests). */
+  readonly keywordSearches = { memory: 0, fts: 0 };
+
   // -------------------------------------------------------------------------------------------
+
+  /**
+   * The best `k` keyword hits of a scope alone, from the scope's in-memory keyword index; null
+   * when that cannot give FTS5's answer: no complete index (one is built for a loaded partition),
+   * a row or a term whose tokens are not known here, or a write transaction open on the connection.
+   */
+  private keywordHitsInMemory(scope: Scope, terms: readonly string[], k: number): KeywordHit[] | null {
+    const shared = this.shared;
+    if (!terms.every(isSingleAsciiToken) || shared.db.inTransaction) return this.countKeywordSearch(null);
+    // One read transaction: the rows this index holds and the file-wide statistics are of one snapshot.
+    this.keywordRead ??= shared.db.transaction((s: Scope, t: readonly string[], n: number): KeywordHit[] | null => {
+      shared.syncWithOtherWriters();
+      const index = this.state.keywords.get(s.key);
+      if (!index) {
+        this.buildKeywords(s);
+        return null;
+      }
+      if (!index.ready || !index.usable) return null;
+      const stats = shared.keywordStats(t);
+      return stats ? index.search(t, stats, n) : null;
+    });
+    return this.countKeywordSearch(this.keywordRead(scope, terms, k));
+  }
+
+  /** Keyword hits with their payloads, as `keywordSearch` returns them. */
+  private withPayloads(hits: readonly KeywordHit[]): VectorStoreResult[] {
+    if (hits.length === 0) return [];
+    const payloads = new Map(
+      (
+        this.shared
+          .stmt('SELECT rowid AS rowid, payload FROM evs_vectors WHERE rowid IN (SELECT value FROM json_each(?))')
+          .all(JSON.stringify(hits.map((h) => h.rowid))) as Array<{ rowid: number; payload: string }>
+      ).map((r) => [r.rowid, r.payload]),
+    );
+    const out: VectorStoreResult[] = [];
+    for (const hit of hits) {
+      const json = payloads.get(hit.rowid);
+      // Absent only if another connection deleted the row since the ranking: as FTS5 would now, leave it out.
+      if (json !== undefined) out.push({ id: hit.id, payload: parsePayload(json), score: hit.score });
+    }
+    return out;
+  }
+
+  private countKeywordSearch(results: KeywordHit[] | null): KeywordHit[] | null {
+    if (results) this.keywordSearches.memory++;
+    else this.keywordSearches.fts++;
+    return results;
+  }
+
+  /**
+   * Starts building the in-memory keyword index of a scope whose partition is loaded, unless one
+   * exists: KEYWORD_BUILD_ROWS rows (by rowid) per turn of the event loop, with FTS5 answering
+   * until it is done. Writes meanwhile reach the index through applyToPartitions, and a row read
+   * after its write holds the same text, so the index ends in step with the file. Dropped with
+   * the partition (another writer, eviction, a failed commit), the build stops.
+   */
+  private buildKeywords(scope: Scope): void {
+    const { keywords } = this.state;
+    if (keywords.has(scope.key) || !this.state.partitions.has(scope.key)) return;
+    const index = new KeywordPartition(scope.key);
+    keywords.set(scope.key, index);
+    const batch = this.shared.stmt(
+      `SELECT rowid AS rowid, id, ${keywordTextSql('payload')} AS text FROM evs_vectors
+       WHERE collection = ? AND ${scope.field} = ? AND rowid > ? ORDER BY rowid LIMIT ${KEYWORD_BUILD_ROWS}`,
+    );
+    let after = 0;
+    const step = (): void => {
+      if (this.closed || !this.shared.db.open || keywords.get(scope.key) !== index) return;
+      try {
+        const rows = batch.all(this.collectionName, scope.value, after) as Array<{ rowid: number; id: string; text: unknown }>;
+        for (const row of rows) {
+          after = row.rowid;
+          index.upsert(row.id, row.rowid, typeof row.text === 'string' ? row.text : undefined);
+        }
+        if (rows.length < KEYWORD_BUILD_ROWS) {
+          index.ready = true;
+          return;
+        }
+      } catch (err) {
+        keywords.delete(scope.key); // FTS5 answers; the next search of the scope tries again
+        this.logger?.warn('embedded vector store: building a keyword index failed', { error: String(err) });
+        return;
+      }
+      setImmediate(step);
+    };
+    setImmediate(step);
+  }
 
   private get entityCollection(): boolean {
     return isEntityCollection(this.collectionName);
@@ -544,27 +684,29 @@ export class EmbeddedVectorStore implements VectorStore {
 
   private readScope(id: string): ScopeRow | undefined {
     return this.shared
-      .stmt('SELECT user_id, agent_id, run_id FROM evs_vectors WHERE collection = ? AND id = ?')
+      .stmt('SELECT rowid, user_id, agent_id, run_id FROM evs_vectors WHERE collection = ? AND id = ?')
       .get(this.collectionName, id) as ScopeRow | undefined;
   }
 
-  /** Keeps loaded partitions in step with a committed write (new* null = deleted). */
-  private applyToPartitions(
-    id: string,
-    old: ScopeRow | undefined,
-    newCols: readonly (string | null)[] | null,
-    quantized: Quantized | null,
-  ): void {
-    const partitions = this.state.partitions;
+  /** Keeps loaded partitions and keyword indexes in step with a committed write. */
+  private applyToPartitions(old: ScopeRow | undefined, change: RowChange): void {
+    const { partitions, keywords } = this.state;
     if (partitions.size === 0) return;
-    const newKeys = newCols ? scopeKeysOf(newCols) : [];
+    const { id } = change;
+    const newKeys = change.cols ? scopeKeysOf(change.cols) : [];
     if (old) {
       for (const key of scopeKeysOf([old.user_id, old.agent_id, old.run_id])) {
-        if (!newKeys.includes(key)) partitions.get(key)?.remove(id);
+        if (newKeys.includes(key)) continue;
+        partitions.get(key)?.remove(id);
+        keywords.get(key)?.remove(id);
       }
     }
-    if (quantized) {
-      for (const key of newKeys) partitions.get(key)?.upsert(id, quantized);
+    if (change.quantized) {
+      const { quantized } = change;
+      for (const key of newKeys) {
+        partitions.get(key)?.upsert(id, quantized);
+        keywords.get(key)?.upsert(id, change.rowid, change.text);
+      }
     }
   }
 

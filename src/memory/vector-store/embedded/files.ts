@@ -84,6 +84,8 @@ export class EmbeddedStoreFiles {
       db.pragma(`synchronous = ${synchronous}`);
       db.pragma('busy_timeout = 5000');
       createSchema(db);
+      // Per connection, not in the file: each keyword term's row count, for keyword-partition.ts's BM25.
+      db.exec("CREATE VIRTUAL TABLE IF NOT EXISTS temp.evs_keyword_terms USING fts5vocab(main, 'evs_keywords', 'row')");
     } catch (err) {
       db.close();
       throw err;

@@ -20,10 +20,14 @@ export function keywordQuery(tokens: readonly string[]): string {
  * the index existed is indexed once, when first opened (`evs_meta` keywords_version).
  * `recursive_triggers` makes INSERT OR REPLACE fire the delete trigger for the row it replaces.
  */
+/** The SQL of the text FTS5 indexes for a row, given the SQL of its payload (keyword-partition.ts's `keywordText` in JS). */
+export function keywordTextSql(payload: string): string {
+  return `coalesce(nullif(json_extract(${payload}, '$.textLemmatized'), ''), json_extract(${payload}, '$.data'), '')`;
+}
+
 export function createKeywordIndex(db: Database.Database): void {
   db.pragma('recursive_triggers = ON');
-  const text = (payload: string): string =>
-    `coalesce(nullif(json_extract(${payload}, '$.textLemmatized'), ''), json_extract(${payload}, '$.data'), '')`;
+  const text = keywordTextSql;
   db.transaction(() => {
     db.exec(`
       CREATE VIRTUAL TABLE IF NOT EXISTS evs_keywords USING fts5(terms, content='', contentless_delete=1);

@@ -4,12 +4,31 @@
  */
 import type Database from 'better-sqlite3';
 import type { Partition } from '../quantized/partition';
+import type { KeywordPartition, KeywordStats } from './keyword-partition';
 import { IMAGE_PART_BYTES, MIN_IMAGE_ROWS } from './schema';
 import { splitScopeKey, type ScopeField } from './scope';
 
 export class CollectionState {
   readonly partitions = new Map<string, Partition>();
+  /**
+   * In-memory keyword indexes (keyword-partition.ts) of scopes whose partition is loaded, complete
+   * or being built; dropped with their partition.
+   */
+  readonly keywords = new Map<string, KeywordPartition>();
   constructor(readonly name: string) {}
+}
+
+/** An SQLite varint (big-endian 7-bit groups, the 9th byte whole) at `at`: [value, next offset]. */
+function readVarint(buf: Buffer, at: number): [number, number] {
+  let value = 0;
+  for (let i = 0; i < 9; i++) {
+    const byte = buf[at + i];
+    if (byte === undefined) throw new RangeError(`varint at ${at} runs past ${buf.length} bytes`);
+    if (i === 8) return [value * 256 + byte, at + 9];
+    value = value * 128 + (byte & 0x7f);
+    if ((byte & 0x80) === 0) return [value, at + i + 1];
+  }
+  throw new RangeError('unreachable');
 }
 
 export class SharedDb {
@@ -111,18 +130,22 @@ export class SharedDb {
   /** Evicts least-recently-used partitions (never `keep`) until the budget holds. */
   enforceBudget(keep: Partition): void {
     let total = 0;
-    for (const p of this.lru.keys()) total += p.bytes();
+    for (const [p, owner] of this.lru) total += this.bytesOf(p, owner);
     for (const [p, owner] of this.lru) {
       if (total <= this.maxCacheBytes) break;
       if (p === keep) continue;
-      total -= p.bytes();
+      total -= this.bytesOf(p, owner);
       this.evict(p, owner);
     }
   }
 
+  /** Evicts a partition, and its scope's keyword index with it. */
   evict(partition: Partition, owner: CollectionState): void {
     this.lru.delete(partition);
-    if (owner.partitions.get(partition.key) === partition) owner.partitions.delete(partition.key);
+    if (owner.partitions.get(partition.key) === partition) {
+      owner.partitions.delete(partition.key);
+      owner.keywords.delete(partition.key);
+    }
     partition.release();
   }
 
@@ -136,8 +159,32 @@ export class SharedDb {
 
   cachedBytes(): number {
     let total = 0;
-    for (const p of this.lru.keys()) total += p.bytes();
+    for (const [p, owner] of this.lru) total += this.bytesOf(p, owner);
     return total;
+  }
+
+  /**
+   * FTS5's bm25 statistics for `terms` (distinct, in query order), read from the keyword index as
+   * its bm25() reads them: the row count and token total of its averages record, and per term
+   * idf = ln((rows − hits + 0.5) / (hits + 0.5)), 1e-6 where that is not positive, with hits the
+   * number of rows holding the term. The logarithm is SQLite's, so the idf is the same double.
+   * Undefined when the index has no averages yet. Read in the caller's transaction (the figures
+   * of one snapshot); not inside a write transaction, where FTS5 holds newer totals in memory.
+   */
+  keywordStats(terms: readonly string[]): KeywordStats | undefined {
+    const block = this.stmt('SELECT block FROM evs_keywords_data WHERE id = 1').pluck().get() as Buffer | undefined;
+    if (!Buffer.isBuffer(block) || block.length === 0) return undefined;
+    const [rows, next] = readVarint(block, 0);
+    const [tokens] = readVarint(block, next);
+    if (rows <= 0) return undefined;
+    const hitsOf = this.stmt('SELECT doc FROM temp.evs_keyword_terms WHERE term = ?').pluck();
+    const ln = this.stmt('SELECT ln((? - ? + 0.5) / (? + 0.5))').pluck();
+    const idf = terms.map((term) => {
+      const hits = (hitsOf.get(term) as number | undefined) ?? 0;
+      const value = ln.get(rows, hits, hits) as number;
+      return value <= 0 ? 1e-6 : value;
+    });
+    return { avgdl: tokens / rows, idf };
   }
 
   /** The version of a scope's rows (0 before any write since the triggers existed). */
@@ -214,7 +261,12 @@ export class SharedDb {
     }
   }
 
+  private bytesOf(partition: Partition, owner: CollectionState): number {
+    return partition.bytes() + (owner.keywords.get(partition.key)?.bytes() ?? 0);
+  }
+
   private readDataVersion(): number {
-    return Number(this.db.pragma('data_version', { simple: true }));
+    // A kept statement: db.pragma() prepares one per call, and this runs a few times per search.
+    return Number(this.stmt('PRAGMA data_version').pluck().get());
   }
 }
