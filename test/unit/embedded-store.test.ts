@@ -1013,13 +1013,13 @@ describe('EmbeddedVectorStore keyword search from the in-memory index', () => {
     for (const q of QUERIES) out.push(await store.keywordSearch(q, k, { user_id: 'u' }));
     return out;
   };
-  /** Turns of the event loop until the scope's index is built (its answers come from memory). */
+  /** Waits until the scope's index is built (its answers come from memory; the build starts a second after the partition loads). */
   const untilInMemory = async (store: EmbeddedVectorStore): Promise<void> => {
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 250; i++) {
       const before = store.keywordSearches.memory;
       await store.keywordSearch('hike', 1, { user_id: 'u' });
       if (store.keywordSearches.memory > before) return;
-      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
     throw new Error('the keyword index was never built');
   };

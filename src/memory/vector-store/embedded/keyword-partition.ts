@@ -15,9 +15,10 @@
 
 const K1 = 1.2;
 const B = 0.75;
-/** Bytes per row and per posting beyond the strings, roughly (for the cache budget). */
-const ROW_BYTES = 96;
-const POSTING_BYTES = 40;
+/** Bytes per row, per posting and per distinct term, roughly (for the cache budget). */
+const ROW_BYTES = 160;
+const POSTING_BYTES = 12;
+const TERM_BYTES = 120;
 
 /**
  * unicode61's tokens of ASCII text (runs of letters and digits, folded to lower case; every other
@@ -61,15 +62,49 @@ export interface KeywordHit {
   score: number;
 }
 
+/** One term's rows and their frequencies, unordered, in growable typed arrays. */
+class Posting {
+  rows = new Int32Array(4);
+  freqs = new Int32Array(4);
+  size = 0;
+
+  add(row: number, freq: number): void {
+    if (this.size === this.rows.length) {
+      const rows = new Int32Array(this.size * 2);
+      rows.set(this.rows);
+      this.rows = rows;
+      const freqs = new Int32Array(this.size * 2);
+      freqs.set(this.freqs);
+      this.freqs = freqs;
+    }
+    this.rows[this.size] = row;
+    this.freqs[this.size] = freq;
+    this.size++;
+  }
+
+  /** Where `row` is (searched from the end: recent rows sit there), or -1. */
+  indexOf(row: number): number {
+    for (let i = this.size - 1; i >= 0; i--) if (this.rows[i] === row) return i;
+    return -1;
+  }
+
+  /** Removes the entry at `i`, moving the last entry into its place. */
+  removeAt(i: number): void {
+    const last = --this.size;
+    this.rows[i] = this.rows[last] as number;
+    this.freqs[i] = this.freqs[last] as number;
+  }
+}
+
 export class KeywordPartition {
   private readonly ids: string[] = [];
   private readonly rowids: number[] = [];
   private readonly lengths: number[] = [];
-  /** Each row's distinct terms. */
-  private readonly termsOf: string[][] = [];
+  /** Each row's distinct terms, as term numbers. */
+  private readonly termsOf: Int32Array[] = [];
   private readonly rowOf = new Map<string, number>();
-  /** term -> (row -> frequency). */
-  private readonly postings = new Map<string, Map<number, number>>();
+  private readonly termNumbers = new Map<string, number>();
+  private readonly postings: Posting[] = [];
   /** Rows whose tokens are not known here (see the file comment), by id. */
   private readonly opaque = new Set<string>();
   private postingCount = 0;
@@ -90,7 +125,7 @@ export class KeywordPartition {
   }
 
   bytes(): number {
-    return this.ids.length * ROW_BYTES + this.postingCount * POSTING_BYTES;
+    return this.ids.length * ROW_BYTES + this.postingCount * POSTING_BYTES + this.termNumbers.size * TERM_BYTES;
   }
 
   /** Adds a row or replaces its text (`text` undefined: a value FTS5 reads in a way not repeated here). */
@@ -102,20 +137,23 @@ export class KeywordPartition {
       return;
     }
     const row = this.ids.length;
-    const freq = new Map<string, number>();
-    for (const t of tokens) freq.set(t, (freq.get(t) ?? 0) + 1);
+    const freq = new Map<number, number>();
+    for (const t of tokens) {
+      let term = this.termNumbers.get(t);
+      if (term === undefined) {
+        term = this.postings.length;
+        this.termNumbers.set(t, term);
+        this.postings.push(new Posting());
+      }
+      freq.set(term, (freq.get(term) ?? 0) + 1);
+    }
     this.ids.push(id);
     this.rowids.push(rowid);
     this.lengths.push(tokens.length);
-    this.termsOf.push([...freq.keys()]);
+    this.termsOf.push(Int32Array.from(freq.keys()));
     this.rowOf.set(id, row);
-    for (const [term, tf] of freq) {
-      let list = this.postings.get(term);
-      if (!list) {
-        list = new Map();
-        this.postings.set(term, list);
-      }
-      list.set(row, tf);
+    for (const [term, f] of freq) {
+      this.postingOf(term).add(row, f);
       this.postingCount++;
     }
   }
@@ -126,19 +164,19 @@ export class KeywordPartition {
     const row = this.rowOf.get(id);
     if (row === undefined) return;
     for (const term of this.termsAt(row)) {
-      const list = this.postings.get(term);
-      list?.delete(row);
+      const posting = this.postingOf(term);
+      const at = posting.indexOf(row);
+      if (at < 0) throw new Error(`keyword partition ${this.key}: row ${row} missing from a posting`);
+      posting.removeAt(at);
       this.postingCount--;
-      if (list?.size === 0) this.postings.delete(term);
     }
     const last = this.ids.length - 1;
     if (row !== last) {
       for (const term of this.termsAt(last)) {
-        const list = this.postings.get(term);
-        const tf = list?.get(last);
-        if (list === undefined || tf === undefined) throw new Error(`keyword partition ${this.key}: row ${last} lost term "${term}"`);
-        list.delete(last);
-        list.set(row, tf);
+        const posting = this.postingOf(term);
+        const at = posting.indexOf(last);
+        if (at < 0) throw new Error(`keyword partition ${this.key}: row ${last} missing from a posting`);
+        posting.rows[at] = row;
       }
       const movedId = this.ids[last] as string;
       this.ids[row] = movedId;
@@ -168,14 +206,17 @@ export class KeywordPartition {
     }
     const acc = this.scores;
     const seen = this.seen;
+    const lengths = this.lengths;
     const touched: number[] = [];
     terms.forEach((term, i) => {
-      const list = this.postings.get(term);
+      const number = this.termNumbers.get(term);
       const idf = stats.idf[i];
-      if (!list || idf === undefined) return;
-      for (const [row, f] of list) {
-        const d = this.lengths[row] as number;
-        const part = idf * ((f * (K1 + 1.0)) / (f + K1 * (1 - B + (B * d) / stats.avgdl)));
+      if (number === undefined || idf === undefined) return;
+      const { rows, freqs, size } = this.postingOf(number);
+      for (let j = 0; j < size; j++) {
+        const row = rows[j] as number;
+        const f = freqs[j] as number;
+        const part = idf * ((f * (K1 + 1.0)) / (f + K1 * (1 - B + (B * (lengths[row] as number)) / stats.avgdl)));
         if (seen[row] === 0) {
           seen[row] = 1;
           touched.push(row);
@@ -193,7 +234,13 @@ export class KeywordPartition {
     return best.sorted().map((row) => ({ id: this.ids[row] as string, rowid: this.rowids[row] as number, score: acc[row] as number }));
   }
 
-  private termsAt(row: number): string[] {
+  private postingOf(term: number): Posting {
+    const posting = this.postings[term];
+    if (posting === undefined) throw new RangeError(`keyword partition ${this.key}: no term ${term} of ${this.postings.length}`);
+    return posting;
+  }
+
+  private termsAt(row: number): Int32Array {
     const terms = this.termsOf[row];
     if (terms === undefined) throw new RangeError(`keyword partition ${this.key}: no row ${row} of ${this.ids.length}`);
     return terms;
