@@ -1066,6 +1066,52 @@ describe('EmbeddedVectorStore keyword search from the in-memory index', () => {
     store.close();
   });
 
+  it('writes the index as an image on a clean close and loads it at the next open, unless a write came since', async () => {
+    const dbPath = freshPath();
+    const writerFiles = new EmbeddedStoreFiles();
+    const writer = new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', files: writerFiles });
+    await writer.insert(...rows(1_500, 'u', 'a'));
+    await writer.insert(...rows(300, 'v', 'b'));
+    writer.prepareSearch({ user_id: 'u' });
+    await untilInMemory(writer);
+    expect(writer.cacheStats().keywordLoads).toEqual({ images: 0, rows: 1 });
+    writer.close(); // the last store of its files: images are written
+    const ref = reference(dbPath);
+
+    const reopen = async (): Promise<{ store: EmbeddedVectorStore; files: EmbeddedStoreFiles }> => {
+      const own = new EmbeddedStoreFiles();
+      const store = new EmbeddedVectorStore({ dbPath, collectionName: 'memories', files: own });
+      store.prepareSearch({ user_id: 'u' });
+      await untilInMemory(store);
+      return { store, files: own };
+    };
+    const fromImage = await reopen();
+    expect(fromImage.store.cacheStats().keywordLoads).toEqual({ images: 1, rows: 0 });
+    for (const k of [5, 60, 5_000]) expect(await answers(fromImage.store, k)).toEqual(await answers(ref.store, k));
+    // Kept in step after an image load as after a build.
+    await fromImage.store.insert(...rows(20, 'u', 'c'));
+    await fromImage.store.delete('a10');
+    expect(await answers(fromImage.store, 60)).toEqual(await answers(ref.store, 60));
+    fromImage.files.closeAll(); // writes the image of the new version
+
+    // A write by another connection after the image was made: the image is stale and rows are read.
+    await ref.store.insert([[0, 0, 1]], ['late'], [{ user_id: 'u', data: 'x', textLemmatized: 'hike hike anna' }]);
+    const fromRows = await reopen();
+    expect(fromRows.store.cacheStats().keywordLoads).toEqual({ images: 0, rows: 1 });
+    expect(await answers(fromRows.store, 60)).toEqual(await answers(ref.store, 60));
+    fromRows.files.closeAll();
+
+    // A damaged image is ignored.
+    const db = new Database(dbPath);
+    db.prepare("UPDATE evs_keyword_images SET data = substr(data, 1, 100) WHERE value = 'u'").run();
+    db.close();
+    const damaged = await reopen();
+    expect(damaged.store.cacheStats().keywordLoads).toEqual({ images: 0, rows: 1 });
+    expect(await answers(damaged.store, 60)).toEqual(await answers(ref.store, 60));
+    damaged.files.closeAll();
+    ref.files.closeAll();
+  });
+
   it('leaves a scope with text FTS5 tokenizes by other rules, a write transaction and another writer to FTS5', async () => {
     const dbPath = freshPath();
     const store = new EmbeddedVectorStore({ dbPath, dimension: 3, collectionName: 'memories', files });

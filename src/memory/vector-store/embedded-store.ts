@@ -445,6 +445,7 @@ export class EmbeddedVectorStore implements VectorStore {
     this.shared.write(() => {
       this.shared.stmt('DELETE FROM evs_vectors WHERE collection = ?').run(this.collectionName);
       this.shared.stmt('DELETE FROM evs_images WHERE collection = ?').run(this.collectionName);
+      this.shared.stmt('DELETE FROM evs_keyword_images WHERE collection = ?').run(this.collectionName);
       // Forget the dimension too, so the collection can be recreated for another embedding model.
       this.shared.stmt('DELETE FROM evs_collections WHERE name = ?').run(this.collectionName);
     });
@@ -543,7 +544,13 @@ export class EmbeddedVectorStore implements VectorStore {
   }
 
   /** Diagnostics: rows held in memory for this file, their approximate bytes, and how partitions were loaded. */
-  cacheStats(): { partitions: number; rows: number; bytes: number; loads: { images: number; rows: number } } {
+  cacheStats(): {
+    partitions: number;
+    rows: number;
+    bytes: number;
+    loads: { images: number; rows: number };
+    keywordLoads: { images: number; rows: number };
+  } {
     let partitions = 0;
     let rows = 0;
     for (const c of this.shared.collections.values()) {
@@ -552,7 +559,13 @@ export class EmbeddedVectorStore implements VectorStore {
         rows += p.count;
       }
     }
-    return { partitions, rows, bytes: this.shared.cachedBytes(), loads: { ...this.shared.loads } };
+    return {
+      partitions,
+      rows,
+      bytes: this.shared.cachedBytes(),
+      loads: { ...this.shared.loads },
+      keywordLoads: { ...this.shared.keywordLoads },
+    };
   }
 
   /**
@@ -645,6 +658,7 @@ export class EmbeddedVectorStore implements VectorStore {
     const step = (): void => {
       if (this.closed || !this.shared.db.open || keywords.get(scope.key) !== index) return;
       try {
+        if (after === 0 && this.loadKeywordImage(index, scope)) return;
         const rows = batch.all(this.collectionName, scope.value, after) as Array<{ rowid: number; id: string; text: unknown }>;
         for (const row of rows) {
           after = row.rowid;
@@ -652,6 +666,7 @@ export class EmbeddedVectorStore implements VectorStore {
         }
         if (rows.length < KEYWORD_BUILD_ROWS) {
           index.ready = true;
+          this.shared.keywordLoads.rows++;
           return;
         }
       } catch (err) {
@@ -662,6 +677,26 @@ export class EmbeddedVectorStore implements VectorStore {
       setImmediate(step);
     };
     setTimeout(step, KEYWORD_BUILD_DELAY_MS).unref();
+  }
+
+  /**
+   * Fills a keyword index from the scope's stored image when one of the current version exists
+   * (one read instead of every row's). Rows that writes added to the index meanwhile are in the
+   * image too, as they are now; a write since the image is a newer version, and then no image is used.
+   */
+  private loadKeywordImage(index: KeywordPartition, scope: Scope): boolean {
+    const shared = this.shared;
+    const loaded = shared.db.transaction(() => {
+      const version = shared.scopeVersion(this.collectionName, scope.field, scope.value);
+      const image = shared.keywordImage(this.collectionName, scope.field, scope.value, version);
+      if (!image || !index.loadImage(image)) return undefined;
+      return version;
+    })();
+    if (loaded === undefined) return false;
+    index.ready = true;
+    shared.keywordImageVersions.set(index, loaded);
+    shared.keywordLoads.images++;
+    return true;
   }
 
   private get entityCollection(): boolean {

@@ -96,6 +96,9 @@ class Posting {
   }
 }
 
+const IMAGE_MAGIC = 'EVK1';
+const IMAGE_HEADER_BYTES = 16;
+
 export class KeywordPartition {
   private readonly ids: string[] = [];
   private readonly rowids: number[] = [];
@@ -136,26 +139,34 @@ export class KeywordPartition {
       this.opaque.add(id);
       return;
     }
-    const row = this.ids.length;
     const freq = new Map<number, number>();
     for (const t of tokens) {
-      let term = this.termNumbers.get(t);
-      if (term === undefined) {
-        term = this.postings.length;
-        this.termNumbers.set(t, term);
-        this.postings.push(new Posting());
-      }
+      const term = this.termNumberOf(t);
       freq.set(term, (freq.get(term) ?? 0) + 1);
     }
+    this.add(id, rowid, tokens.length, Int32Array.from(freq.keys()), Int32Array.from(freq.values()));
+  }
+
+  /** Adds a row (absent until now) of `length` tokens with these distinct term numbers and frequencies. */
+  private add(id: string, rowid: number, length: number, terms: Int32Array, freqs: ArrayLike<number>): void {
+    const row = this.ids.length;
     this.ids.push(id);
     this.rowids.push(rowid);
-    this.lengths.push(tokens.length);
-    this.termsOf.push(Int32Array.from(freq.keys()));
+    this.lengths.push(length);
     this.rowOf.set(id, row);
-    for (const [term, f] of freq) {
-      this.postingOf(term).add(row, f);
-      this.postingCount++;
+    this.termsOf.push(terms);
+    for (let i = 0; i < terms.length; i++) this.postingOf(terms[i] as number).add(row, freqs[i] as number);
+    this.postingCount += terms.length;
+  }
+
+  private termNumberOf(term: string): number {
+    let number = this.termNumbers.get(term);
+    if (number === undefined) {
+      number = this.postings.length;
+      this.termNumbers.set(term, number);
+      this.postings.push(new Posting());
     }
+    return number;
   }
 
   /** Removes a row, moving the last row into its place. */
@@ -232,6 +243,95 @@ export class KeywordPartition {
       best.offer(row);
     }
     return best.sorted().map((row) => ({ id: this.ids[row] as string, rowid: this.rowids[row] as number, score: acc[row] as number }));
+  }
+
+  /**
+   * The index as one blob (for `loadImage` at a later start; null while a row is opaque):
+   * "EVK1", then row count, term count and the byte length of a JSON array [ids, terms] (u32 LE
+   * each), the JSON (padded to 8 bytes), each row's rowid (f64), length and distinct-term count
+   * (u32 each), then per row its (term number, frequency) pairs (u32 each).
+   */
+  toImage(): Buffer | null {
+    if (!this.usable) return null;
+    const n = this.ids.length;
+    const json = Buffer.from(JSON.stringify([this.ids, [...this.termNumbers.keys()]]), 'utf8');
+    const fixedAt = IMAGE_HEADER_BYTES + Math.ceil(json.length / 8) * 8;
+    const pairsAt = fixedAt + n * 16;
+    const out = Buffer.alloc(pairsAt + this.postingCount * 8);
+    out.write(IMAGE_MAGIC, 0, 'latin1');
+    out.writeUInt32LE(n, 4);
+    out.writeUInt32LE(this.termNumbers.size, 8);
+    out.writeUInt32LE(json.length, 12);
+    json.copy(out, IMAGE_HEADER_BYTES);
+    // Each row's pairs start where the rows before it end; one pass over the postings fills them.
+    const next = new Float64Array(n);
+    let pairs = 0;
+    for (let row = 0; row < n; row++) {
+      const count = this.termsAt(row).length;
+      out.writeDoubleLE(this.rowids[row] as number, fixedAt + row * 16);
+      out.writeUInt32LE(this.lengths[row] as number, fixedAt + row * 16 + 8);
+      out.writeUInt32LE(count, fixedAt + row * 16 + 12);
+      next[row] = pairsAt + pairs * 8;
+      pairs += count;
+    }
+    this.postings.forEach((posting, term) => {
+      for (let j = 0; j < posting.size; j++) {
+        const row = posting.rows[j] as number;
+        const at = next[row] as number;
+        out.writeUInt32LE(term, at);
+        out.writeUInt32LE(posting.freqs[j] as number, at + 4);
+        next[row] = at + 8;
+      }
+    });
+    return out;
+  }
+
+  /**
+   * Adds the rows of a `toImage` blob (upserts, so rows written since are kept as they are now
+   * only if the image is of the current version: the caller checks). False, and nothing added,
+   * when the blob is not such an image.
+   */
+  loadImage(image: Buffer): boolean {
+    if (image.length < IMAGE_HEADER_BYTES || image.toString('latin1', 0, 4) !== IMAGE_MAGIC) return false;
+    const n = image.readUInt32LE(4);
+    const termCount = image.readUInt32LE(8);
+    const jsonBytes = image.readUInt32LE(12);
+    const fixedAt = IMAGE_HEADER_BYTES + Math.ceil(jsonBytes / 8) * 8;
+    const pairsAt = fixedAt + n * 16;
+    if (image.length < pairsAt) return false;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(image.toString('utf8', IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES + jsonBytes));
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(parsed) || parsed.length !== 2) return false;
+    const [ids, terms] = parsed as [unknown, unknown];
+    if (!Array.isArray(ids) || ids.length !== n || !ids.every((id) => typeof id === 'string')) return false;
+    if (!Array.isArray(terms) || terms.length !== termCount || !terms.every((t) => typeof t === 'string' && isSingleAsciiToken(t)))
+      return false;
+    // Check every pair before adding anything, so a damaged image adds nothing.
+    let pairs = 0;
+    for (let row = 0; row < n; row++) pairs += image.readUInt32LE(fixedAt + row * 16 + 12);
+    if (image.length !== pairsAt + pairs * 8) return false;
+    for (let i = 0; i < pairs; i++) {
+      if (image.readUInt32LE(pairsAt + i * 8) >= termCount || image.readUInt32LE(pairsAt + i * 8 + 4) === 0) return false;
+    }
+    const local = (terms as string[]).map((t) => this.termNumberOf(t)); // the image's term numbers here
+    let at = pairsAt;
+    for (let row = 0; row < n; row++) {
+      const id = ids[row] as string;
+      this.remove(id);
+      const count = image.readUInt32LE(fixedAt + row * 16 + 12);
+      const rowTerms = new Int32Array(count);
+      const freqs = new Int32Array(count);
+      for (let j = 0; j < count; j++, at += 8) {
+        rowTerms[j] = local[image.readUInt32LE(at)] as number;
+        freqs[j] = image.readUInt32LE(at + 4);
+      }
+      this.add(id, image.readDoubleLE(fixedAt + row * 16), image.readUInt32LE(fixedAt + row * 16 + 8), rowTerms, freqs);
+    }
+    return true;
   }
 
   private postingOf(term: number): Posting {

@@ -112,6 +112,15 @@ function createPartitionImages(db: Database.Database): void {
       data BLOB NOT NULL,
       PRIMARY KEY (collection, field, value, part)
     );
+    -- A scope's in-memory keyword index (embedded/keyword-partition.ts), one blob, by the same rule.
+    CREATE TABLE IF NOT EXISTS evs_keyword_images (
+      collection TEXT NOT NULL,
+      field TEXT NOT NULL,
+      value TEXT NOT NULL,
+      version INTEGER NOT NULL,
+      data BLOB NOT NULL,
+      PRIMARY KEY (collection, field, value)
+    );
     CREATE TRIGGER IF NOT EXISTS evs_versions_insert AFTER INSERT ON evs_vectors BEGIN ${bump('new')} END;
     CREATE TRIGGER IF NOT EXISTS evs_versions_delete AFTER DELETE ON evs_vectors BEGIN ${bump('old')} END;
     CREATE TRIGGER IF NOT EXISTS evs_versions_update AFTER UPDATE OF user_id, agent_id, run_id, vector, qvector ON evs_vectors BEGIN

@@ -43,6 +43,9 @@ export class SharedDb {
   readonly imageVersions = new WeakMap<Partition, number>();
   /** How partitions were loaded in this process: from images or row by row (diagnostics, tests). */
   readonly loads = { images: 0, rows: 0 };
+  /** The scope version each keyword index's stored image is of, and how keyword indexes were built. */
+  readonly keywordImageVersions = new WeakMap<KeywordPartition, number>();
+  readonly keywordLoads = { images: 0, rows: 0 };
   private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>();
 
   /** Whether the writes of a save's unit are pending in an open transaction (see `write`). */
@@ -220,9 +223,17 @@ export class SharedDb {
     );
   }
 
+  /** A scope's keyword image at `version`, if one is stored. */
+  keywordImage(collection: string, field: ScopeField, value: string, version: number): Buffer | undefined {
+    const data = this.stmt('SELECT data FROM evs_keyword_images WHERE collection = ? AND field = ? AND value = ? AND version = ?')
+      .pluck()
+      .get(collection, field, value, version);
+    return Buffer.isBuffer(data) ? data : undefined;
+  }
+
   /**
    * Writes the image of every loaded partition that has enough rows and no image of its current
-   * version (see createPartitionImages). Failures are left unlogged here and cost nothing but the
+   * version (see createPartitionImages), and of its keyword index when that is complete. Failures are left unlogged here and cost nothing but the
    * next start's speed: rows stay the source of truth.
    */
   saveImages(): void {
@@ -232,8 +243,9 @@ export class SharedDb {
       for (const [collection, state] of this.collections) {
         for (const partition of state.partitions.values()) {
           const [field, value] = splitScopeKey(partition.key);
-          if (partition.count < MIN_IMAGE_ROWS || this.imageVersions.get(partition) === this.scopeVersion(collection, field, value))
-            continue;
+          if (partition.count < MIN_IMAGE_ROWS) continue;
+          this.saveKeywordImage(collection, field, value, state.keywords.get(partition.key));
+          if (this.imageVersions.get(partition) === this.scopeVersion(collection, field, value)) continue;
           const image = partition.toImage(IMAGE_PART_BYTES);
           this.db
             .transaction(() => {
@@ -259,6 +271,24 @@ export class SharedDb {
     } catch {
       // A full disk or a busy file: the next start reads rows.
     }
+  }
+
+  private saveKeywordImage(collection: string, field: ScopeField, value: string, index: KeywordPartition | undefined): void {
+    if (!index?.ready || this.keywordImageVersions.get(index) === this.scopeVersion(collection, field, value)) return;
+    const image = index.toImage();
+    if (!image) return;
+    this.db
+      .transaction(() => {
+        if (this.readDataVersion() !== this.dataVersion) return; // another writer since: the index may lack its rows
+        this.stmt('INSERT OR REPLACE INTO evs_keyword_images (collection, field, value, version, data) VALUES (?, ?, ?, ?, ?)').run(
+          collection,
+          field,
+          value,
+          this.scopeVersion(collection, field, value),
+          image,
+        );
+      })
+      .immediate();
   }
 
   private bytesOf(partition: Partition, owner: CollectionState): number {
