@@ -88,12 +88,15 @@ interface ScopeRow {
 
 const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
 /**
- * Rows read per turn of the event loop while a scope's keyword index is built (each row is read
- * past its 6 KB vector, ~10 µs: a turn of ~10 ms), and how long after the scope's partition loads
- * the build starts, so that the first searches after a start do not share the engine with it.
+ * A scope's keyword index is built in the background, at low priority: it starts
+ * KEYWORD_BUILD_DELAY_MS after the scope's partition loads (the first searches after a start do
+ * not share the engine with it), then reads KEYWORD_BUILD_ROWS rows per turn (each row is read
+ * past its 6 KB vector, ~10 µs: a turn of ~2.5 ms, the most a search waits for it) with
+ * KEYWORD_BUILD_PAUSE_MS between turns, so it takes at most about a third of the engine thread.
  */
-const KEYWORD_BUILD_ROWS = 1000;
+const KEYWORD_BUILD_ROWS = 250;
 const KEYWORD_BUILD_DELAY_MS = 1000;
+const KEYWORD_BUILD_PAUSE_MS = 5;
 
 /** What a committed write did to a row, for the in-memory indexes (null fields: the row is gone). */
 interface RowChange {
@@ -640,8 +643,8 @@ export class EmbeddedVectorStore implements VectorStore {
 
   /**
    * Starts building the in-memory keyword index of a scope whose partition is loaded, unless one
-   * exists: after KEYWORD_BUILD_DELAY_MS, KEYWORD_BUILD_ROWS rows (by rowid) per turn of the event
-   * loop, with FTS5 answering until it is done. Writes meanwhile reach the index through applyToPartitions, and a row read
+   * exists: from the scope's keyword image when a current one is stored, else from its rows, by
+   * rowid, in the paced turns described at KEYWORD_BUILD_ROWS; FTS5 answers until it is done. Writes meanwhile reach the index through applyToPartitions, and a row read
    * after its write holds the same text, so the index ends in step with the file. Dropped with
    * the partition (another writer, eviction, a failed commit), the build stops.
    */
@@ -674,7 +677,7 @@ export class EmbeddedVectorStore implements VectorStore {
         this.logger?.warn('embedded vector store: building a keyword index failed', { error: String(err) });
         return;
       }
-      setImmediate(step);
+      setTimeout(step, KEYWORD_BUILD_PAUSE_MS).unref();
     };
     setTimeout(step, KEYWORD_BUILD_DELAY_MS).unref();
   }
