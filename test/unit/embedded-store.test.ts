@@ -141,6 +141,40 @@ describe.each(kernels)('EmbeddedVectorStore (%s kernel)', (kernel) => {
     store.close();
   });
 
+  it('reads only candidates that can make the best k, and still returns the brute-force top k', async () => {
+    // A cluster of close neighbours far above the rest: the error bounds rule the rest out
+    // (they are never rescored), while the order inside the cluster needs exact scores.
+    const dim = 384;
+    const store = new EmbeddedVectorStore({ dbPath: freshPath(), dimension: dim, kernel, files });
+    const next = seededRandom(11);
+    const unit = (v: number[]): number[] => {
+      const norm = Math.sqrt(v.reduce((sum, x) => sum + x * x, 0));
+      return v.map((x) => x / norm);
+    };
+    const q = unit(randomVector(dim, next));
+    // Neighbours at cosines from 0.98 down to about 0.3, 0.05 apart: wider than the error bounds,
+    // so rows near the k-th are ruled out too, and a cut off by one would lose one of the best k.
+    const near = Array.from({ length: 14 }, (_, i) => {
+      const c = 0.98 - 0.05 * i;
+      const r = unit(randomVector(dim, next));
+      return q.map((x, j) => c * x + Math.sqrt(1 - c * c) * r[j]!);
+    });
+    const far = Array.from({ length: 1500 }, () => randomVector(dim, next));
+    const vectors = [...near, ...far];
+    const ids = vectors.map((_, i) => `v${i}`);
+    await store.insert(
+      vectors,
+      ids,
+      vectors.map(() => ({ user_id: 'u' })),
+    );
+    const expected = vectors.map((v, i) => ({ id: ids[i]!, score: cosine(q, v) })).sort((a, b) => b.score - a.score);
+    for (const k of [1, 3, 5, 8, 14, 20]) {
+      const got = await store.search(q, k, { user_id: 'u' });
+      expect(got.map((r) => r.id)).toEqual(expected.slice(0, k).map((e) => e.id));
+    }
+    store.close();
+  });
+
   it('honours topK (default 10, 0 gives nothing)', async () => {
     const store = open(freshPath());
     const n = 15;

@@ -313,7 +313,16 @@ export class EmbeddedVectorStore implements VectorStore {
         // is what quantization can move a score by at most, so nothing at or above it is cut.
         const ids: string[] = [];
         const queryL1 = l1Norm(query);
-        for (const c of top.sorted()) {
+        const candidates = top.sorted();
+        // The k-th best lower bound of the candidates' exact scores: k of them score at least this,
+        // so a candidate whose upper bound is below it cannot be among the best k and is not read.
+        let cut = -Infinity;
+        if (candidates.length > k) {
+          const lows = candidates.map((c) => c.score - p.looseErrorBound(c.item, query, queryL1, this.dimension)).sort((a, b) => b - a);
+          cut = lows[k - 1] ?? -Infinity;
+        }
+        for (const c of candidates) {
+          if (c.score + p.looseErrorBound(c.item, query, queryL1, this.dimension) < cut) continue;
           // At or above minScore: in. Below it: in only if quantization can have moved the exact
           // score up to minScore (the loose bound, O(1), rules most out; the tight one reads the row).
           if (c.score < minScore) {
