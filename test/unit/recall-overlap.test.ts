@@ -85,8 +85,9 @@ describe('recall while the embedding is on the network', () => {
     const keywordCalls: number[] = [];
     const vectorCalls: number[] = [];
     const embedder = new HeldEmbedder();
-    const realKeyword = memories.keywordSearch.bind(memories);
-    memories.keywordSearch = (...args) => {
+    // Recall ranks keywords through keywordScores (ids and scores, no payloads).
+    const realKeyword = memories.keywordScores.bind(memories);
+    memories.keywordScores = (...args) => {
       keywordCalls.push(embedder.batches.length);
       return realKeyword(...args);
     };

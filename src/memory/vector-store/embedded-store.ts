@@ -380,6 +380,11 @@ export class EmbeddedVectorStore implements VectorStore {
       const fromMemory = this.keywordHitsInMemory(scope, [...new Set(tokens)], k);
       if (fromMemory) return this.withPayloads(fromMemory);
     }
+    return this.keywordSearchFts(tokens, k, f, scope);
+  }
+
+  /** `keywordSearch` answered by FTS5 (tokens non-empty, k > 0). */
+  private keywordSearchFts(tokens: readonly string[], k: number, f: Filters | undefined, scope: Scope | null): VectorStoreResult[] {
     const scopeSql = scope ? ` AND v.${scope.field} = ?` : '';
     const params: unknown[] = [keywordQuery(tokens), this.collectionName, ...(scope ? [scope.value] : [])];
     const rows = this.shared
@@ -590,11 +595,12 @@ export class EmbeddedVectorStore implements VectorStore {
     const f = asFilters(filters);
     const scope = pickScope(f);
     const tokens = typeof query === 'string' ? tokenize(query) : [];
-    if (k > 0 && tokens.length > 0 && scope && !hasResidualFilter(f, scope.field)) {
+    if (k === 0 || tokens.length === 0) return [];
+    if (scope && !hasResidualFilter(f, scope.field)) {
       const fromMemory = this.keywordHitsInMemory(scope, [...new Set(tokens)], k);
       if (fromMemory) return fromMemory.map(({ id, score }) => ({ id, score }));
     }
-    return ((await this.keywordSearch(query, topK, filters)) ?? []).map((hit) => ({ id: String(hit.id), score: hit.score ?? 0 }));
+    return this.keywordSearchFts(tokens, k, f, scope).map((hit) => ({ id: String(hit.id), score: hit.score ?? 0 }));
   }
 
   /** Keyword searches this store answered from in memory and from FTS5 (diagnostics, tests). */
@@ -653,8 +659,9 @@ export class EmbeddedVectorStore implements VectorStore {
   /**
    * Starts building the in-memory keyword index of a scope whose partition is loaded, unless one
    * exists: from the scope's keyword image when a current one is stored, else from its rows, by
-   * rowid, in the paced turns described at KEYWORD_BUILD_ROWS; FTS5 answers until it is done. Writes meanwhile reach the index through applyToPartitions, and a row read
-   * after its write holds the same text, so the index ends in step with the file. Dropped with
+   * rowid, in the paced turns described at KEYWORD_BUILD_ROWS; FTS5 answers until it is done.
+   * Writes meanwhile reach the index through applyToPartitions, and a row read after its write
+   * holds the same text, so the index ends in step with the file. Dropped with
    * the partition (another writer, eviction, a failed commit), the build stops.
    */
   private buildKeywords(scope: Scope): void {
