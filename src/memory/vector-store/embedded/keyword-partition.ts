@@ -118,10 +118,6 @@ export class KeywordPartition {
 
   constructor(readonly key: string) {}
 
-  get count(): number {
-    return this.ids.length + this.opaque.size;
-  }
-
   /** Whether every row's tokens are known (else searches go to FTS5). */
   get usable(): boolean {
     return this.opaque.size === 0;

@@ -233,8 +233,9 @@ export class SharedDb {
 
   /**
    * Writes the image of every loaded partition that has enough rows and no image of its current
-   * version (see createPartitionImages), and of its keyword index when that is complete. Failures are left unlogged here and cost nothing but the
-   * next start's speed: rows stay the source of truth.
+   * version (see createPartitionImages), and of its keyword index when that is complete.
+   * Failures are left unlogged here and cost nothing but the next start's speed: rows stay the
+   * source of truth.
    */
   saveImages(): void {
     if (!this.db.open || this.db.readonly) return;
