@@ -914,6 +914,79 @@ describe('mem0ai Memory with vectorStore provider "embedded" (end to end, fake O
   });
 });
 
+const describeWasm = embeddedVectorStoreKernel() === 'wasm' ? describe : describe.skip;
+
+describeWasm('scan helper (a second thread scores part of a large partition)', () => {
+  const DIM = 384; // 170 rows per block: 3,000 rows are 18 blocks, more than one claim of each thread
+  const alone = new EmbeddedStoreFiles({ scanHelperMinRows: Number.POSITIVE_INFINITY });
+  const shared = new EmbeddedStoreFiles({ scanHelperMinRows: 1 });
+  afterAll(() => {
+    alone.closeAll();
+    shared.closeAll();
+  });
+
+  const answers = async (store: EmbeddedVectorStore, queries: number[][]): Promise<string[]> => {
+    const out: string[] = [];
+    for (const q of queries) {
+      for (const hits of [await store.search(q, 10, { user_id: 'u' }), await store.searchAbove(q, 60, { user_id: 'u' }, 0.05)])
+        out.push(hits.map((h) => `${h.id}:${h.score}`).join(' '));
+    }
+    return out;
+  };
+
+  it('answers exactly as one thread does while rows are inserted, replaced and deleted, and the helper takes part', async () => {
+    const next = seededRandom(77);
+    const dbA = freshPath();
+    const dbB = freshPath();
+    const one = new EmbeddedVectorStore({ dbPath: dbA, dimension: DIM, collectionName: 'memories', files: alone });
+    const two = new EmbeddedVectorStore({ dbPath: dbB, dimension: DIM, collectionName: 'memories', files: shared });
+    const base = randomVector(DIM, next);
+    // Rows around one direction, so that many scores are close and the order needs every block.
+    const row = (): number[] => base.map((x) => x + (next() * 2 - 1) * 1.5);
+    const write = async (vectors: number[][], ids: string[]): Promise<void> => {
+      const payloads = ids.map((id) => ({ user_id: 'u', data: id }));
+      await one.insert(vectors, ids, payloads);
+      await two.insert(vectors, ids, payloads);
+    };
+    const first = Array.from({ length: 3000 }, row);
+    await write(
+      first,
+      first.map((_, i) => `r${i}`),
+    );
+    const queries = Array.from({ length: 8 }, row);
+    // The first search loads the partition (and starts the helper), the others use it.
+    expect(await answers(two, queries)).toEqual(await answers(one, queries));
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the helper thread is up by now
+    expect(await answers(two, queries)).toEqual(await answers(one, queries));
+
+    // Grow past the job area's room (it moves), replace some rows, delete others (rows move between blocks).
+    const more = Array.from({ length: 1500 }, row);
+    await write(
+      more,
+      more.map((_, i) => `s${i}`),
+    );
+    await write([row(), row()], ['r5', 'r2999']);
+    for (let i = 0; i < 3000; i += 7) {
+      await one.delete(`r${i}`);
+      await two.delete(`r${i}`);
+    }
+    const after = await answers(two, queries);
+    expect(after).toEqual(await answers(one, queries));
+    expect(after.join(' ')).not.toContain('r7:');
+    expect(one.cacheStats().scans).toEqual({ jobs: 0, joined: 0 });
+    const scans = two.cacheStats().scans;
+    expect(scans.jobs).toBe(queries.length * 2 * 3);
+    expect(scans.joined).toBeGreaterThan(0);
+
+    // A stopped helper leaves the store scanning alone, with the same answers.
+    shared.arenas.close();
+    expect(await answers(two, queries)).toEqual(await answers(one, queries));
+    expect(two.cacheStats().scans.jobs).toBe(scans.jobs);
+    one.close();
+    two.close();
+  });
+});
+
 describe('partition images (a fast first search after a restart)', () => {
   const DIM = 16;
   const next = seededRandom(42);

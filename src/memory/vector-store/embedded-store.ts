@@ -308,11 +308,12 @@ export class EmbeddedVectorStore implements VectorStore {
         const p = partition;
         const accept = hasResidualFilter(f, scope.field) ? (row: number) => this.rowMatches(p.idAt(row), f) : null;
         const query = quantize(unit);
-        p.search(query, top, accept);
+        const queryL1 = l1Norm(query);
         // Only candidates whose exact score can reach minScore are read and rescored: the bound
         // is what quantization can move a score by at most, so nothing at or above it is cut.
+        // The scan already leaves out the rows even the loose bound puts below minScore.
+        p.search(query, top, accept, { score: minScore, queryL1, dimension: this.dimension });
         const ids: string[] = [];
-        const queryL1 = l1Norm(query);
         const candidates = top.sorted();
         // The k-th best lower bound of the candidates' exact scores: k of them score at least this,
         // so a candidate whose upper bound is below it cannot be among the best k and is not read.
@@ -324,11 +325,8 @@ export class EmbeddedVectorStore implements VectorStore {
         for (const c of candidates) {
           if (c.score + p.looseErrorBound(c.item, query, queryL1, this.dimension) < cut) continue;
           // At or above minScore: in. Below it: in only if quantization can have moved the exact
-          // score up to minScore (the loose bound, O(1), rules most out; the tight one reads the row).
-          if (c.score < minScore) {
-            if (c.score + p.looseErrorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
-            if (c.score + p.errorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
-          }
+          // score up to minScore (the scan applied the loose bound; the tight one reads the row's codes).
+          if (c.score < minScore && c.score + p.errorBound(c.item, query, queryL1, this.dimension) < minScore) continue;
           ids.push(p.idAt(c.item));
         }
         return this.rescore(unit, ids, k, minScore);
@@ -567,6 +565,8 @@ export class EmbeddedVectorStore implements VectorStore {
     bytes: number;
     loads: { images: number; rows: number };
     keywordLoads: { images: number; rows: number };
+    /** Scans of this store's arena (shared by the stores of its files) offered to the scan helper, and joined by it. */
+    scans: { jobs: number; joined: number };
   } {
     let partitions = 0;
     let rows = 0;
@@ -582,6 +582,7 @@ export class EmbeddedVectorStore implements VectorStore {
       bytes: this.shared.cachedBytes(),
       loads: { ...this.shared.loads },
       keywordLoads: { ...this.shared.keywordLoads },
+      scans: this.arena.scanCounts(),
     };
   }
 

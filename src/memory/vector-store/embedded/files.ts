@@ -27,10 +27,18 @@ function fileKey(dbPath: string): string {
 
 export class EmbeddedStoreFiles {
   /** The arenas of the partitions of these files' stores, one per (padded dimension, kernel). */
-  readonly arenas = new Int8Arenas();
+  readonly arenas: Int8Arenas;
   private readonly openFiles = new Map<string, SharedDb>();
   private privateDbCounter = 0;
   private readonly units = new AsyncLocalStorage<true>();
+
+  /**
+   * `scanHelperMinRows`: partitions of at least this many rows share their scan with a second
+   * thread (default 4,096 where the process may use more than one core, else never).
+   */
+  constructor(options: { scanHelperMinRows?: number } = {}) {
+    this.arenas = new Int8Arenas(options.scanHelperMinRows);
+  }
 
   /**
    * Runs `fn` (one save) as a unit: the writes it makes to these files share one transaction per
@@ -116,5 +124,6 @@ export class EmbeddedStoreFiles {
       shared.refs = 1;
       this.release(shared);
     }
+    this.arenas.close();
   }
 }

@@ -1,8 +1,9 @@
 /** The arena: fixed-size blocks of quantized rows in one growable buffer (a WASM memory, or an ArrayBuffer for the JS kernel). */
-import { instantiateKernel, jsScores, kernelModuleOrNull, type SearchKernel, type WasmKernel } from './kernel';
+import { availableParallelism } from 'node:os';
+import { instantiateKernel, jsScores, kernelModuleOrNull, type SearchKernel, WASM_PAGE, type WasmKernel } from './kernel';
 import { paddedLength } from './quantize';
+import { ScanHelper } from './scan-helper';
 
-const WASM_PAGE = 65536;
 const TARGET_BLOCK_BYTES = 65536;
 
 export class ArenaFullError extends Error {}
@@ -12,7 +13,8 @@ export class ArenaFullError extends Error {}
  * list of blocks, so growing, shrinking and evicting partitions never moves other partitions'
  * vectors, and a block holds enough rows (~64 KiB) that the per-call overhead of the kernel is
  * negligible. Memory is reused through a free list; a WASM memory never shrinks.
- * Layout: [query row][scores of one block][blocks ...].
+ * Layout: [query row][scores of one block][blocks ...]; a run of blocks holds the scan helper's
+ * job (block numbers and dot products) once a partition is large enough to share its scan.
  */
 export class Int8Arena {
   readonly stride: number; // codes (bytes) per row
@@ -26,8 +28,14 @@ export class Int8Arena {
   private capacityBlocks = 0;
   private nextBlock = 0;
   private readonly freeBlocks: number[] = [];
+  /** Partitions of at least this many blocks share their scan with a helper thread (Infinity: never). */
+  private readonly helperMinBlocks: number;
+  private helper: ScanHelper | null = null;
+  /** The contiguous blocks the helper's job lives in. */
+  private jobBlocks: { first: number; count: number } | null = null;
 
-  constructor(stride: number, wasm: WasmKernel | null) {
+  /** `helperMinRows`: the smallest partition whose scan is shared with a second thread (WASM kernel only). */
+  constructor(stride: number, wasm: WasmKernel | null, helperMinRows = Infinity) {
     this.stride = stride;
     this.blockRows = Math.max(1, Math.floor(TARGET_BLOCK_BYTES / stride));
     this.blockBytes = this.blockRows * stride;
@@ -42,6 +50,7 @@ export class Int8Arena {
       this.bytes = new Int8Array(this.headerBytes); // the JS kernel's own buffer, which `bytes` spans whole (grow copies it)
     }
     this.scoresView = new Int32Array(this.bytes.buffer, this.scoresOffset, this.blockRows);
+    this.helperMinBlocks = wasm ? Math.ceil(helperMinRows / this.blockRows) : Infinity;
   }
 
   get kernel(): 'wasm' | 'js' {
@@ -92,6 +101,58 @@ export class Int8Arena {
     return this.scoresView;
   }
 
+  /**
+   * The integer dot products of all rows of `blocks` with the query (every block full but the
+   * last, which holds `lastRows`), block j's rows from index j·blockRows on, scored by this thread
+   * and the scan helper together. Null when there are too few blocks to be worth a second thread,
+   * or no helper can run: then score block by block. Valid until the next call.
+   */
+  scoreBlocks(blocks: readonly number[], lastRows: number): Int32Array | null {
+    if (!this.wasm || blocks.length < this.helperMinBlocks) return null;
+    this.helper ??= new ScanHelper(this.wasm, {
+      stride: this.stride,
+      blockRows: this.blockRows,
+      blockBytes: this.blockBytes,
+      headerBytes: this.headerBytes,
+    });
+    if (!this.helper.usable) return null;
+    const listBytes = Math.ceil((blocks.length * 4) / 16) * 16;
+    let offset: number;
+    try {
+      offset = this.jobOffset(listBytes + blocks.length * this.blockRows * 4);
+    } catch (err) {
+      if (err instanceof ArenaFullError) return null; // no room for the job: one thread scans
+      throw err;
+    }
+    const buffer = this.view().buffer;
+    new Int32Array(buffer, offset, blocks.length).set(blocks);
+    this.helper.score({ count: blocks.length, listOffset: offset, dotsOffset: offset + listBytes, lastRows });
+    return new Int32Array(buffer, offset + listBytes, blocks.length * this.blockRows);
+  }
+
+  /** Scans shared with the helper so far, and how many of them it joined. */
+  scanCounts(): { jobs: number; joined: number } {
+    return { jobs: this.helper?.counts.jobs ?? 0, joined: this.helper?.counts.joined ?? 0 };
+  }
+
+  /** Stops the scan helper, if one runs (the arena scans alone afterwards). */
+  close(): void {
+    this.helper?.stop();
+  }
+
+  /** The byte offset of a job area of at least `bytes` (contiguous blocks past all others, grown as needed). */
+  private jobOffset(bytes: number): number {
+    const need = Math.ceil(bytes / this.blockBytes);
+    if (!this.jobBlocks || this.jobBlocks.count < need) {
+      const count = Math.ceil(need * 1.25); // room for the partition to grow before the area moves
+      if (this.nextBlock + count > this.capacityBlocks) this.grow(this.nextBlock + count - this.capacityBlocks);
+      if (this.jobBlocks) for (let b = 0; b < this.jobBlocks.count; b++) this.freeBlocks.push(this.jobBlocks.first + b);
+      this.jobBlocks = { first: this.nextBlock, count };
+      this.nextBlock += count;
+    }
+    return this.headerBytes + this.jobBlocks.first * this.blockBytes;
+  }
+
   private rowOffset(block: number, slot: number): number {
     return this.headerBytes + block * this.blockBytes + slot * this.stride;
   }
@@ -135,6 +196,9 @@ export class Int8Arena {
 export class Int8Arenas {
   private readonly arenas = new Map<string, Int8Arena>();
 
+  /** `helperMinRows`: partitions of at least this many rows share their scan with a second thread. */
+  constructor(private readonly helperMinRows = defaultHelperMinRows()) {}
+
   arenaFor(dimension: number, kernel: SearchKernel): Int8Arena {
     const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
     if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
@@ -142,9 +206,21 @@ export class Int8Arenas {
     const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
     let arena = this.arenas.get(key);
     if (!arena) {
-      arena = new Int8Arena(stride, useWasm ? instantiateKernel() : null);
+      const wasm = useWasm ? instantiateKernel() : null;
+      if (kernel === 'wasm' && !wasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
+      arena = new Int8Arena(stride, wasm, this.helperMinRows);
       this.arenas.set(key, arena);
     }
     return arena;
   }
+
+  /** Stops the arenas' scan helpers; the arenas stay usable, scanning on one thread. */
+  close(): void {
+    for (const arena of this.arenas.values()) arena.close();
+  }
+}
+
+/** Partitions from 4,096 rows on share their scan, where the process may run on more than one core. */
+function defaultHelperMinRows(): number {
+  return availableParallelism() > 1 ? 4096 : Infinity;
 }

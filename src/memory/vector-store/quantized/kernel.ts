@@ -7,7 +7,8 @@ export type SearchKernel = 'auto' | 'wasm' | 'js';
 
 /*
  * The WASM kernel is assembled here from opcodes rather than shipped as a binary or built with a
- * toolchain, so the source stays reviewable (about 40 lines). It exports its memory ("mem") and
+ * toolchain, so the source stays reviewable (about 40 lines). It imports a shared memory
+ * ("env"."mem") and exports
  *   scores(q, v, rows, strideBytes, out)
  * which, for `rows` consecutive rows of `strideBytes` int8 codes starting at byte offset v, stores
  * the integer dot product with the codes at q as i32 at out, out+4, ... . strideBytes must be a
@@ -182,25 +183,34 @@ function buildInt8DotKernelWasm(): Uint8Array {
     0x00,
     0x00,
     ...section(1, [1, 0x60, 5, I32, I32, I32, I32, I32, 0]), // type: (i32 x5) -> ()
+    // import env.mem: a shared memory of at least 1 page, at most 4 GiB (shared, so that the scan
+    // helper's instance (scan-helper.ts) reads the same rows)
+    ...section(2, [1, ...name('env'), ...name('mem'), 0x02, 0x03, 1, ...uleb(MAX_PAGES)]),
     ...section(3, [1, 0]), // one function of type 0
-    ...section(5, [1, 0x01, 1, ...uleb(65536)]), // memory: min 1 page, max 4 GiB
-    ...section(7, [2, ...name('scores'), 0x00, 0, ...name('mem'), 0x02, 0]),
+    ...section(7, [1, ...name('scores'), 0x00, 0]),
     ...section(10, [1, ...uleb(func.length), ...func]),
   ]);
 }
 
-interface WasmMemoryLike {
-  readonly buffer: ArrayBuffer;
+/** The kernel's memory pages: 64 KiB each, at most 4 GiB. */
+export const WASM_PAGE = 65536;
+const MAX_PAGES = 65536;
+
+export interface WasmMemoryLike {
+  readonly buffer: ArrayBufferLike;
   grow(deltaPages: number): number;
 }
 export interface WasmKernel {
   scores(q: number, v: number, rows: number, strideBytes: number, out: number): void;
   mem: WasmMemoryLike;
+  /** The compiled module, for another thread to instantiate on the same memory. */
+  module: object;
 }
 interface WasmApi {
   validate(bytes: Uint8Array): boolean;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: unknown };
+  Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => WasmMemoryLike;
 }
 
 // @types/node does not declare WebAssembly, so reach it through globalThis with a narrow shape.
@@ -223,13 +233,18 @@ export function kernelModuleOrNull(): object | null {
   return kernelModule;
 }
 
-/** A new kernel instance with its own memory (one per arena). */
+/** A new kernel instance with its own (shared) memory, one page to start with (one per arena). */
 export function instantiateKernel(): WasmKernel | null {
   const mod = kernelModuleOrNull();
   if (!mod || !wasmApi) return null;
-  const exports = new wasmApi.Instance(mod, {}).exports as Partial<WasmKernel>;
-  if (typeof exports.scores !== 'function' || !exports.mem) return null;
-  return { scores: exports.scores, mem: exports.mem };
+  try {
+    const mem = new wasmApi.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+    const exports = new wasmApi.Instance(mod, { env: { mem } }).exports as Partial<WasmKernel>;
+    if (typeof exports.scores !== 'function') return null;
+    return { scores: exports.scores, mem, module: mod };
+  } catch {
+    return null; // no shared WebAssembly memory here: the JS kernel is used
+  }
 }
 
 /** Which kernel "auto" resolves to in this process. */

@@ -11,6 +11,13 @@ const PARTITION_OVERHEAD_BYTES = 4096;
 /** Per-row bookkeeping beyond the codes (id string, map entry, scale), roughly. */
 const ROW_OVERHEAD_BYTES = 120;
 
+/** A search's lower limit on exact scores, and what `looseErrorBound` needs to apply it. */
+export interface ScoreFloor {
+  score: number;
+  queryL1: number;
+  dimension: number;
+}
+
 const IMAGE_MAGIC = 'EVI2';
 const IMAGE_HEADER_BYTES = 16;
 
@@ -70,7 +77,10 @@ export class Partition {
    * unit v. Never smaller than `errorBound`, and the same for every row of one scale.
    */
   looseErrorBound(row: number, query: Quantized, queryL1: number, dimension: number): number {
-    const scale = this.scales[row] ?? 0;
+    return this.looseBound(this.scales[row] ?? 0, query, queryL1, dimension);
+  }
+
+  private looseBound(scale: number, query: Quantized, queryL1: number, dimension: number): number {
     return quantizationErrorBound(query, queryL1, scale, Math.sqrt(dimension) + (dimension * scale) / 2, dimension);
   }
 
@@ -216,25 +226,37 @@ export class Partition {
 
   /**
    * Offers every row's approximate cosine to `top` (a row index per entry); `accept` (a residual
-   * filter) only runs for rows whose score could enter it.
+   * filter) only runs for rows whose score could enter it. With a `floor`, a row whose exact score
+   * cannot reach `floor.score` (its approximate score plus `looseErrorBound` is below) is not
+   * offered: it would only take a place in `top` from a row that can.
    */
-  search(query: Quantized, top: TopK<number>, accept: ((row: number) => boolean) | null): void {
+  search(query: Quantized, top: TopK<number>, accept: ((row: number) => boolean) | null, floor?: ScoreFloor): void {
     const n = this.ids.length;
     if (n === 0 || query.scale === 0) return;
     this.arena.setQuery(query.codes);
     const blockRows = this.arena.blockRows;
     const scales = this.scales;
+    // looseErrorBound is linear in the row's scale: fixed + perScale · scale, one multiply per row.
+    const floorScore = floor?.score ?? -Infinity;
+    const fixed = floor ? this.looseBound(0, query, floor.queryL1, floor.dimension) : 0;
+    const perScale = floor ? this.looseBound(1, query, floor.queryL1, floor.dimension) - fixed : 0;
+    // All blocks at once when the arena shares the scan with its helper thread, else block by block.
+    const lastRows = n - (this.blocks.length - 1) * blockRows;
+    const all = lastRows > 0 && lastRows <= blockRows ? this.arena.scoreBlocks(this.blocks, lastRows) : null;
     let first = 0;
-    for (const block of this.blocks) {
+    for (let j = 0; j < this.blocks.length; j++) {
+      const block = this.blocks[j] ?? 0;
       const rows = Math.min(blockRows, n - first);
-      const dots = this.arena.scoreBlock(block, rows);
+      const dots = all ?? this.arena.scoreBlock(block, rows);
+      const at = all ? j * blockRows : 0;
       for (let s = 0; s < rows; s++) {
-        const dot = dots[s];
+        const dot = dots[at + s];
         const scale = scales[first + s];
         if (dot === undefined || scale === undefined)
           throw new RangeError(`partition ${this.key}: no score or scale for row ${first + s} of ${n}`);
         const score = dot * query.scale * scale;
         if (score <= top.floor) continue;
+        if (score < floorScore && score + fixed + perScale * scale < floorScore) continue;
         if (accept && !accept(first + s)) continue;
         top.push(score, first + s);
       }
