@@ -31,6 +31,8 @@ export class Int8Arena {
   /** Partitions of at least this many blocks share their scan with a helper thread (Infinity: never). */
   private readonly helperMinBlocks: number;
   private helper: ScanHelper | null = null;
+  private helperStarting = false;
+  private closed = false;
   /** The contiguous blocks the helper's job lives in. */
   private jobBlocks: { first: number; count: number } | null = null;
 
@@ -109,12 +111,24 @@ export class Int8Arena {
    */
   scoreBlocks(blocks: readonly number[], lastRows: number): Int32Array | null {
     if (!this.wasm || blocks.length < this.helperMinBlocks) return null;
-    this.helper ??= new ScanHelper(this.wasm, {
-      stride: this.stride,
-      blockRows: this.blockRows,
-      blockBytes: this.blockBytes,
-      headerBytes: this.headerBytes,
-    });
+    if (!this.helper) {
+      // Started after this scan, which runs alone: starting a thread takes the one that asks
+      // a few milliseconds, better spent after the search than inside it.
+      if (!this.helperStarting) {
+        this.helperStarting = true;
+        const wasm = this.wasm;
+        setImmediate(() => {
+          if (this.closed) return;
+          this.helper = new ScanHelper(wasm, {
+            stride: this.stride,
+            blockRows: this.blockRows,
+            blockBytes: this.blockBytes,
+            headerBytes: this.headerBytes,
+          });
+        }).unref();
+      }
+      return null;
+    }
     if (!this.helper.usable) return null;
     const listBytes = Math.ceil((blocks.length * 4) / 16) * 16;
     let offset: number;
@@ -135,8 +149,9 @@ export class Int8Arena {
     return { jobs: this.helper?.counts.jobs ?? 0, joined: this.helper?.counts.joined ?? 0 };
   }
 
-  /** Stops the scan helper, if one runs (the arena scans alone afterwards). */
+  /** Stops the scan helper, if one runs, and starts none (the arena scans alone afterwards). */
   close(): void {
+    this.closed = true;
     this.helper?.stop();
   }
 
