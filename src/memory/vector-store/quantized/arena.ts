@@ -216,16 +216,16 @@ export class Int8Arenas {
 
   arenaFor(dimension: number, kernel: SearchKernel): Int8Arena {
     const useWasm = kernel !== 'js' && kernelModuleOrNull() !== null;
-    if (kernel === 'wasm' && !useWasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
     const stride = paddedLength(dimension);
     const key = `${useWasm ? 'wasm' : 'js'}:${stride}`;
     let arena = this.arenas.get(key);
     if (!arena) {
-      const wasm = useWasm ? instantiateKernel() : null;
-      if (kernel === 'wasm' && !wasm) throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
-      arena = new Int8Arena(stride, wasm, this.helperMinRows);
+      arena = new Int8Arena(stride, useWasm ? instantiateKernel() : null, this.helperMinRows);
       this.arenas.set(key, arena);
     }
+    // No SIMD module, or no shared memory for its instance: the arena has the JS kernel.
+    if (kernel === 'wasm' && arena.kernel !== 'wasm')
+      throw new Error('EmbeddedVectorStore: the WebAssembly SIMD kernel is not available in this runtime');
     return arena;
   }
 
