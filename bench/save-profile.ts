@@ -1,9 +1,10 @@
 /**
  * Where a save's CPU goes: the mem0 engine (embedded store, 1536 dims) on this thread against the
  * fake upstream in a child process, a user with `--seed=N` memories added first, then `--n=M`
- * timed saves (the save queue's `add` with inference) one after another. Prints ms of CPU and wall per save.
+ * timed saves (the save queue's `add` with inference), `--concurrency` at a time. Prints wall and CPU
+ * ms per save, of the process and of the engine's own thread (helper threads run beside it).
  *
- *   node --import tsx bench/save-profile.ts [--seed=300] [--n=200] [--cpu-prof]
+ *   node --import tsx bench/save-profile.ts [--seed=300] [--n=200] [--concurrency=1] [--cpu-prof]
  *
  * With `--cpu-prof` (node's flag) the profile of this thread shows the engine's own share.
  */
@@ -19,6 +20,17 @@ import type { MemoryScope } from '../src/memory/types';
 function arg(name: string, fallback: number): number {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));
   return hit === undefined ? fallback : Number(hit.slice(name.length + 3));
+}
+
+/** CPU ms of this thread alone (Linux: /proc/self/task/<tid>/stat; NaN elsewhere). */
+function threadCpuMs(): number {
+  try {
+    const stat = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 async function startFake(): Promise<{ url: string; stop(): void }> {
@@ -63,6 +75,7 @@ function sentence(i: number): string {
 async function main(): Promise<void> {
   const seed = arg('seed', 300);
   const n = arg('n', 200);
+  const concurrency = arg('concurrency', 1);
   const fake = await startFake();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'save-profile-'));
   const config = loadConfig({
@@ -81,12 +94,20 @@ async function main(): Promise<void> {
     });
   for (let i = 0; i < seed; i++) await save(i);
   const cpu0 = process.cpuUsage();
+  const thread0 = threadCpuMs();
   const t0 = performance.now();
-  for (let i = 0; i < n; i++) await save(seed + i);
+  let next = seed;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < seed + n) await save(next++);
+    }),
+  );
   const wall = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
+  const thread = threadCpuMs() - thread0;
   console.log(
-    `seed ${seed}, ${n} saves: ${(wall / n).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / n).toFixed(1)} ms CPU per save (${(n / (wall / 1000)).toFixed(1)} saves/s on one thread)`,
+    `seed ${seed}, ${n} saves, ${concurrency} at a time: ${(wall / n).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / n).toFixed(1)} ms CPU per save ` +
+      `(this process), ${Number.isNaN(thread) ? 'n/a' : (thread / n).toFixed(1)} ms on the engine's thread; ${(n / (wall / 1000)).toFixed(1)} saves/s`,
   );
   await memory.close();
   fake.stop();

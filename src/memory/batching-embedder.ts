@@ -18,6 +18,11 @@ import type { EntityOracle } from './entity-oracle';
 
 type MemoryAction = 'add' | 'update' | 'search';
 
+/** Has texts' noun phrases parsed ahead, off this thread (NounPhrases). */
+export interface NounPrefetch {
+  prefetch(texts: readonly string[], maxQueued?: number): Promise<void>;
+}
+
 /** mem0ai's embedder interface. */
 export interface EmbedderLike {
   embed(text: string, memoryAction?: MemoryAction): Promise<number[]>;
@@ -49,6 +54,7 @@ export class BatchingEmbedder implements EmbedderLike {
     private readonly inner: EmbedderLike,
     private readonly oracle: EntityOracle,
     private readonly logger?: BatchingLogger,
+    private readonly nouns?: NounPrefetch,
   ) {}
 
   /** Runs `fn` (one `Memory.add`) so its memory-text and entity embeddings go out as one request. */
@@ -100,6 +106,9 @@ export class BatchingEmbedder implements EmbedderLike {
     const keys = new Set<string>();
     const out: string[] = [];
     try {
+      // Parsed on the second thread while this one serves others; the oracle and mem0's own
+      // extraction then find them kept.
+      await this.nouns?.prefetch(sources);
       for (const source of sources) {
         for (const entity of await this.oracle.searchEntities(source)) {
           const key = entityKey(entity);

@@ -22,6 +22,7 @@
  */
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { EmbedderLike } from './batching-embedder';
+import type { NounPrefetch } from './batching-embedder';
 import type { EntityOracle } from './entity-oracle';
 
 export interface RecallFilters {
@@ -142,6 +143,7 @@ export class Recall {
     private readonly embedder: EmbedderLike,
     private readonly stores: RecallStores,
     private readonly logger?: RecallLogger,
+    private readonly nouns?: NounPrefetch,
   ) {}
 
   /**
@@ -152,6 +154,9 @@ export class Recall {
   async search(query: string, options: RecallOptions): Promise<{ results: Record<string, unknown>[] }> {
     const topK = options.topK ?? 20;
     const threshold = options.threshold ?? 0.1;
+    // The query's noun phrases (most of the analysis) are parsed on the second thread meanwhile,
+    // unless it is busy with saves' texts: a search does not queue behind them.
+    await this.nouns?.prefetch([query], 1);
     const analysis = await this.oracle.analyse(query);
     if (!analysis) throw new Error('recall: the query could not be analysed');
     const texts = [query, ...analysis.entities];

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { type Config, loadConfig } from '../../src/config';
 import { createMem0Service, WARM_UP_QUERY } from '../../src/memory/mem0/build';
+import { mem0NounPhrases } from '../../src/memory/mem0/load';
 import type { MemoryService } from '../../src/memory/types';
 import { startFakeUpstream, type FakeUpstream } from '../fakes/openai-upstream';
 import { captureLogger } from '../helpers/app';
@@ -124,6 +125,37 @@ describe('embedding round trips', () => {
     const controls = await Promise.all(queries.map((q) => control.search(scope, q, { limit: 3 })));
     const results = await Promise.all(queries.map((q) => batched.search(scope, q, { limit: 3 })));
     expect(results.map((r) => r.map((m) => [m.id, m.score]))).toEqual(controls.map((r) => r.map((m) => [m.id, m.score])));
+  });
+
+  it("a save's and a recall's noun phrases are parsed once, on the second thread, not on the engine's", async () => {
+    const nouns = mem0NounPhrases();
+    expect(nouns).toBeDefined();
+    if (!nouns) return;
+    const end = Date.now() + 15_000;
+    while (!nouns.threadReady && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(nouns.threadReady).toBe(true);
+    const before = { ...nouns.counts };
+    const user = { userId: 'hana' };
+    const messages = [
+      { role: 'user' as const, content: 'My cousin Kenji Sato teaches jazz piano in Osaka. I drive his red Vespa to Kyoto.' },
+    ];
+    const requests = await embeddingRequestsDuring(() => batched.add(user, { messages, infer: true }));
+    // The extracted memories (the fake splits the message into sentences), parsed on the thread;
+    // the oracle's prediction and mem0's own extraction then find them: no parse on this thread.
+    const memories = (requests[1] ?? []).filter((text) => text.startsWith('My cousin') || text.startsWith('I drive'));
+    expect(memories).toHaveLength(2);
+    expect(requests[1]).toEqual(expect.arrayContaining(['Kenji Sato', 'Osaka']));
+    expect(nouns.counts.parsedThere - before.parsedThere).toBe(memories.length);
+    expect(nouns.counts.parsedHere).toBe(before.parsedHere);
+    expect(nouns.counts.hits - before.hits).toBeGreaterThanOrEqual(2 * memories.length);
+
+    const query = 'Which instrument does Kenji Sato teach?';
+    const got = await batched.search(user, query, { limit: 3 });
+    expect(nouns.counts.parsedThere - before.parsedThere).toBe(memories.length + 1);
+    expect(nouns.counts.parsedHere).toBe(before.parsedHere);
+    const expected = await control.search(user, query, { limit: 3 });
+    expect(got.map((m) => [m.id, m.score])).toEqual(expected.map((m) => [m.id, m.score]));
+    expect(got[0]?.memory).toContain('Kenji Sato');
   });
 
   it('ranks and scores exactly as mem0 does across many memories, entities, thresholds, limits and an expired memory', async () => {

@@ -27,7 +27,7 @@ import { UnavailableMemoryService } from '../unavailable';
 import { EmbeddedStoreFiles, EmbeddedVectorStore } from '../vector-store/embedded-store';
 import { registerEmbeddedVectorStore } from '../vector-store/register';
 import { buildMem0Config, mem0Preconditions } from './engine-config';
-import { loadMem0Oss } from './load';
+import { loadMem0Oss, mem0NounPhrases } from './load';
 import { Mem0MemoryService, type Mem0ServiceOptions } from './service';
 
 /** The private parts of mem0's `Memory` we touch: HTTP client settings at start, stores at close. */
@@ -297,17 +297,28 @@ async function batchEmbeddings(
   memory: Memory,
   internals: EngineInternals,
   logger: Logger,
-): Promise<{ batching?: BatchingEmbedder; recall?: Recall }> {
+): Promise<{ batching?: BatchingEmbedder; recall?: Recall; releaseNouns?: () => void }> {
   const inner = internals.embedder;
   if (!isEmbedder(inner)) return {};
+  const nouns = mem0NounPhrases();
+  const asked = nouns ? nouns.counts.parsedHere + nouns.counts.hits : 0;
   const oracle = await EntityOracle.create(oss);
   if (!oracle) {
     logger.warn('memory engine: entity prediction unavailable; each search and save makes two embedding requests');
     return {};
   }
-  const batching = new BatchingEmbedder(inner, oracle, logger);
+  // The oracle's self-check ran mem0's entity extraction: if it did not reach the stand-in, mem0
+  // holds compromise itself, and parsing texts ahead on another thread would be wasted.
+  const inEffect = nouns !== undefined && nouns.counts.parsedHere + nouns.counts.hits > asked;
+  const releaseNouns = inEffect ? nouns.useThread() : undefined;
+  const prefetch = inEffect ? nouns : undefined;
+  const batching = new BatchingEmbedder(inner, oracle, logger, prefetch);
   internals.embedder = batching;
-  return { batching, recall: new Recall(oracle, inner, engineStores(memory, internals), logger) };
+  return {
+    batching,
+    recall: new Recall(oracle, inner, engineStores(memory, internals), logger, prefetch),
+    ...(releaseNouns ? { releaseNouns } : {}),
+  };
 }
 
 export interface CreateMem0Options {
@@ -402,7 +413,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
   const httpEmbedder = config.memory.provider.toLowerCase() === 'openai' ? ownEmbedder(config, internals, readTimeoutMs) : undefined;
   tuneHttpClient(internals.embedder, readTimeoutMs);
   tuneHttpClient(internals.llm, writeTimeoutMs);
-  const { batching, recall } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
+  const { batching, recall, releaseNouns } = options.batchEmbeddings === false ? {} : await batchEmbeddings(oss, memory, internals, logger);
 
   const release = async (): Promise<void> => {
     // The stores are reference-counted per file, so closing our own instances (not every store
@@ -414,6 +425,7 @@ export async function createMem0Service(config: Config, logger: Logger, options:
     // above are closed) is closed with it.
     files.closeAll();
     httpEmbedder?.close();
+    releaseNouns?.();
   };
   const service = new Mem0MemoryService({
     backend,
