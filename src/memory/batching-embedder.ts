@@ -20,7 +20,7 @@ type MemoryAction = 'add' | 'update' | 'search';
 
 /** Has texts' noun phrases parsed ahead, off this thread (NounPhrases). */
 export interface NounPrefetch {
-  prefetch(texts: readonly string[], maxQueued?: number): Promise<void>;
+  prefetch(texts: readonly string[], options?: { urgent?: boolean }): Promise<void>;
 }
 
 /** mem0ai's embedder interface. */

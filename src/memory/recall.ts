@@ -155,8 +155,8 @@ export class Recall {
     const topK = options.topK ?? 20;
     const threshold = options.threshold ?? 0.1;
     // The query's noun phrases (most of the analysis) are parsed on the second thread meanwhile,
-    // unless it is busy with saves' texts: a search does not queue behind them.
-    await this.nouns?.prefetch([query], 1);
+    // if it runs and is idle: a search does not queue behind saves' texts.
+    await this.nouns?.prefetch([query], { urgent: true });
     const analysis = await this.oracle.analyse(query);
     if (!analysis) throw new Error('recall: the query could not be analysed');
     const texts = [query, ...analysis.entities];

@@ -131,6 +131,7 @@ describe('embedding round trips', () => {
     const nouns = mem0NounPhrases();
     expect(nouns).toBeDefined();
     if (!nouns) return;
+    // The thread starts on the first prefetch that could use it (earlier saves in this file made one).
     const end = Date.now() + 15_000;
     while (!nouns.threadReady && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(nouns.threadReady).toBe(true);

@@ -57,9 +57,13 @@ describe('NounPhrases', () => {
     const nouns = new NounPhrases(compromise, file);
     const release = nouns.useThread();
     try {
-      // Until the thread has answered its probe, prefetch parses nothing ahead.
+      // A search's (urgent) prefetch does not start the thread; the first other one starts it and
+      // does not wait for it: nothing is parsed ahead.
+      await nouns.prefetch(TEXTS, { urgent: true });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(nouns.threadReady).toBe(false);
       await nouns.prefetch(TEXTS);
-      if (!nouns.threadReady) expect(nouns.counts.parsedThere).toBe(0);
+      expect(nouns.counts.parsedThere).toBe(0);
       await until(() => nouns.threadReady);
       await nouns.prefetch(TEXTS);
       expect(nouns.counts.parsedThere).toBe(TEXTS.length);
@@ -74,6 +78,13 @@ describe('NounPhrases', () => {
         nouns.prefetch(['A new text about Lisbon.']),
       ]);
       expect(nouns.counts.parsedThere).toBe(TEXTS.length + 1);
+      // An urgent prefetch goes to an idle thread, but not behind texts it is parsing.
+      await nouns.prefetch(['Where does Grace work?'], { urgent: true });
+      expect(nouns.counts.parsedThere).toBe(TEXTS.length + 2);
+      const busy = nouns.prefetch(['Dan sold his boat in Bergen.']);
+      await nouns.prefetch(['Who is Dan?'], { urgent: true });
+      await busy;
+      expect(nouns.counts.parsedThere).toBe(TEXTS.length + 3);
     } finally {
       release();
     }
@@ -90,6 +101,7 @@ describe('NounPhrases', () => {
     const nouns = new NounPhrases(compromise, '/nonexistent/compromise.cjs');
     const release = nouns.useThread();
     try {
+      await nouns.prefetch(TEXTS);
       await new Promise((resolve) => setTimeout(resolve, 500));
       expect(nouns.threadReady).toBe(false);
       await nouns.prefetch(TEXTS);

@@ -4,6 +4,7 @@
  * the configuration before requiring the package. The OSS loader also puts NounPhrases in front
  * of the compromise module mem0ai requires, before mem0ai requires it (see noun-phrases.ts).
  */
+import os from 'node:os';
 import path from 'node:path';
 import type { Config } from '../../config';
 import { type Nlp, NounPhrases } from './noun-phrases';
@@ -33,7 +34,8 @@ function installNounPhrases(): NounPhrases | undefined {
   const real = require(file) as Nlp;
   const entry = require.cache[file];
   if (typeof real !== 'function' || !entry) return undefined;
-  nounPhrases = new NounPhrases(real, file);
+  // No second thread where the process may use one core only (as for the scan helper).
+  nounPhrases = new NounPhrases(real, os.availableParallelism() > 1 ? file : undefined);
   entry.exports = nounPhrases.standIn();
   return nounPhrases;
 }

@@ -34,8 +34,12 @@ const CAPACITY = 512;
 const MAX_TEXT = 8192;
 /** Texts the thread may hold before `prefetch` leaves the rest to the engine (both threads then work). */
 const MAX_IN_FLIGHT = 8;
-/** A thread that has not answered by then is taken for stuck: texts are parsed locally from then on. */
-const ANSWER_TIMEOUT_MS = 2000;
+/**
+ * A thread that has not answered by then is taken for stuck: texts are parsed locally from then
+ * on. It holds at most 8 texts of a few ms each; the margin is for an engine thread that was busy
+ * when the answer came (its timers run before its messages).
+ */
+const ANSWER_TIMEOUT_MS = 5000;
 
 /**
  * Parses the thread runs before it takes work: compromise's first calls in a fresh thread are
@@ -97,6 +101,7 @@ export class NounPhrases {
   readonly counts: NounPhraseCounts = { parsedHere: 0, parsedThere: 0, hits: 0 };
 
   private users = 0;
+  private starting = false;
   private failed = false;
 
   /** `modulePath`: the compromise file `nlp` came from, for the second thread (none without it). */
@@ -134,23 +139,15 @@ export class NounPhrases {
   }
 
   /**
-   * Has the second thread running while the returned release has not been called (one thread
-   * for all users of this instance). The thread takes prefetches once it has loaded compromise
-   * (from the file mem0 loaded it from) and given the same answer for a probe text as this thread;
-   * until then, and for good if it fails, `prefetch` returns at once.
+   * Lets this instance run the second thread until the returned release is called (one thread for
+   * all users). The thread starts after the first prefetch that is not urgent (a save's, which is
+   * not delayed by it: starting a thread holds the thread that starts it for milliseconds, and the
+   * thread's start-up work, ~0.2 s to load compromise and ~0.5 s of warm-up parses, is kept out
+   * of an engine's own start and of searches). It takes prefetches once it has given the same answer for a probe
+   * text as this thread; until then, and for good if it fails, `prefetch` returns at once.
    */
   useThread(): () => void {
     this.users++;
-    if (!this.worker && !this.failed && this.modulePath !== undefined) {
-      const worker = new Worker(THREAD_SOURCE, { eval: true, workerData: { compromise: this.modulePath } });
-      this.worker = worker;
-      worker.unref();
-      worker.on('message', (answer: Answer) => this.answered(answer));
-      worker.on('error', () => this.fail());
-      worker.on('exit', () => {
-        if (this.worker === worker) this.fail();
-      });
-    }
     let released = false;
     return () => {
       if (released) return;
@@ -160,6 +157,24 @@ export class NounPhrases {
     };
   }
 
+  private startThread(): void {
+    if (this.worker || this.starting || this.failed || this.users === 0 || this.modulePath === undefined) return;
+    const modulePath = this.modulePath;
+    this.starting = true;
+    setImmediate(() => {
+      this.starting = false;
+      if (this.worker || this.failed || this.users === 0) return;
+      const worker = new Worker(THREAD_SOURCE, { eval: true, workerData: { compromise: modulePath } });
+      this.worker = worker;
+      worker.unref();
+      worker.on('message', (answer: Answer) => this.answered(answer));
+      worker.on('error', () => this.fail());
+      worker.on('exit', () => {
+        if (this.worker === worker) this.fail();
+      });
+    });
+  }
+
   /** Whether the second thread takes prefetches. */
   get threadReady(): boolean {
     return this.ready;
@@ -167,13 +182,16 @@ export class NounPhrases {
 
   /**
    * Has the noun phrases of `texts` computed on the second thread and kept, resolving when they
-   * are (never rejects). Texts already kept, too long to keep, or beyond `maxQueued` texts on the
-   * thread (its work included) are left to be parsed where they are asked for: a caller that must
-   * not wait behind others' texts passes 1.
+   * are (never rejects). Texts already kept, too long to keep, or beyond what the thread should
+   * hold at once are left to be parsed where they are asked for. `urgent` (a search, whose caller
+   * waits): only when the thread is idle, so that it never waits behind saves' texts, and it does
+   * not start the thread (a start inside a search would delay it; saves start it).
    */
-  prefetch(texts: readonly string[], maxQueued = MAX_IN_FLIGHT): Promise<void> {
+  prefetch(texts: readonly string[], options: { urgent?: boolean } = {}): Promise<void> {
     const worker = this.worker;
+    if (!worker && !options.urgent) this.startThread();
     if (!worker || !this.ready) return Promise.resolve();
+    const maxQueued = options.urgent ? 1 : MAX_IN_FLIGHT;
     const waits: Promise<void>[] = [];
     const send: string[] = [];
     for (const text of new Set(texts)) {
@@ -259,8 +277,6 @@ export class NounPhrases {
         else if (this.worker === worker) this.fail();
       },
     });
-    // The probe's own answer must come from the thread, not from this thread's parse.
-    this.kept.delete(probe);
     worker.postMessage({ id, texts: [probe] });
   }
 
