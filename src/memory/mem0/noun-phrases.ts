@@ -3,7 +3,8 @@
  * the engine would only wait, on another thread.
  *
  * mem0ai's `extractEntities(text)` makes one call into compromise (an NLP library):
- * `nlp(text).nouns().out('array')`. It is most of a save's CPU and ~2 ms of a search's, and it ran
+ * `nlp(text).nouns().out('array')`. It was about a quarter of a save's CPU on the engine thread
+(profile of bench/save-profile.ts) and ~2 ms of a search's, and it ran
  * more than once for the same text: the entity oracle predicts a save's entities by running mem0's
  * search code on each extracted memory, then mem0's add extracts them again. `NounPhrases` stands
  * in for compromise's `nlp` inside mem0 (it is installed in the module cache before mem0ai loads,
@@ -13,7 +14,7 @@
  * `prefetch(texts)` has them parsed on a second thread (a worker with its own copy of compromise)
  * while the engine awaits the answer, and remembers them: the save path does this for the
  * extracted memories before predicting their entities, the recall path for the query before it
- * analyses it. The engine's thread is then free for other callers' work in the meantime. The
+ * analyses it (when the thread is idle). The engine's thread is then free for other callers' work in the meantime. The
  * answers are the same by construction (same library, same text, same call; checked at start),
  * and nothing depends on the thread: while it starts, when it is busy, after it failed, or for a
  * text too long to keep, the phrases are computed where mem0 asks for them, as before.
@@ -47,6 +48,13 @@ const ANSWER_TIMEOUT_MS = 5000;
  * ~150 calls), and a cold thread would make a search slower than parsing on the engine's warm one.
  */
 const WARM_UP_PARSES = 160;
+
+/**
+ * The thread's heap. With V8's defaults a worker's heap grew to ~85 MiB of RSS over 12,000 parses
+ * (measured with a throwaway script); a 4 MB young generation holds it at ~40 MiB for ~5 % more
+ * time per parse. A thread that runs out of it exits, and texts are parsed on the engine thread.
+ */
+const THREAD_HEAP = { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 96 };
 
 // The thread's whole program (plain JavaScript, evaluated as is in the new thread).
 const THREAD_SOURCE = `
@@ -143,8 +151,9 @@ export class NounPhrases {
    * all users). The thread starts after the first prefetch that is not urgent (a save's, which is
    * not delayed by it: starting a thread holds the thread that starts it for milliseconds, and the
    * thread's start-up work, ~0.2 s to load compromise and ~0.5 s of warm-up parses, is kept out
-   * of an engine's own start and of searches). It takes prefetches once it has given the same answer for a probe
-   * text as this thread; until then, and for good if it fails, `prefetch` returns at once.
+   * of an engine's own start and of searches). It takes prefetches once it has given the same
+   * answer for a probe text as this thread; until then, and for good if it fails, `prefetch`
+   * returns at once.
    */
   useThread(): () => void {
     this.users++;
@@ -164,7 +173,7 @@ export class NounPhrases {
     setImmediate(() => {
       this.starting = false;
       if (this.worker || this.failed || this.users === 0) return;
-      const worker = new Worker(THREAD_SOURCE, { eval: true, workerData: { compromise: modulePath } });
+      const worker = new Worker(THREAD_SOURCE, { eval: true, workerData: { compromise: modulePath }, resourceLimits: THREAD_HEAP });
       this.worker = worker;
       worker.unref();
       worker.on('message', (answer: Answer) => this.answered(answer));
