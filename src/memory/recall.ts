@@ -21,8 +21,7 @@
  * mem0's own `Memory.search` on the same data.
  */
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
-import type { EmbedderLike } from './batching-embedder';
-import type { NounPrefetch } from './batching-embedder';
+import type { EmbedderLike, NounPrefetch } from './batching-embedder';
 import type { EntityOracle } from './entity-oracle';
 
 export interface RecallFilters {

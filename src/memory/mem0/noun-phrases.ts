@@ -294,10 +294,11 @@ export class NounPhrases {
     return Array.isArray(out) ? out.map(String) : [];
   }
 
+  /** Keeps `phrases` (a fresh array the caller hands over; `of` gives out copies). */
   private keep(text: string, phrases: readonly string[]): void {
     if (text.length > MAX_TEXT) return;
     this.kept.delete(text);
-    this.kept.set(text, [...phrases]);
+    this.kept.set(text, phrases);
     if (this.kept.size > CAPACITY) {
       const oldest = this.kept.keys().next();
       if (!oldest.done) this.kept.delete(oldest.value);
