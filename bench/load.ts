@@ -5,6 +5,8 @@
  *   npm run load -- --quick              smoke run: 10 s / 30 s, shorter drain waits
  *   npm run load -- --soak-seconds=N     soak length (default 600)
  *   npm run load -- --soak-rps=R         soak rate (default: measured after phase 1, see main)
+ *   npm run load -- --phase1-memory=read phase 1 with X-Mem0-Memory: read (recall only, no saves: the
+ *                                        search path alone under the same load)
  *   npm run load -- --soak-memory=read   soak with X-Mem0-Memory: read (no new memories: a constant
  *                                        data set, so RSS growth would be a leak, not the index growing)
  *   npm run load -- --proxy-runtime=tsx  run src/index.ts through tsx instead of building dist/
@@ -68,6 +70,8 @@ interface LoadArgs {
   runtime: ProxyRuntime | 'auto';
   /** `X-Mem0-Memory` for the soak: `on` (default) or `read`, which keeps the data set constant so RSS shows leaks, not growth. */
   soakMemory: 'on' | 'read';
+  /** `X-Mem0-Memory` for phase 1: `on` (default) or `read` (recall without saves). */
+  phase1Memory: 'on' | 'read';
 }
 
 function parseArgs(argv: readonly string[]): LoadArgs {
@@ -86,8 +90,11 @@ function parseArgs(argv: readonly string[]): LoadArgs {
   const soakRpsRaw = get('soak-rps');
   const soakMemory = get('soak-memory') ?? 'on';
   if (soakMemory !== 'on' && soakMemory !== 'read') throw new Error(`--soak-memory must be on or read (got ${soakMemory})`);
+  const phase1Memory = get('phase1-memory') ?? 'on';
+  if (phase1Memory !== 'on' && phase1Memory !== 'read') throw new Error(`--phase1-memory must be on or read (got ${phase1Memory})`);
   return {
     soakMemory,
+    phase1Memory,
     quick,
     phase1Seconds: num('phase1-seconds', quick ? 10 : 60),
     soakSeconds: num('soak-seconds', quick ? 30 : 600),
@@ -589,7 +596,7 @@ async function main(): Promise<void> {
     `load: proxy from ${prepared.note}; fake upstream pacing: first token ${FIRST_TOKEN_MS} ms, a chunk every ${CHUNK_INTERVAL_MS} ms`,
   );
   console.log(
-    `load: phase 1 ${args.concurrency} concurrent (+${args.directConcurrency} direct) for ${args.phase1Seconds} s; soak ${args.soakSeconds} s; drain waits bounded at ${args.drainWaitSeconds} s`,
+    `load: phase 1 ${args.concurrency} concurrent (+${args.directConcurrency} direct) for ${args.phase1Seconds} s, memory ${args.phase1Memory}; soak ${args.soakSeconds} s; drain waits bounded at ${args.drainWaitSeconds} s`,
   );
 
   const fake = await startFakeUpstreamChild({ firstTokenDelayMs: FIRST_TOKEN_MS, chunkIntervalMs: CHUNK_INTERVAL_MS });
@@ -600,7 +607,11 @@ async function main(): Promise<void> {
   // ---- phase 1 ----
   const p1 = await startProxy(fake.url, prepared.runtime);
   await seedUsers(p1);
-  const p1Ep: Endpoint = { origin: p1.origin, headers: authHeader, agent: keepAliveAgent(args.concurrency + 8) };
+  const p1Ep: Endpoint = {
+    origin: p1.origin,
+    headers: { ...authHeader, 'x-mem0-memory': args.phase1Memory },
+    agent: keepAliveAgent(args.concurrency + 8),
+  };
   // Short warm-up so the first searches (loading each user's partition) are not in the numbers.
   for (let i = 0; i < USERS; i++) await streamChat(p1Ep, chatBody().body);
   await waitForDrain(p1, 30);

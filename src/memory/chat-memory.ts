@@ -292,7 +292,7 @@ export function createChatMemory(options: {
   if (!(memory instanceof UnavailableMemoryService)) {
     const common: Omit<SaveQueueOptions, 'path'> = {
       save: async (job) => {
-        const created = await memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true });
+        const created = await memory.add(job.scope, { messages: job.messages, metadata: job.metadata, infer: true, background: true });
         traces?.saved(
           job.id,
           created.map((m) => m.id),

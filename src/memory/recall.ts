@@ -22,7 +22,8 @@
  */
 import type { VectorStore, VectorStoreResult } from 'mem0ai/oss';
 import type { EmbedderLike, NounPrefetch } from './batching-embedder';
-import type { EntityOracle } from './entity-oracle';
+import type { EntityOracle, QueryAnalysis } from './entity-oracle';
+import { Turns } from '../util/turns';
 
 export interface RecallFilters {
   user_id: string;
@@ -145,6 +146,30 @@ export class Recall {
     private readonly nouns?: NounPrefetch,
   ) {}
 
+  /** Searches take turns at their CPU-bound start (the query's analysis), a few ms per turn of the event loop. */
+  private readonly turns = new Turns();
+  /** Flips for each search that would wait for its turn: every other one is parsed on the second thread. */
+  private alternate = false;
+  /** Searches between their start and their turn. */
+  private arriving = 0;
+
+  /**
+   * Resolves once no search waits for its turn on this thread (or is on its way to it), or after `maxWaitMs`: background
+   * work (a queued save) starts there so that it does not take the thread from searches queued
+   * in a burst, and never waits longer than that.
+   */
+  async searchesServed(maxWaitMs: number): Promise<void> {
+    const until = performance.now() + maxWaitMs;
+    for (;;) {
+      const left = until - performance.now();
+      if (left <= 0) return;
+      if (this.turns.queued > 0) await this.turns.whenNoneWaiting(left);
+      // Searches on their way to their turn (their query on the other thread): look again shortly.
+      else if (this.arriving > 0) await new Promise<void>((resolve) => setTimeout(resolve, Math.min(left, 2)));
+      else return;
+    }
+  }
+
   /**
    * mem0's `Memory.search(query, options)` result, `{ results }`, with one embedding request.
    * Throws when the query analysis, the embedding or the vector search fails; keyword and entity
@@ -153,24 +178,46 @@ export class Recall {
   async search(query: string, options: RecallOptions): Promise<{ results: Record<string, unknown>[] }> {
     const topK = options.topK ?? 20;
     const threshold = options.threshold ?? 0.1;
-    // The query's noun phrases (most of the analysis) are parsed on the second thread meanwhile,
-    // if it runs and is idle: a search does not queue behind saves' texts.
-    await this.nouns?.prefetch([query], { urgent: true });
-    const analysis = await this.oracle.analyse(query);
-    if (!analysis) throw new Error('recall: the query could not be analysed');
-    const texts = [query, ...analysis.entities];
-    const embedding = this.embedder.embedBatch(texts, 'search');
-    // Awaited below; this only keeps a failure from counting as unhandled while the local work runs.
-    embedding.catch(() => undefined);
+    // The query's noun phrases (most of the analysis) are parsed on the second thread, if it runs:
+    // when it is idle (a search does not queue behind saves' texts), and for every other search
+    // that would wait for its turn here anyway, so that a burst is parsed on both threads.
+    let parseThere = false;
+    if (this.turns.busy || this.arriving > 0) {
+      this.alternate = !this.alternate;
+      parseThere = this.alternate;
+    }
+    // The query's analysis up to the embedding request is CPU work (the parse, when it was not done
+    // on the other thread): concurrent searches take turns at it, so that a burst of searches does
+    // not hold back the answers to the earlier ones' requests (see util/turns.ts).
+    this.arriving++;
+    let release: () => void;
+    try {
+      await this.nouns?.prefetch([query], parseThere ? {} : { urgent: true });
+      release = await this.turns.take();
+    } finally {
+      this.arriving--;
+    }
+    let analysis: QueryAnalysis | undefined;
+    let texts: string[];
+    let embedding: Promise<number[][]>;
+    try {
+      analysis = await this.oracle.analyse(query);
+      if (!analysis) throw new Error('recall: the query could not be analysed');
+      texts = [query, ...analysis.entities];
+      embedding = this.embedder.embedBatch(texts, 'search');
+      // Awaited below; this only keeps a failure from counting as unhandled while the local work runs.
+      embedding.catch(() => undefined);
+      // While the embedding request is on the network, the work that does not need its vectors:
+      // the keyword ranking and, on a store's first search since a start, loading the scope's index.
+      // The request is written to its kept-alive socket first (node:http writes it on the next tick,
+      // checked against a server in another process), so this local work overlaps the round trip
+      // instead of delaying it. A tick rather than a turn of the event loop, so that the recall does
+      // not queue behind every other pending callback of a busy engine.
+      await new Promise<void>((resolve) => process.nextTick(resolve));
+    } finally {
+      release();
+    }
     const limit = Math.max(topK * 4, 60);
-
-    // While the embedding request is on the network, the work that does not need its vectors:
-    // the keyword ranking and, on a store's first search since a start, loading the scope's index.
-    // The request is written to its kept-alive socket first (node:http writes it on the next tick,
-    // checked against a server in another process), so this local work overlaps the round trip
-    // instead of delaying it. A tick rather than a turn of the event loop, so that the recall does
-    // not queue behind every other pending callback of a busy engine.
-    await new Promise<void>((resolve) => process.nextTick(resolve));
     const memories = await this.stores.memories();
     const keywordScores = this.keywordScores(memories, query, analysis.lemmatized, limit, options.filters);
     prepareSearch(memories, options.filters);

@@ -38,6 +38,11 @@ export interface AddInput {
   metadata?: Record<string, unknown> | undefined;
   /** Let the engine extract facts (true, the default) or store the text as given (false). */
   infer?: boolean | undefined;
+  /**
+   * A queued save that no caller waits for: an engine that serves searches on the same thread may
+   * hold its start (up to a second) while searches wait there. Unset for adds a caller awaits.
+   */
+  background?: boolean | undefined;
 }
 
 export interface SearchOptions {

@@ -145,4 +145,58 @@ describe('recall while the embedding is on the network', () => {
     embedder.batches[0]?.answer();
     await expect(searching).resolves.toEqual({ results: expect.any(Array) });
   });
+  it('in a burst of searches, the first finishes long before the last query is analysed; background work waits for the burst', async () => {
+    const { memories, entities } = await seededStores('burst');
+    let requests = 0;
+    let requestsWhenFirstDone = -1;
+    // Answers on the next turn of the event loop, as a server on the network would.
+    const embedder = {
+      embed: async (text: string): Promise<number[]> => vectorOf(text),
+      embedBatch: (texts: string[]): Promise<number[][]> => {
+        requests++;
+        return new Promise((resolve) => setImmediate(() => resolve(texts.map(vectorOf))));
+      },
+    };
+    const recall = new Recall(oracle, embedder, { memories: async () => memories, entities: async () => entities });
+    const n = 100;
+    const searches = Array.from({ length: n }, (_, i) =>
+      recall.search(`Where does Alice Smith live, question ${i}?`, { topK: 3, filters: { user_id: 'u1' } }),
+    );
+    void searches[0]?.then(() => {
+      requestsWhenFirstDone = requests;
+    });
+    // Background work that gives way to searches starts once the last of them has had its turn.
+    let requestsWhenServed = -1;
+    const served = recall.searchesServed(60_000).then(() => {
+      requestsWhenServed = requests;
+    });
+    const all = await Promise.all(searches);
+    await served;
+    expect(requestsWhenServed).toBeGreaterThanOrEqual(n - 1);
+    expect(all.every((r) => String(r.results[0]?.['memory']).includes('Alice Smith'))).toBe(true);
+    expect(requests).toBe(n);
+    // Each query's analysis is a few ms of CPU: without turns all n would run before the first
+    // answer is read; with them the first search ends after a few slices.
+    expect(requestsWhenFirstDone).toBeGreaterThan(0);
+    expect(requestsWhenFirstDone).toBeLessThan(n / 2);
+  });
+});
+
+describe('background work and searches', () => {
+  it('searchesServed resolves at once when no search waits for a turn (one waiting on the network holds none)', async () => {
+    const embedder = new HeldEmbedder();
+    const { memories, entities } = await seededStores('served');
+    const recall = new Recall(oracle, embedder, { memories: async () => memories, entities: async () => entities });
+    const t0 = performance.now();
+    await recall.searchesServed(5000);
+    expect(performance.now() - t0).toBeLessThan(100);
+    // Searches that never get their answer hold no turn (they wait on the network), so nothing waits.
+    const held = recall.search('Bob likes coffee', { filters: { user_id: 'u1' } });
+    await turns(10);
+    const t1 = performance.now();
+    await recall.searchesServed(5000);
+    expect(performance.now() - t1).toBeLessThan(100);
+    embedder.batches[0]?.answer();
+    await held;
+  });
 });

@@ -79,6 +79,11 @@ export interface Mem0ServiceOptions {
 
 /** Most memories a filtered listing reads when no per-user limit bounds them. */
 const LIST_FILTER_SCAN_LIMIT = 100_000;
+/**
+ * Longest a queued save waits for the searches queued on the engine's thread before it starts
+ * anyway: under a burst of searches saves give way, and under a sustained one they still start.
+ */
+const BACKGROUND_YIELD_MS = 1000;
 
 /**
  * MemoryService over mem0 OSS. `list` returns memories in the engine's listing order: oldest
@@ -171,6 +176,7 @@ export class Mem0MemoryService implements MemoryService {
 
   async add(scope: MemoryScope, input: AddInput): Promise<MemoryItem[]> {
     checkScopeIds(scope);
+    if (input.background) await this.options.recall?.searchesServed(BACKGROUND_YIELD_MS);
     const metadata = input.metadata ?? {};
     const base = { ...entityOptions(scope) };
     const added: unknown[] = [];
