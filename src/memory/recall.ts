@@ -154,9 +154,9 @@ export class Recall {
   private arriving = 0;
 
   /**
-   * Resolves once no search waits for its turn on this thread (or is on its way to it), or after `maxWaitMs`: background
-   * work (a queued save) starts there so that it does not take the thread from searches queued
-   * in a burst, and never waits longer than that.
+   * Resolves once no search waits for its turn on this thread (or is on its way to it), or after
+   * `maxWaitMs`: background work (a queued save) starts there so that it does not take the thread
+   * from searches queued in a burst, and never waits longer than that.
    */
   async searchesServed(maxWaitMs: number): Promise<void> {
     const until = performance.now() + maxWaitMs;

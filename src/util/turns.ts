@@ -1,12 +1,13 @@
 /**
- * Turns: one holder at a time, and each waiting holder starts on a turn of the event loop of its
- * own, so the I/O that arrived meanwhile (the answers other holders wait for) is handled first.
+ * Turns: one holder at a time; turns follow each other for up to a slice of a few ms, then the
+ * next waits for the following turn of the event loop, so the I/O that arrived meanwhile (the
+ * answers other holders wait for) is handled first.
  *
  * For CPU-bound prefixes of concurrent requests on one thread. When a burst of requests arrives
  * at once, the thread would otherwise run every request's prefix before any answer of the
  * network is read, and each request would finish only after the whole burst's prefixes: with
- * turns, the first finishes after its own prefix and round trip, the next one prefix later, and
- * so on. A lone request takes its turn at once.
+ * turns, the first ones finish after their own prefixes and round trip, the next a slice later,
+ * and so on. A lone request takes its turn at once.
  */
 export class Turns {
   private readonly waiting: Array<(release: () => void) => void> = [];
