@@ -88,13 +88,14 @@ function parseArgs(argv: readonly string[]): LoadArgs {
   if (runtime !== 'dist' && runtime !== 'tsx' && runtime !== 'auto')
     throw new Error(`--proxy-runtime must be dist, tsx or auto (got ${runtime})`);
   const soakRpsRaw = get('soak-rps');
-  const soakMemory = get('soak-memory') ?? 'on';
-  if (soakMemory !== 'on' && soakMemory !== 'read') throw new Error(`--soak-memory must be on or read (got ${soakMemory})`);
-  const phase1Memory = get('phase1-memory') ?? 'on';
-  if (phase1Memory !== 'on' && phase1Memory !== 'read') throw new Error(`--phase1-memory must be on or read (got ${phase1Memory})`);
+  const memoryMode = (name: string): 'on' | 'read' => {
+    const mode = get(name) ?? 'on';
+    if (mode !== 'on' && mode !== 'read') throw new Error(`--${name} must be on or read (got ${mode})`);
+    return mode;
+  };
   return {
-    soakMemory,
-    phase1Memory,
+    soakMemory: memoryMode('soak-memory'),
+    phase1Memory: memoryMode('phase1-memory'),
     quick,
     phase1Seconds: num('phase1-seconds', quick ? 10 : 60),
     soakSeconds: num('soak-seconds', quick ? 30 : 600),
