@@ -24,13 +24,15 @@ let nounPhrases: NounPhrases | undefined;
  */
 function installNounPhrases(): NounPhrases | undefined {
   if (nounPhrases) return nounPhrases;
+  let mem0File: string;
   let file: string;
   try {
-    file = require.resolve('compromise', { paths: [path.dirname(require.resolve('mem0ai/oss'))] });
+    mem0File = require.resolve('mem0ai/oss');
+    file = require.resolve('compromise', { paths: [path.dirname(mem0File)] });
   } catch {
     return undefined;
   }
-  if (require.cache[require.resolve('mem0ai/oss')]) return undefined;
+  if (require.cache[mem0File]) return undefined;
   const real = require(file) as Nlp;
   const entry = require.cache[file];
   if (typeof real !== 'function' || !entry) return undefined;

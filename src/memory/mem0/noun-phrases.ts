@@ -14,7 +14,8 @@
  * `prefetch(texts)` has them parsed on a second thread (a worker with its own copy of compromise)
  * while the engine awaits the answer, and remembers them: the save path does this for the
  * extracted memories before predicting their entities, the recall path for the query before it
- * analyses it (when the thread is idle). The engine's thread is then free for other callers' work in the meantime. The
+ * analyses it (when the thread is idle, and for every other search of a burst, see recall.ts).
+ * The engine's thread is then free for other callers' work in the meantime. The
  * answers are the same by construction (same library, same text, same call; checked at start),
  * and nothing depends on the thread: while it starts, when it is busy, after it failed, or for a
  * text too long to keep, the phrases are computed where mem0 asks for them, as before.
@@ -148,8 +149,8 @@ export class NounPhrases {
 
   /**
    * Lets this instance run the second thread until the returned release is called (one thread for
-   * all users). The thread starts after the first prefetch that is not urgent (a save's, which is
-   * not delayed by it: starting a thread holds the thread that starts it for milliseconds, and the
+   * all users). The thread starts after the first prefetch that is not urgent (a save's, or one of a
+   * burst of searches that wait for their turn anyway; neither is delayed by it: starting a thread holds the thread that starts it for milliseconds, and the
    * thread's start-up work, ~0.2 s to load compromise and ~0.5 s of warm-up parses, is kept out
    * of an engine's own start and of searches). It takes prefetches once it has given the same
    * answer for a probe text as this thread; until then, and for good if it fails, `prefetch`
@@ -194,7 +195,7 @@ export class NounPhrases {
    * are (never rejects). Texts already kept, too long to keep, or beyond what the thread should
    * hold at once are left to be parsed where they are asked for. `urgent` (a search, whose caller
    * waits): only when the thread is idle, so that it never waits behind saves' texts, and it does
-   * not start the thread (a start inside a search would delay it; saves start it).
+   * not start the thread (a start inside a lone search would delay it; saves and bursts start it).
    */
   prefetch(texts: readonly string[], options: { urgent?: boolean } = {}): Promise<void> {
     const worker = this.worker;
