@@ -1,5 +1,5 @@
 /** Vector helpers: validating, normalizing and scoring float32 vectors, and their BLOB form. */
-import { component, quantize, type Quantized } from '../quantized/quantize';
+import { quantize, type Quantized } from '../quantized/quantize';
 
 /** A float32 copy of a caller's vector, checked at run time (a missing one fails like any non-array). */
 export function toFloat32(vector: readonly number[] | undefined, dimension: number, what: string): Float32Array {
@@ -23,11 +23,14 @@ export function toFloat32(vector: readonly number[] | undefined, dimension: numb
 /** Unit-length copy (a zero vector stays zero, so it scores 0 rather than NaN). */
 export function normalized(v: Float32Array): Float32Array {
   let sum = 0;
-  for (let i = 0; i < v.length; i++) sum += component(v, i) * component(v, i);
+  for (let i = 0; i < v.length; i++) {
+    const x = v[i] ?? 0;
+    sum += x * x;
+  }
   const out = new Float32Array(v.length);
   if (sum === 0) return out;
   const inv = 1 / Math.sqrt(sum);
-  for (let i = 0; i < v.length; i++) out[i] = component(v, i) * inv;
+  for (let i = 0; i < v.length; i++) out[i] = (v[i] ?? 0) * inv;
   return out;
 }
 
@@ -41,8 +44,8 @@ export function cosineToUnit(unit: Float32Array, v: Float32Array): number {
   let dot = 0;
   let norm = 0;
   for (let i = 0; i < v.length; i++) {
-    const x = component(v, i);
-    dot += component(unit, i) * x;
+    const x = v[i] ?? 0;
+    dot += (unit[i] ?? 0) * x;
     norm += x * x;
   }
   return norm === 0 ? 0 : dot / Math.sqrt(norm);

@@ -26,23 +26,20 @@ export function paddedLength(dimension: number): number {
 }
 
 /**
- * `v[i]` for an index its caller's loop keeps in range, so a miss is a bug and says so. (Indexed
- * loops on purpose: for-of and map over a Float32Array are several times slower in Node 20.)
+ * The loops over vectors below read `v[i] ?? 0` for indexes they keep in range. (Indexed loops on
+ * purpose: for-of and map over a Float32Array are several times slower in Node 20. And inline: a
+ * shared helper that threw on a miss ran ~10× slower once the store's several loops called it,
+ * measured in the store's rescoring, 74 rows of 1536 dims: 2.4 ms against 0.25 ms.)
  */
-export function component(v: Float32Array, i: number): number {
-  const x = v[i];
-  if (x === undefined) throw new RangeError(`component ${i} of a ${v.length}-dim vector`);
-  return x;
-}
 
 /** Quantizes a unit vector (a zero vector gives zero codes and scale 0: it scores 0). */
 export function quantize(unit: Float32Array): Quantized {
   const codes = new Int8Array(paddedLength(unit.length));
   let max = 0;
-  for (let i = 0; i < unit.length; i++) max = Math.max(max, Math.abs(component(unit, i)));
+  for (let i = 0; i < unit.length; i++) max = Math.max(max, Math.abs(unit[i] ?? 0));
   if (max === 0) return { codes, scale: 0 };
   const scale = max / 127;
-  for (let i = 0; i < unit.length; i++) codes[i] = Math.round(component(unit, i) / scale);
+  for (let i = 0; i < unit.length; i++) codes[i] = Math.round((unit[i] ?? 0) / scale);
   return { codes, scale };
 }
 
