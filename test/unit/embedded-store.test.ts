@@ -1245,6 +1245,10 @@ describe('EmbeddedVectorStore keyword search from the in-memory index', () => {
       expect((await store.keywordSearch('zebra', 5, { user_id: 'u' }))!.map((h) => h.id)).toEqual(['pending']);
       expect(store.keywordSearches.fts).toBe(fts + 1);
     });
+    // From memory again once it committed (the statistics are then kept until the next write seen).
+    const memoryBefore = store.keywordSearches.memory;
+    expect(await answers(store, 60)).toEqual(await answers(ref.store, 60));
+    expect(store.keywordSearches.memory).toBe(memoryBefore + QUERIES.length - 1);
 
     // Another connection commits: this one's index is dropped with its partitions and rebuilt.
     await ref.store.insert([[0, 0, 1]], ['elsewhere'], [{ user_id: 'u', data: 'x', textLemmatized: 'zebra zebra' }]);
