@@ -10,6 +10,9 @@
  * - Per instance: with several proxies each keeps the requests it served.
  * - Never fails a request: a write that fails is logged once per minute and dropped. Writes are
  *   not fsynced (a trace is diagnostics; a crash may lose the last few).
+ * - Writes are gathered and committed together once per turn of the event loop (a chat makes
+ *   three: its record, queued, saved; one commit each cost the serving thread ~0.17 ms per chat
+ *   under load). A query or a close commits what is gathered first, so reads see every write.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -99,6 +102,8 @@ export class TraceStore {
   };
   private lastWarn = 0;
   private closed = false;
+  /** Writes gathered for the next commit (see the header). */
+  private pending: Array<() => unknown> = [];
 
   private constructor(
     file: string,
@@ -170,6 +175,7 @@ export class TraceStore {
   /** Newest first: all requests, one user's, one request id's, or both. */
   query(q: TraceQuery): TraceRecord[] {
     if (this.closed) return [];
+    this.flush();
     const rows = (
       q.userId !== undefined && q.requestId !== undefined
         ? this.stmt.byBoth.all(q.userId, q.requestId, q.limit)
@@ -189,22 +195,44 @@ export class TraceStore {
 
   close(): void {
     if (this.closed) return;
+    this.flush();
     this.closed = true;
     this.db.close();
   }
 
   private write(fn: () => unknown): void {
     if (this.closed) return;
+    this.pending.push(fn);
+    if (this.pending.length === 1) setImmediate(() => this.flush());
+  }
+
+  /** Commits the gathered writes in one transaction; a write that fails is left out, the others kept. */
+  private flush(): void {
+    const batch = this.pending;
+    if (batch.length === 0 || this.closed) return;
+    this.pending = [];
     try {
-      fn();
+      this.db.transaction(() => {
+        for (const fn of batch) {
+          try {
+            fn();
+          } catch (err) {
+            this.warn(err);
+          }
+        }
+      })();
     } catch (err) {
-      const now = Date.now();
-      if (now - this.lastWarn >= WARN_EVERY_MS) {
-        this.lastWarn = now;
-        this.logger.warn('injection trace write failed; the trace misses requests', {
-          error: err instanceof Error ? err.message : String(err),
-        });
-      }
+      this.warn(err);
+    }
+  }
+
+  private warn(err: unknown): void {
+    const now = Date.now();
+    if (now - this.lastWarn >= WARN_EVERY_MS) {
+      this.lastWarn = now;
+      this.logger.warn('injection trace write failed; the trace misses requests', {
+        error: err instanceof Error ? err.message : String(err),
+      });
     }
   }
 }

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { loadConfig } from '../../src/config';
 import { TraceStore, type TraceInput } from '../../src/memory/trace-store';
 import type { MemoryItem } from '../../src/memory/types';
@@ -97,4 +98,26 @@ it('follows an exchange from queued to saved or failed, found by user and reques
   // Closed: no throw, nothing recorded.
   expect(() => again.record(input(3))).not.toThrow();
   expect(again.query({ limit: 10 })).toEqual([]);
+});
+
+it('commits the writes of a turn of the event loop together: a query sees them at once, another reader after the turn', async () => {
+  const file = path.join(dir, 'traces.db');
+  const store = TraceStore.open(file, { max: 10, keepText: false, logger });
+  const reader = new Database(file, { readonly: true });
+  const count = (): number => (reader.prepare('SELECT count(*) AS n FROM traces').get() as { n: number }).n;
+  for (let n = 1; n <= 3; n++) store.record(input(n));
+  store.queued('ex-2');
+  expect(count()).toBe(0); // gathered, not committed yet
+  await new Promise((resolve) => setImmediate(resolve));
+  expect(count()).toBe(3);
+  expect(reader.prepare("SELECT save_status FROM traces WHERE exchange_id = 'ex-2'").pluck().get()).toBe('queued');
+
+  store.record(input(4));
+  store.saved('ex-2', ['m1']);
+  expect(store.query({ limit: 10 }).map((t) => t.request_id)).toEqual(['req-4', 'req-3', 'req-2', 'req-1']);
+  expect(store.query({ requestId: 'req-2', limit: 1 })[0]?.save).toEqual({ status: 'saved', memory_ids: ['m1'] });
+  store.record(input(5));
+  store.close(); // commits what was gathered
+  expect(count()).toBe(5);
+  reader.close();
 });
