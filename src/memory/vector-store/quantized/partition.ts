@@ -243,6 +243,8 @@ export class Partition {
     // All blocks at once when the arena shares the scan with its helper thread, else block by block.
     const lastRows = n - (this.blocks.length - 1) * blockRows;
     const all = lastRows > 0 && lastRows <= blockRows ? this.arena.scoreBlocks(this.blocks, lastRows) : null;
+    // The score a row must beat to enter `top`, read again only when `top` changed.
+    let beat = top.floor;
     let first = 0;
     for (let j = 0; j < this.blocks.length; j++) {
       const block = this.blocks[j] ?? 0;
@@ -255,10 +257,11 @@ export class Partition {
         if (dot === undefined || scale === undefined)
           throw new RangeError(`partition ${this.key}: no score or scale for row ${first + s} of ${n}`);
         const score = dot * query.scale * scale;
-        if (score <= top.floor) continue;
+        if (score <= beat) continue;
         if (score < floorScore && score + fixed + perScale * scale < floorScore) continue;
         if (accept && !accept(first + s)) continue;
         top.push(score, first + s);
+        beat = top.floor;
       }
       first += blockRows;
     }
