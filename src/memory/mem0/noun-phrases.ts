@@ -149,12 +149,12 @@ export class NounPhrases {
 
   /**
    * Lets this instance run the second thread until the returned release is called (one thread for
-   * all users). The thread starts after the first prefetch that is not urgent (a save's, or one of a
-   * burst of searches that wait for their turn anyway; neither is delayed by it: starting a thread holds the thread that starts it for milliseconds, and the
-   * thread's start-up work, ~0.2 s to load compromise and ~0.5 s of warm-up parses, is kept out
-   * of an engine's own start and of searches). It takes prefetches once it has given the same
-   * answer for a probe text as this thread; until then, and for good if it fails, `prefetch`
-   * returns at once.
+   * all users). The thread starts after the first prefetch that is not urgent (a save's, or one of
+   * a burst of searches that wait for their turn anyway; neither is delayed by it: starting a
+   * thread holds the thread that starts it for milliseconds, and the thread's start-up work,
+   * ~0.2 s to load compromise and ~0.5 s of warm-up parses, is kept out of an engine's own start
+   * and of searches). It takes prefetches once it has given the same answer for a probe text as
+   * this thread; until then, and for good if it fails, `prefetch` returns at once.
    */
   useThread(): () => void {
     this.users++;
